@@ -1,0 +1,192 @@
+//! The embedded catalogue of Stalwart event types, keys and metrics (facts copied into `data/`).
+//!
+//! Webhook events arrive without a level, so the level of every known type comes from here.
+//! Unknown types are accepted and interned up to a cap so a hostile producer cannot grow
+//! the table without bound; past the cap they are still accepted, only not interned.
+
+use super::keys::{KeyKind, KeyRegistry, FOLDED_KEYS};
+use super::Level;
+use ahash::AHashMap;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// `data/stalwart-catalogue.json`, embedded at compile time.
+pub const CATALOGUE_JSON: &str = include_str!("../../data/stalwart-catalogue.json");
+/// `data/stalwart-event-keys.json`, embedded at compile time.
+pub const EVENT_KEYS_JSON: &str = include_str!("../../data/stalwart-event-keys.json");
+
+/// How many producer-invented event types are interned at most.
+const MAX_DYNAMIC_TYPES: usize = 4096;
+
+#[derive(Deserialize)]
+struct CatalogueFile {
+    events: Vec<CatEvent>,
+    keys: Vec<CatKey>,
+    metrics: Vec<MetricDef>,
+}
+
+#[derive(Deserialize)]
+struct CatEvent {
+    name: String,
+    level: String,
+}
+
+#[derive(Deserialize)]
+struct CatKey {
+    name: String,
+}
+
+/// A metric from the catalogue: name, kind (`counter`, `gauge`, `histogram`) and unit.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricDef {
+    /// Dotted metric name, such as `queue.count`.
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: String,
+    /// Unit of the values.
+    pub unit: String,
+}
+
+#[derive(Deserialize)]
+struct EventKeysFile {
+    key_kinds: AHashMap<String, String>,
+    events: Vec<EventKeysEntry>,
+}
+
+/// The keys one event type is emitted with, and whether it opens or closes a span.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventKeysEntry {
+    /// Event type name.
+    pub name: String,
+    /// Level in Stalwart's source.
+    pub level: String,
+    /// Keys the event carries.
+    pub keys: Vec<String>,
+    /// True when the event opens a span.
+    pub span_start: bool,
+    /// True when the event closes a span.
+    pub span_end: bool,
+}
+
+/// What is known about an event type.
+#[derive(Debug, Clone)]
+pub struct TypeInfo {
+    /// The interned name.
+    pub name: Arc<str>,
+    /// Default level when the producer sends none.
+    pub level: Level,
+    /// True when this event closes its span (span-follow state can be released).
+    pub span_end: bool,
+    /// True when the type is in Stalwart's catalogue.
+    pub known: bool,
+}
+
+/// Event types, keys and metrics, loaded once at start.
+pub struct Catalogue {
+    types: AHashMap<Box<str>, TypeInfo>,
+    dynamic: RwLock<AHashMap<Box<str>, TypeInfo>>,
+    /// Per event type: the keys it is emitted with (for the demo generator and tests).
+    pub event_keys: Vec<EventKeysEntry>,
+    /// Kind of each catalogue key, by camelCase name, as named in the data file.
+    pub key_kinds: AHashMap<String, String>,
+    /// The catalogue's metrics.
+    pub metrics: Vec<MetricDef>,
+    key_names: Vec<String>,
+}
+
+impl Catalogue {
+    /// Loads the embedded catalogue. The data is compiled in, so failure is a build defect.
+    pub fn embedded() -> Catalogue {
+        let cat: CatalogueFile =
+            serde_json::from_str(CATALOGUE_JSON).expect("embedded catalogue is valid JSON");
+        let ek: EventKeysFile =
+            serde_json::from_str(EVENT_KEYS_JSON).expect("embedded event keys are valid JSON");
+        let span_end: ahash::AHashSet<&str> =
+            ek.events.iter().filter(|e| e.span_end).map(|e| e.name.as_str()).collect();
+        let types = cat
+            .events
+            .iter()
+            .map(|e| {
+                let info = TypeInfo {
+                    name: Arc::from(e.name.as_str()),
+                    level: Level::parse(&e.level).unwrap_or(Level::Info),
+                    span_end: span_end.contains(e.name.as_str()),
+                    known: true,
+                };
+                (Box::from(e.name.as_str()), info)
+            })
+            .collect();
+        Catalogue {
+            types,
+            dynamic: RwLock::new(AHashMap::new()),
+            key_names: cat.keys.into_iter().map(|k| k.name).collect(),
+            event_keys: ek.events,
+            key_kinds: ek.key_kinds,
+            metrics: cat.metrics,
+        }
+    }
+
+    /// Registers the 66 catalogue keys with their kinds into `keys`.
+    pub fn register_keys(&self, keys: &KeyRegistry) {
+        for name in &self.key_names {
+            let kind = if FOLDED_KEYS.contains(&name.as_str()) {
+                KeyKind::Folded
+            } else {
+                self.key_kinds
+                    .get(name)
+                    .and_then(|k| KeyKind::from_name(k))
+                    .unwrap_or(KeyKind::String)
+            };
+            keys.register(name, kind);
+        }
+    }
+
+    /// Looks an event type up, interning unknown ones (up to a cap).
+    pub fn type_info(&self, name: &str) -> TypeInfo {
+        if let Some(t) = self.types.get(name) {
+            return t.clone();
+        }
+        if let Some(t) = self.dynamic.read().get(name) {
+            return t.clone();
+        }
+        let info = TypeInfo {
+            name: Arc::from(name),
+            level: Level::Info,
+            span_end: name.ends_with("-end") || name.ends_with(".connection-end"),
+            known: false,
+        };
+        let mut dynamic = self.dynamic.write();
+        if dynamic.len() < MAX_DYNAMIC_TYPES {
+            dynamic.entry(Box::from(name)).or_insert_with(|| info.clone());
+        }
+        info
+    }
+
+    /// Number of event types in the catalogue.
+    pub fn known_types(&self) -> usize {
+        self.types.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_catalogue() {
+        let c = Catalogue::embedded();
+        assert!(c.known_types() > 500);
+        let t = c.type_info("smtp.connection-start");
+        assert!(t.known);
+        assert_eq!(t.level, Level::Debug);
+        assert!(c.type_info("smtp.connection-end").span_end);
+        assert!(!c.type_info("custom.thing").known);
+        let keys = KeyRegistry::new(1024);
+        c.register_keys(&keys);
+        assert_eq!(keys.len(), 66);
+        assert_eq!(keys.lookup_param("remote-ip").unwrap().1.kind, KeyKind::Ip);
+        assert_eq!(keys.lookup_param("domain").unwrap().1.kind, KeyKind::Folded);
+        assert_eq!(keys.lookup_param("queue-id").unwrap().1.kind, KeyKind::Integer);
+    }
+}

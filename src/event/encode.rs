@@ -1,0 +1,176 @@
+//! JSON writing for the one-time event serialisation, and the timestamp format of the live API.
+//!
+//! Hand-written because it runs once per ingested event and must not go through `format!`:
+//! strings are escaped with a fast path for the common case of nothing to escape, numbers go
+//! through `itoa`/`ryu`-backed writers, timestamps through a digit table.
+
+use super::raw::RawValue;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Writes `s` as a JSON string literal.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Writes any [`RawValue`] as JSON, leaving out empty members of objects as Stalwart does.
+pub fn write_value(out: &mut Vec<u8>, v: &RawValue<'_>) {
+    match v {
+        RawValue::Null => out.extend_from_slice(b"null"),
+        RawValue::Bool(true) => out.extend_from_slice(b"true"),
+        RawValue::Bool(false) => out.extend_from_slice(b"false"),
+        RawValue::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+        RawValue::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
+        RawValue::Float(f) => {
+            // Parsed JSON numbers are always finite; serde_json writes them with ryu.
+            let _ = serde_json::to_writer(&mut *out, f);
+        }
+        RawValue::Str(s) => write_str(out, s),
+        RawValue::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item);
+            }
+            out.push(b']');
+        }
+        RawValue::Object(members) => {
+            out.push(b'{');
+            let mut first = true;
+            for (k, item) in members.iter().filter(|(_, v)| !v.is_empty_value()) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                write_str(out, k);
+                out.push(b':');
+                write_value(out, item);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// Families whose name is an acronym, written in capitals in the default `text`.
+const ACRONYMS: &[&str] = &[
+    "smtp", "imap", "pop3", "jmap", "http", "dns", "tls", "spf", "dkim", "dmarc", "arc", "mta-sts",
+    "iprev", "acme", "ai", "tls-rpt", "mail-auth", "sieve", "webdav", "caldav", "carddav",
+];
+
+/// Writes a readable default `text` for an event type when the producer sent none:
+/// `smtp.connection-start` becomes `"SMTP connection start"`.
+pub fn write_humanized_type(out: &mut Vec<u8>, ty: &str) {
+    let (family, event) = ty.split_once('.').unwrap_or((ty, ""));
+    let mut text = String::with_capacity(ty.len() + 2);
+    if ACRONYMS.contains(&family) {
+        text.extend(family.chars().map(|c| if c == '-' { ' ' } else { c.to_ascii_uppercase() }));
+    } else {
+        let mut chars = family.chars();
+        if let Some(c) = chars.next() {
+            text.push(c.to_ascii_uppercase());
+        }
+        text.extend(chars.map(|c| if c == '-' { ' ' } else { c }));
+    }
+    if !event.is_empty() {
+        text.push(' ');
+        text.extend(event.chars().map(|c| if c == '-' || c == '.' { ' ' } else { c }));
+    }
+    write_str(out, &text);
+}
+
+/// Formats Unix seconds as `2026-11-20T12:34:56Z` (UTC, whole seconds).
+pub fn format_timestamp(secs: i64) -> [u8; 20] {
+    let t = OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let mut b = *b"0000-00-00T00:00:00Z";
+    let year = t.year().clamp(0, 9999) as u32;
+    let put = |b: &mut [u8; 20], at: usize, v: u32, width: usize| {
+        let mut v = v;
+        for i in (0..width).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(&mut b, 0, year, 4);
+    put(&mut b, 5, u8::from(t.month()) as u32, 2);
+    put(&mut b, 8, t.day() as u32, 2);
+    put(&mut b, 11, t.hour() as u32, 2);
+    put(&mut b, 14, t.minute() as u32, 2);
+    put(&mut b, 17, t.second() as u32, 2);
+    b
+}
+
+/// Reads a producer's `createdAt`: an RFC 3339 string (any offset, fractions dropped) or Unix
+/// seconds as a number.
+pub fn parse_timestamp(v: &RawValue<'_>) -> Option<i64> {
+    match v {
+        RawValue::Str(s) => OffsetDateTime::parse(s, &Rfc3339).ok().map(|t| t.unix_timestamp()),
+        RawValue::Int(i) if (0..253_402_300_800).contains(i) => Some(*i),
+        _ => None,
+    }
+}
+
+/// The current time in Unix seconds.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_serde_json() {
+        for s in ["plain", "q\"uote", "back\\slash", "nl\nx", "ctl\u{1}\u{1f}", "ünï", ""] {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(&format_timestamp(0), b"1970-01-01T00:00:00Z");
+        assert_eq!(&format_timestamp(1_795_091_696), b"2026-11-19T12:34:56Z");
+        let v = RawValue::Str("2026-11-19T13:34:56.5+01:00".into());
+        assert_eq!(parse_timestamp(&v), Some(1_795_091_696));
+        assert_eq!(parse_timestamp(&RawValue::Int(5)), Some(5));
+        assert_eq!(parse_timestamp(&RawValue::Str("nope".into())), None);
+    }
+
+    #[test]
+    fn humanized() {
+        let mut out = Vec::new();
+        write_humanized_type(&mut out, "delivery.domain-delivery-start");
+        assert_eq!(out, b"\"Delivery domain delivery start\"");
+    }
+}

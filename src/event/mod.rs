@@ -1,0 +1,424 @@
+//! The event model: what one ingested event is once built, and the builder that makes it.
+//!
+//! An [`Event`] carries its Stalwart-shaped JSON bytes (serialised exactly once, here), and the
+//! precomputed match view the matcher needs: canonical key values and a lowercase haystack for
+//! `filter=` substring search. Matching therefore never looks at JSON and never allocates.
+
+pub mod catalogue;
+pub mod encode;
+pub mod keys;
+pub mod raw;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+use std::sync::Arc;
+
+pub use catalogue::{Catalogue, TypeInfo};
+pub use keys::{KeyId, KeyKind, KeyRegistry};
+pub use raw::RawValue;
+
+/// Severity levels, ordered from least to most severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Finest detail.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unusual.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+impl Level {
+    /// Parses `trace`, `debug`, `info`, `warn`/`warning`, `error` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Level> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "trace" => Level::Trace,
+            "debug" => Level::Debug,
+            "info" => Level::Info,
+            "warn" | "warning" => Level::Warn,
+            "error" => Level::Error,
+            _ => return None,
+        })
+    }
+
+    /// The lowercase name, as written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// One ingested event: the bytes subscribers receive, plus what the matcher looks at.
+#[derive(Debug)]
+pub struct Event {
+    /// Event type, such as `smtp.connection-start`.
+    pub kind: Arc<str>,
+    /// Level from the producer or, failing that, the catalogue.
+    pub level: Level,
+    /// Span this event belongs to (`spanId` in the producer's data).
+    pub span_id: Option<u64>,
+    /// True when the type closes its span.
+    pub span_end: bool,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+    /// The event's JSON object in the live stream's shape, serialised once at ingest.
+    pub json: Bytes,
+    fields: SmallVec<[(KeyId, u32, u32); 8]>,
+    canon: Box<str>,
+    search: Box<str>,
+}
+
+impl Event {
+    /// The event's matchable key values: `(key, canonical value)`; a list value appears once
+    /// per element.
+    #[inline]
+    pub fn fields(&self) -> impl Iterator<Item = (KeyId, &str)> + '_ {
+        self.fields.iter().map(move |&(k, a, b)| (k, &self.canon[a as usize..b as usize]))
+    }
+
+    /// The lowercase haystack for `filter=`: the type, then every string-like value,
+    /// separated by `\u{1}` so a needle cannot match across two values.
+    #[inline]
+    pub fn search_text(&self) -> &str {
+        &self.search
+    }
+
+    /// Canonical values of one key (a list value yields several).
+    pub fn values_of(&self, key: KeyId) -> impl Iterator<Item = &str> + '_ {
+        self.fields().filter(move |(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+/// Why one producer event was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The value is not a JSON object.
+    #[error("an event must be a JSON object")]
+    NotAnObject,
+    /// `type` is missing or not a string.
+    #[error("missing \"type\" (a string such as \"smtp.connection-start\")")]
+    MissingType,
+    /// `type` is empty, too long or has control characters.
+    #[error("invalid \"type\": {0}")]
+    BadType(&'static str),
+    /// `createdAt` is not an RFC 3339 timestamp.
+    #[error("invalid \"createdAt\": expected an RFC 3339 timestamp or Unix seconds")]
+    BadCreatedAt,
+    /// `level` is not a known level.
+    #[error("invalid \"level\": expected trace, debug, info, warn or error")]
+    BadLevel,
+    /// `data` is not an object.
+    #[error("\"data\" must be an object")]
+    DataNotObject,
+    /// Too many keys in `data`.
+    #[error("too many keys in \"data\" (at most {0})")]
+    TooManyKeys(usize),
+    /// The JSON text itself is malformed.
+    #[error("malformed JSON: {0}")]
+    Json(String),
+}
+
+/// Most keys accepted in one event's `data`.
+pub const MAX_KEYS: usize = 128;
+
+/// Builds [`Event`]s from producer JSON, reusing its scratch buffers across a batch.
+pub struct EventBuilder<'c> {
+    catalogue: &'c Catalogue,
+    keys: &'c KeyRegistry,
+    json: Vec<u8>,
+    canon: String,
+    search: String,
+    fields: SmallVec<[(KeyId, u32, u32); 8]>,
+    ts_cache: (i64, [u8; 20]),
+}
+
+impl<'c> EventBuilder<'c> {
+    /// A builder reading levels from `catalogue` and keys from `keys`.
+    pub fn new(catalogue: &'c Catalogue, keys: &'c KeyRegistry) -> Self {
+        EventBuilder {
+            catalogue,
+            keys,
+            json: Vec::with_capacity(512),
+            canon: String::with_capacity(128),
+            search: String::with_capacity(256),
+            fields: SmallVec::new(),
+            ts_cache: (i64::MIN, [0; 20]),
+        }
+    }
+
+    /// Builds one event from a producer object (`{"type", "createdAt"?, "level"?, "text"?,
+    /// "details"?, "data"?}`); `now` is used when `createdAt` is absent.
+    pub fn build(&mut self, raw: &RawValue<'_>, now: i64) -> Result<Event, BuildError> {
+        let RawValue::Object(members) = raw else {
+            return Err(BuildError::NotAnObject);
+        };
+        let mut ty = None;
+        let mut created = None;
+        let mut level = None;
+        let mut text = None;
+        let mut details = None;
+        let mut data = None;
+        let mut top_span = None;
+        for (k, v) in members {
+            match k.as_ref() {
+                "type" => ty = Some(v.as_str().ok_or(BuildError::MissingType)?),
+                "createdAt" => created = Some(v),
+                "level" => {
+                    let s = v.as_str().ok_or(BuildError::BadLevel)?;
+                    level = Some(Level::parse(s).ok_or(BuildError::BadLevel)?);
+                }
+                "text" => text = v.as_str(),
+                "details" => details = v.as_str(),
+                "data" => data = Some(v),
+                "spanId" => top_span = span_of(v),
+                _ => {}
+            }
+        }
+        let ty = ty.ok_or(BuildError::MissingType)?;
+        validate_type(ty)?;
+        let info = self.catalogue.type_info(ty);
+        let created_at = match created {
+            None | Some(RawValue::Null) => now,
+            Some(v) => encode::parse_timestamp(v).ok_or(BuildError::BadCreatedAt)?,
+        };
+        let data = match data {
+            None | Some(RawValue::Null) => &[][..],
+            Some(RawValue::Object(m)) => m.as_slice(),
+            Some(_) => return Err(BuildError::DataNotObject),
+        };
+        if data.len() > MAX_KEYS {
+            return Err(BuildError::TooManyKeys(MAX_KEYS));
+        }
+
+        self.json.clear();
+        self.canon.clear();
+        self.search.clear();
+        self.fields.clear();
+        keys::lowercase_into(ty, &mut self.search);
+
+        let level = level.unwrap_or(info.level);
+        let out = &mut self.json;
+        out.extend_from_slice(b"{\"text\":");
+        match text {
+            Some(t) => encode::write_str(out, t),
+            None => encode::write_humanized_type(out, ty),
+        }
+        out.extend_from_slice(b",\"details\":");
+        encode::write_str(out, details.unwrap_or(""));
+        out.extend_from_slice(b",\"createdAt\":\"");
+        if self.ts_cache.0 != created_at {
+            self.ts_cache = (created_at, encode::format_timestamp(created_at));
+        }
+        out.extend_from_slice(&self.ts_cache.1);
+        out.extend_from_slice(b"\",\"type\":");
+        encode::write_str(out, ty);
+        out.extend_from_slice(b",\"level\":\"");
+        out.extend_from_slice(level.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"data\":{");
+
+        let mut span_id = top_span;
+        let mut first = true;
+        for (k, v) in data {
+            if k == "spanId" {
+                span_id = span_of(v).or(span_id);
+                // The span is also a matchable key (`span-id=`), but Stalwart leaves it out of
+                // the live stream's JSON, and so does livetap.
+                if let (Some(s), Some((id, _))) = (span_id, self.keys.lookup("spanId")) {
+                    let a = self.canon.len() as u32;
+                    self.canon.push_str(itoa::Buffer::new().format(s));
+                    self.fields.push((id, a, self.canon.len() as u32));
+                }
+                continue;
+            }
+            if v.is_empty_value() {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            encode::write_str(out, k);
+            out.push(b':');
+            encode::write_value(out, v);
+
+            let key = self
+                .keys
+                .lookup(k)
+                .or_else(|| self.keys.register(k, KeyRegistry::kind_for_new(v)));
+            collect_match(v, key, &mut self.canon, &mut self.fields, &mut self.search, 0);
+        }
+        out.extend_from_slice(b"}}");
+
+        Ok(Event {
+            kind: info.name,
+            level,
+            span_id,
+            span_end: info.span_end,
+            created_at,
+            json: Bytes::copy_from_slice(&self.json),
+            fields: self.fields.clone(),
+            canon: Box::from(self.canon.as_str()),
+            search: Box::from(self.search.as_str()),
+        })
+    }
+}
+
+fn validate_type(ty: &str) -> Result<(), BuildError> {
+    if ty.is_empty() {
+        return Err(BuildError::BadType("empty"));
+    }
+    if ty.len() > 128 {
+        return Err(BuildError::BadType("longer than 128 bytes"));
+    }
+    if ty.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(BuildError::BadType("contains whitespace or control characters"));
+    }
+    Ok(())
+}
+
+fn span_of(v: &RawValue<'_>) -> Option<u64> {
+    match v {
+        RawValue::Int(i) => u64::try_from(*i).ok(),
+        RawValue::UInt(u) => Some(*u),
+        RawValue::Str(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Records the canonical match values and the search text of one data value.
+fn collect_match(
+    v: &RawValue<'_>,
+    key: Option<(KeyId, KeyKind)>,
+    canon: &mut String,
+    fields: &mut SmallVec<[(KeyId, u32, u32); 8]>,
+    search: &mut String,
+    depth: u8,
+) {
+    let push_field = |canon: &mut String, fields: &mut SmallVec<_>, id: KeyId, a: usize| {
+        fields.push((id, a as u32, canon.len() as u32));
+    };
+    match v {
+        RawValue::Str(s) => {
+            search.push('\u{1}');
+            keys::lowercase_into(s, search);
+            if let Some((id, kind)) = key {
+                let a = canon.len();
+                kind.canonical_str(s, canon);
+                push_field(canon, fields, id, a);
+            }
+        }
+        RawValue::Int(i) => {
+            if let Some((id, _)) = key {
+                let a = canon.len();
+                canon.push_str(itoa::Buffer::new().format(*i));
+                push_field(canon, fields, id, a);
+            }
+        }
+        RawValue::UInt(u) => {
+            if let Some((id, _)) = key {
+                let a = canon.len();
+                canon.push_str(itoa::Buffer::new().format(*u));
+                push_field(canon, fields, id, a);
+            }
+        }
+        RawValue::Bool(b) => {
+            if let Some((id, _)) = key {
+                let a = canon.len();
+                canon.push_str(if *b { "true" } else { "false" });
+                push_field(canon, fields, id, a);
+            }
+        }
+        RawValue::Array(items) if depth < 2 => {
+            for item in items {
+                collect_match(item, key, canon, fields, search, depth + 1);
+            }
+        }
+        // A nested object (such as `causedBy`) is searchable by `filter=`, but its members are
+        // not keys of this event.
+        RawValue::Object(members) if depth < 2 => {
+            for (_, item) in members {
+                collect_match(item, None, canon, fields, search, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (Catalogue, KeyRegistry) {
+        let c = Catalogue::embedded();
+        let k = KeyRegistry::new(1024);
+        c.register_keys(&k);
+        (c, k)
+    }
+
+    #[test]
+    fn builds_stalwart_shape() {
+        let (c, k) = setup();
+        let mut b = EventBuilder::new(&c, &k);
+        let mut text = br#"{"id":"x","createdAt":"2026-11-20T12:34:56.789+01:00","type":"smtp.connection-start","data":{"spanId":77,"remoteIp":"::ffff:10.0.0.5","listenerId":"smtp","localPort":25,"remotePort":4242,"empty":"","to":["A@Example.org","b@x.net"],"causedBy":{"type":"x","text":"Boom"}}}"#.to_vec();
+        let raw = RawValue::parse_simd(&mut text).unwrap();
+        let ev = b.build(&raw, 0).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
+        assert_eq!(json["createdAt"], "2026-11-20T11:34:56Z");
+        assert_eq!(json["type"], "smtp.connection-start");
+        assert_eq!(json["level"], "debug");
+        assert_eq!(json["text"], "SMTP connection start");
+        assert_eq!(json["data"]["remotePort"], 4242);
+        assert!(json["data"].get("spanId").is_none());
+        assert!(json["data"].get("empty").is_none());
+        assert_eq!(ev.span_id, Some(77));
+        let ip = k.lookup("remoteIp").unwrap().0;
+        assert_eq!(ev.values_of(ip).collect::<Vec<_>>(), vec!["10.0.0.5"]);
+        let to = k.lookup("to").unwrap().0;
+        assert_eq!(ev.values_of(to).collect::<Vec<_>>(), vec!["a@example.org", "b@x.net"]);
+        assert!(ev.search_text().starts_with("smtp.connection-start"));
+        assert!(ev.search_text().contains("boom"));
+        assert!(!ev.search_text().contains("4242"));
+    }
+
+    #[test]
+    fn rejects_bad_events() {
+        let (c, k) = setup();
+        let mut b = EventBuilder::new(&c, &k);
+        let cases: &[(&str, BuildError)] = &[
+            ("[1]", BuildError::NotAnObject),
+            (r#"{"data":{}}"#, BuildError::MissingType),
+            (r#"{"type":""}"#, BuildError::BadType("empty")),
+            (r#"{"type":"a","createdAt":"yesterday"}"#, BuildError::BadCreatedAt),
+            (r#"{"type":"a","data":[1]}"#, BuildError::DataNotObject),
+            (r#"{"type":"a","level":"loud"}"#, BuildError::BadLevel),
+        ];
+        for (text, want) in cases {
+            let raw = RawValue::parse_serde(text.as_bytes()).unwrap();
+            assert_eq!(&b.build(&raw, 0).unwrap_err(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_registered_and_unknown_types_accepted() {
+        let (c, k) = setup();
+        let mut b = EventBuilder::new(&c, &k);
+        let raw = RawValue::parse_serde(br#"{"type":"postfix.qmgr","data":{"clientName":"mx.Example.org","n":3}}"#).unwrap();
+        let ev = b.build(&raw, 1_700_000_000).unwrap();
+        assert_eq!(ev.level, Level::Info);
+        let (id, kind) = k.lookup("clientName").unwrap();
+        assert_eq!(kind, KeyKind::String);
+        assert_eq!(ev.values_of(id).collect::<Vec<_>>(), vec!["mx.Example.org"]);
+        assert_eq!(k.lookup_param("client-name").unwrap().0, id);
+        let json: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
+        assert_eq!(json["createdAt"], "2023-11-14T22:13:20Z");
+    }
+}
