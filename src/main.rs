@@ -1,1 +1,142 @@
-fn main(){}
+//! The `livetap` command line: parse flags, load the config, run the server until a signal.
+
+use anyhow::Context;
+use clap::Parser;
+use livetap::auth::{resolve_admin_token, TokenOrigin};
+use livetap::config::{Config, Overrides};
+use livetap::Server;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Live telemetry hub for mail servers: push events in, watch them live over SSE.
+#[derive(Parser, Debug)]
+#[command(name = "livetap", version, about)]
+struct Cli {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, short = 'c', value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:7070).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Admin bearer token (default: generated, kept in --data-dir if given).
+    #[arg(long, env = "LIVETAP_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Key of Stalwart's webhook X-Signature; when set, signatures are required.
+    #[arg(long, env = "LIVETAP_WEBHOOK_KEY", value_name = "KEY", hide_env_values = true)]
+    webhook_key: Option<String>,
+    /// Unix socket accepting NDJSON events.
+    #[arg(long, value_name = "PATH")]
+    ingest_socket: Option<PathBuf>,
+    /// Directory for livetap's state (the generated admin token).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Run the built-in generator of realistic mail-server traffic.
+    #[arg(long)]
+    demo: bool,
+    /// Events per second of the demo generator (default 200).
+    #[arg(long, value_name = "N")]
+    demo_rate: Option<u32>,
+    /// Slots in the event ring (default 65536).
+    #[arg(long, value_name = "N")]
+    ring_capacity: Option<usize>,
+    /// Events queued per subscriber before it lags (default 8192).
+    #[arg(long, value_name = "N")]
+    subscriber_queue: Option<usize>,
+    /// Matcher threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    matcher_threads: Option<usize>,
+    /// Largest ingest request body in bytes (default 8388608).
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Seconds without traffic before a ping frame (default 30).
+    #[arg(long, value_name = "SECS")]
+    ping_interval_secs: Option<u64>,
+    /// Seconds a full subscriber queue is tolerated before disconnecting it (default 30).
+    #[arg(long, value_name = "SECS")]
+    stall_timeout_secs: Option<u64>,
+    /// Log filter for livetap's own logs (default warn).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        admin_token: cli.admin_token,
+        webhook_key: cli.webhook_key,
+        ingest_socket: cli.ingest_socket,
+        data_dir: cli.data_dir,
+        demo: cli.demo.then_some(true),
+        demo_rate: cli.demo_rate,
+        ring_capacity: cli.ring_capacity,
+        subscriber_queue: cli.subscriber_queue,
+        matcher_threads: cli.matcher_threads,
+        max_body_bytes: cli.max_body_bytes,
+        ping_interval_secs: cli.ping_interval_secs,
+        stall_timeout_secs: cli.stall_timeout_secs,
+        log_level: cli.log_level,
+    };
+    let config = Config::load(cli.config.as_deref(), overrides)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
+        .context("invalid log-level")?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let (token, origin) = resolve_admin_token(config.admin_token.as_deref(), config.data_dir.as_deref())
+        .context("cannot create or read the admin token")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("livetap-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(config, token, origin))
+}
+
+async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Result<()> {
+    let demo = config.demo.then_some(config.demo_rate);
+    let socket = config.ingest_socket.clone();
+    let listen = config.listen;
+    let server = Server::start(config, token.clone())
+        .await
+        .with_context(|| format!("cannot start on {listen}"))?;
+    let base = format!("http://{}", server.addr);
+    let shown = match origin {
+        TokenOrigin::Generated => format!("{token}  (generated for this run; set admin-token or --data-dir to keep one)"),
+        TokenOrigin::Stored => format!("{token}  (kept in the data directory)"),
+        TokenOrigin::Configured => "(as configured)".to_string(),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "livetap {} listening on {base}", env!("CARGO_PKG_VERSION"))?;
+    writeln!(out, "  admin token: {shown}")?;
+    if let Some(rate) = demo {
+        writeln!(out, "  demo generator: {rate} events/s of simulated mail traffic")?;
+    }
+    if let Some(p) = socket {
+        writeln!(out, "  NDJSON socket: {}", p.display())?;
+    }
+    writeln!(out, "  watch live:  {base}/api/telemetry/traces/live")?;
+    writeln!(
+        out,
+        "  try:  curl -N -H 'Authorization: Bearer {}' '{base}/api/telemetry/traces/live?filter=smtp'",
+        if origin == TokenOrigin::Configured { "TOKEN" } else { &token }
+    )?;
+    out.flush()?;
+    drop(out);
+
+    shutdown_signal().await?;
+    eprintln!("livetap: shutting down, draining accepted events to subscribers");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -44,13 +44,13 @@ pub struct MetricDef {
     pub name: String,
     /// `counter`, `gauge` or `histogram`.
     pub kind: String,
-    /// Unit of the values.
-    pub unit: String,
+    /// Unit of the values (counters have none).
+    pub unit: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct EventKeysFile {
-    key_kinds: AHashMap<String, String>,
+    key_kinds: std::collections::HashMap<String, String>,
     events: Vec<EventKeysEntry>,
 }
 
@@ -122,7 +122,7 @@ impl Catalogue {
             dynamic: RwLock::new(AHashMap::new()),
             key_names: cat.keys.into_iter().map(|k| k.name).collect(),
             event_keys: ek.events,
-            key_kinds: ek.key_kinds,
+            key_kinds: ek.key_kinds.into_iter().collect(),
             metrics: cat.metrics,
         }
     }

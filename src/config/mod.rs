@@ -1,0 +1,279 @@
+//! Configuration: the TOML file, command-line overrides, defaults, and validation.
+//!
+//! Every setting has a safe default so `livetap` runs with no file at all (bound to loopback,
+//! with a generated admin token). Flags override the file; the README documents each key.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting `{key}`: {message}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A key declared in the config file so it can be filtered on before any producer sends it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDecl {
+    /// camelCase name as it appears in event `data`.
+    pub name: String,
+    /// `string`, `folded` (case-insensitive), `ip`, `integer`, `bool` or `timestamp`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+}
+
+fn default_kind() -> String {
+    "string".into()
+}
+
+/// The settings of a running hub. Field names are the TOML keys in kebab-case.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on for HTTP.
+    pub listen: SocketAddr,
+    /// The admin bearer token; generated (and kept in `data-dir` if set) when absent.
+    pub admin_token: Option<String>,
+    /// Key for the `X-Signature` HMAC of Stalwart webhooks; when set, signatures are required.
+    pub webhook_key: Option<String>,
+    /// Path of a Unix socket accepting NDJSON events.
+    pub ingest_socket: Option<PathBuf>,
+    /// Directory for livetap's own state (the generated admin token now; history later).
+    pub data_dir: Option<PathBuf>,
+    /// Run the built-in generator of mail-server traffic.
+    pub demo: bool,
+    /// Events per second the demo generator produces.
+    pub demo_rate: u32,
+    /// Slots in the event ring (rounded up to a power of two).
+    pub ring_capacity: usize,
+    /// Events queued per subscriber before it is marked lagged.
+    pub subscriber_queue: usize,
+    /// Matcher threads; 0 means one per CPU core.
+    pub matcher_threads: usize,
+    /// Most concurrent live subscribers.
+    pub max_subscribers: usize,
+    /// Largest accepted ingest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest accepted NDJSON line on the Unix socket, in bytes.
+    pub max_line_bytes: usize,
+    /// How long an HTTP ingest waits for ring space before answering 503.
+    pub ingest_wait_ms: u64,
+    /// Seconds without traffic before a `ping` frame.
+    pub ping_interval_secs: u64,
+    /// Seconds a subscriber's queue may stay full before its connection is closed.
+    pub stall_timeout_secs: u64,
+    /// Seconds of silence after which a followed span is forgotten.
+    pub span_ttl_secs: u64,
+    /// Followed spans kept per matcher thread at most.
+    pub max_spans: usize,
+    /// Seconds the shutdown waits for subscribers to receive what was accepted.
+    pub drain_timeout_secs: u64,
+    /// Log filter for livetap's own logs (`warn`, `info`, `debug`, or a tracing filter).
+    pub log_level: String,
+    /// Extra filterable keys.
+    pub keys: Vec<KeyDecl>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            admin_token: None,
+            webhook_key: None,
+            ingest_socket: None,
+            data_dir: None,
+            demo: false,
+            demo_rate: 200,
+            ring_capacity: 65_536,
+            subscriber_queue: 8192,
+            matcher_threads: 0,
+            max_subscribers: 10_000,
+            max_body_bytes: 8 << 20,
+            max_line_bytes: 1 << 20,
+            ingest_wait_ms: 250,
+            ping_interval_secs: 30,
+            stall_timeout_secs: 30,
+            span_ttl_secs: 600,
+            max_spans: 100_000,
+            drain_timeout_secs: 5,
+            log_level: "warn".into(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// Settings given on the command line; `None` leaves the file's (or default) value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-token`.
+    pub admin_token: Option<String>,
+    /// `--webhook-key`.
+    pub webhook_key: Option<String>,
+    /// `--ingest-socket`.
+    pub ingest_socket: Option<PathBuf>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--demo`.
+    pub demo: Option<bool>,
+    /// `--demo-rate`.
+    pub demo_rate: Option<u32>,
+    /// `--ring-capacity`.
+    pub ring_capacity: Option<usize>,
+    /// `--subscriber-queue`.
+    pub subscriber_queue: Option<usize>,
+    /// `--matcher-threads`.
+    pub matcher_threads: Option<usize>,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: Option<usize>,
+    /// `--ping-interval-secs`.
+    pub ping_interval_secs: Option<u64>,
+    /// `--stall-timeout-secs`.
+    pub stall_timeout_secs: Option<u64>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Reads `path` (if given), applies `overrides` and validates the result.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let mut c = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.into(), source })?;
+                Self::from_toml(&text)
+                    .map_err(|message| ConfigError::Parse { path: p.into(), message })?
+            }
+            None => Config::default(),
+        };
+        macro_rules! over {
+            ($($f:ident),*) => { $( if let Some(v) = overrides.$f { c.$f = v; } )* };
+        }
+        over!(listen, demo, demo_rate, ring_capacity, subscriber_queue, matcher_threads);
+        over!(max_body_bytes, ping_interval_secs, stall_timeout_secs, log_level);
+        if overrides.admin_token.is_some() {
+            c.admin_token = overrides.admin_token;
+        }
+        if overrides.webhook_key.is_some() {
+            c.webhook_key = overrides.webhook_key;
+        }
+        if overrides.ingest_socket.is_some() {
+            c.ingest_socket = overrides.ingest_socket;
+        }
+        if overrides.data_dir.is_some() {
+            c.data_dir = overrides.data_dir;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses TOML text (no validation).
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks ranges; called by [`Config::load`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| Err(ConfigError::Invalid { key, message: message.into() });
+        if !(2..=1 << 24).contains(&self.ring_capacity) {
+            return bad("ring-capacity", "must be between 2 and 16777216");
+        }
+        if self.subscriber_queue == 0 || self.subscriber_queue > 1 << 20 {
+            return bad("subscriber-queue", "must be between 1 and 1048576");
+        }
+        if self.matcher_threads > 256 {
+            return bad("matcher-threads", "must be at most 256");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("max-body-bytes", "must be at least 1024");
+        }
+        if self.max_line_bytes < 256 {
+            return bad("max-line-bytes", "must be at least 256");
+        }
+        if self.ping_interval_secs == 0 {
+            return bad("ping-interval-secs", "must be at least 1");
+        }
+        if self.stall_timeout_secs == 0 {
+            return bad("stall-timeout-secs", "must be at least 1");
+        }
+        if self.demo_rate == 0 || self.demo_rate > 10_000_000 {
+            return bad("demo-rate", "must be between 1 and 10000000");
+        }
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 {
+                return bad("admin-token", "must be at least 16 characters");
+            }
+        }
+        for k in &self.keys {
+            if crate::event::KeyKind::from_name(&k.kind).is_none() {
+                return bad("keys", "kind must be string, folded, ip, integer, bool or timestamp");
+            }
+        }
+        Ok(())
+    }
+
+    /// Matcher threads to start (resolving 0 to the number of cores).
+    pub fn effective_matcher_threads(&self) -> usize {
+        if self.matcher_threads > 0 {
+            self.matcher_threads
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+
+    /// The ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let c = Config::from_toml(
+            "listen = \"127.0.0.1:9000\"\ndemo-rate = 50\n[[keys]]\nname = \"clientName\"\nkind = \"folded\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.demo_rate, 50);
+        assert_eq!(c.keys[0].kind, "folded");
+        assert!(Config::from_toml("nope = 1").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "demo-rate = 50\n").unwrap();
+        let c = Config::load(Some(&p), Overrides { demo_rate: Some(7), ..Default::default() }).unwrap();
+        assert_eq!(c.demo_rate, 7);
+        let e = Config::load(None, Overrides { ring_capacity: Some(1), ..Default::default() });
+        assert!(matches!(e, Err(ConfigError::Invalid { key: "ring-capacity", .. })));
+    }
+}

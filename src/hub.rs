@@ -1,0 +1,210 @@
+//! The hub: wires ring, registry, matcher pool and counters together, publishes, shuts down.
+//!
+//! Everything that runs the pipeline hangs off one [`Hub`], shared as `Arc<Hub>` by the HTTP
+//! handlers and the event sources. Its shutdown follows the promise made to producers: stop
+//! accepting, match everything already accepted, let every subscriber receive what it was
+//! queued, then close the streams.
+
+use crate::config::Config;
+use crate::event::{Catalogue, Event, EventBuilder, KeyKind, KeyRegistry};
+use crate::matcher::{Clock, MatcherConfig, MatcherPool, MatcherStats};
+use crate::metrics::{IngestStats, StatsSnapshot, SubscriberStats};
+use crate::ring::{Ring, RingError};
+use crate::sse::Closing;
+use crate::subscriber::Registry;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a batch could not be published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The ring stayed full for the whole wait; nothing of the batch was accepted.
+    #[error("the hub is busy: the event ring is full")]
+    Busy,
+    /// The batch can never fit in the ring.
+    #[error("batch of {0} events is larger than the event ring; send smaller batches")]
+    TooLarge(u64),
+    /// The hub is shutting down and accepts nothing new.
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+/// The running pipeline.
+pub struct Hub {
+    /// Effective configuration.
+    pub config: Config,
+    /// The admin bearer token.
+    pub admin_token: String,
+    /// Event types, keys and metrics of the catalogue.
+    pub catalogue: Catalogue,
+    /// Known event keys.
+    pub keys: KeyRegistry,
+    /// The event ring.
+    pub ring: Arc<Ring<Arc<Event>>>,
+    /// Live subscribers and their indexes.
+    pub registry: Registry,
+    /// Ingest counters.
+    pub ingest: IngestStats,
+    /// The hub's millisecond clock.
+    pub clock: Clock,
+    /// Set when streams should end once drained.
+    pub closing: Arc<Closing>,
+    accepting: AtomicBool,
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
+    matchers: Mutex<Option<MatcherPool>>,
+    matcher_stats: Vec<Arc<MatcherStats>>,
+}
+
+impl Hub {
+    /// Builds the pipeline and starts the matcher threads and the index builder.
+    pub fn start(config: Config, admin_token: String) -> std::io::Result<Arc<Hub>> {
+        let threads = config.effective_matcher_threads();
+        let (ring, consumers) = Ring::new(config.ring_capacity, threads);
+        let registry =
+            Registry::new(threads, config.max_subscribers, config.subscriber_queue, ring.clone())?;
+        let catalogue = Catalogue::embedded();
+        let keys = KeyRegistry::new(1024);
+        catalogue.register_keys(&keys);
+        for k in &config.keys {
+            let kind = KeyKind::from_name(&k.kind).unwrap_or(KeyKind::String);
+            keys.register(&k.name, kind);
+        }
+        let clock = Clock::new();
+        let pool = MatcherPool::start(
+            ring.clone(),
+            consumers,
+            &registry,
+            MatcherConfig {
+                batch: 256,
+                max_spans: config.max_spans,
+                span_ttl: Duration::from_secs(config.span_ttl_secs),
+            },
+            clock,
+        )?;
+        let (shutdown_tx, _) = tokio::sync::watch::channel(false);
+        Ok(Arc::new(Hub {
+            matcher_stats: pool.stats.clone(),
+            matchers: Mutex::new(Some(pool)),
+            config,
+            admin_token,
+            catalogue,
+            keys,
+            ring,
+            registry,
+            ingest: IngestStats::default(),
+            clock,
+            closing: Arc::new(Closing::default()),
+            accepting: AtomicBool::new(true),
+            shutdown_tx,
+        }))
+    }
+
+    /// A builder for events, reading this hub's catalogue and keys.
+    pub fn builder(&self) -> EventBuilder<'_> {
+        EventBuilder::new(&self.catalogue, &self.keys)
+    }
+
+    /// True until shutdown begins.
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// A receiver that turns `true` when shutdown begins.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Publishes `events` as one batch (all or nothing), without waiting.
+    /// Returns the sequence number of the first event.
+    pub fn try_publish(&self, events: &[Arc<Event>]) -> Result<u64, PublishError> {
+        if !self.is_accepting() {
+            return Err(PublishError::ShuttingDown);
+        }
+        let mut it = events.iter();
+        match self.ring.try_publish(events.len(), |_| it.next().cloned().expect("one per slot")) {
+            Ok(first) => {
+                IngestStats::add(&self.ingest.accepted, events.len() as u64);
+                Ok(first)
+            }
+            Err(RingError::Full { .. }) => Err(PublishError::Busy),
+            Err(RingError::TooLarge { wanted, .. }) => Err(PublishError::TooLarge(wanted)),
+        }
+    }
+
+    /// Publishes `events` as one batch, waiting for ring space up to `wait` (`None`: as long as
+    /// it takes, until shutdown). This is how backpressure reaches producers.
+    pub async fn publish(&self, events: &[Arc<Event>], wait: Option<Duration>) -> Result<u64, PublishError> {
+        let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match self.try_publish(events) {
+                Err(PublishError::Busy) => {}
+                other => return other,
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                IngestStats::add(&self.ingest.refused_batches, 1);
+                return Err(PublishError::Busy);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// The current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        let subs = self.registry.snapshot();
+        let mut s = StatsSnapshot {
+            accepted: self.ingest.accepted.load(Ordering::Relaxed),
+            rejected: self.ingest.rejected.load(Ordering::Relaxed),
+            refused_batches: self.ingest.refused_batches.load(Ordering::Relaxed),
+            auth_failures: self.ingest.auth_failures.load(Ordering::Relaxed),
+            subscribers: subs.len(),
+            ring_capacity: self.ring.capacity(),
+            ring_occupancy: self.ring.occupancy(),
+            ring_head: self.ring.head(),
+            ..Default::default()
+        };
+        for m in &self.matcher_stats {
+            s.matched += m.events.load(Ordering::Relaxed);
+            s.deliveries += m.deliveries.load(Ordering::Relaxed);
+            s.dropped += m.drops.load(Ordering::Relaxed);
+            s.followed_spans += m.spans.load(Ordering::Relaxed);
+        }
+        s.subscriber_detail = subs
+            .iter()
+            .map(|sub| SubscriberStats {
+                id: sub.id,
+                delivered: sub.delivered(),
+                dropped: sub.dropped(),
+                queued: sub.queued(),
+            })
+            .collect();
+        s.subscriber_detail.sort_by_key(|d| d.id);
+        s
+    }
+
+    /// Graceful shutdown: refuse new events and connections, match everything accepted, let
+    /// subscribers drain their queues (bounded by `drain-timeout-secs`), end the streams, and
+    /// stop the matcher threads.
+    pub async fn shutdown(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let _ = self.shutdown_tx.send(true);
+        self.registry.close();
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.config.drain_timeout_secs);
+        while self.ring.tail() < self.ring.head() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.closing.set();
+        self.registry.wake_all();
+        while !self.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.registry.wake_all();
+        }
+        if let Some(pool) = self.matchers.lock().take() {
+            pool.stop();
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Ingest: turning producer bytes into built events, and the event-source trait.
+//!
+//! Bodies are parsed with simd-json (the parse benchmark keeps it: it is faster than
+//! serde_json on our event sizes, see `perf/RESULTS.md`). One bad line never spoils a body: it
+//! is reported with its line number and reason while the valid lines are accepted. Parsing
+//! does no I/O and no async, so it is unit-tested, benchmarked and fuzzed directly.
+//!
+//! Sources that push events on their own (the Unix socket, the demo generator, later NATS or
+//! log tails) implement [`Source`] and publish through the hub, so new ones slot in without
+//! touching the pipeline.
+
+pub mod demo;
+pub mod socket;
+
+use crate::event::{BuildError, Event, EventBuilder, RawValue};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// How many per-line errors an answer lists (the counts are always complete).
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+/// One rejected line (or array element) of an ingest body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineError {
+    /// 1-based line number (or element number for a JSON array body).
+    pub line: usize,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// The result of parsing one body.
+#[derive(Debug, Default)]
+pub struct ParsedBatch {
+    /// Events built from the valid lines, in input order.
+    pub events: Vec<Arc<Event>>,
+    /// Rejected lines (at most [`MAX_REPORTED_ERRORS`] listed).
+    pub errors: Vec<LineError>,
+    /// Number of rejected lines.
+    pub rejected: usize,
+}
+
+impl ParsedBatch {
+    fn reject(&mut self, line: usize, reason: impl Into<String>) {
+        self.rejected += 1;
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            self.errors.push(LineError { line, reason: reason.into() });
+        }
+    }
+
+    /// Adds the event (or events, for a `{"events":[...]}` object) in `raw`.
+    fn add(&mut self, raw: &RawValue<'_>, line: usize, b: &mut EventBuilder<'_>, now: i64) {
+        if let (Some(RawValue::Array(list)), None) = (raw.get("events"), raw.get("type")) {
+            for item in list {
+                match b.build(item, now) {
+                    Ok(ev) => self.events.push(Arc::new(ev)),
+                    Err(e) => self.reject(line, e.to_string()),
+                }
+            }
+            return;
+        }
+        match b.build(raw, now) {
+            Ok(ev) => self.events.push(Arc::new(ev)),
+            Err(e) => self.reject(line, e.to_string()),
+        }
+    }
+}
+
+/// Parses an NDJSON body: one event object per line, or one JSON array of events, or lines
+/// holding Stalwart webhook batches (`{"events":[...]}`). Blank lines are skipped.
+/// simd-json unescapes in place, hence `&mut`.
+pub fn parse_ndjson(body: &mut [u8], b: &mut EventBuilder<'_>, now: i64) -> ParsedBatch {
+    parse_ndjson_from(body, 1, b, now)
+}
+
+/// [`parse_ndjson`] numbering lines from `first_line` (for a stream read in pieces).
+pub fn parse_ndjson_from(
+    body: &mut [u8],
+    first_line: usize,
+    b: &mut EventBuilder<'_>,
+    now: i64,
+) -> ParsedBatch {
+    let mut out = ParsedBatch::default();
+    if body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'[') {
+        match RawValue::parse_simd(body) {
+            Ok(RawValue::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    out.add(item, i + 1, b, now);
+                }
+            }
+            Ok(_) => out.reject(1, "expected a JSON array"),
+            Err(e) => out.reject(1, BuildError::Json(e).to_string()),
+        }
+        return out;
+    }
+    for (i, line) in body.split_mut(|&c| c == b'\n').enumerate() {
+        let line = trim_mut(line);
+        if line.is_empty() {
+            continue;
+        }
+        match RawValue::parse_simd(line) {
+            Ok(raw) => out.add(&raw, first_line + i, b, now),
+            Err(e) => out.reject(first_line + i, BuildError::Json(e).to_string()),
+        }
+    }
+    out
+}
+
+/// Parses a Stalwart webhook body `{"events":[...]}`. `Err` when the body as a whole is not
+/// such an object; invalid events inside are counted and reported, the rest accepted (a 4xx
+/// would make Stalwart retry the batch forever for the sake of one bad event).
+pub fn parse_webhook(body: &mut [u8], b: &mut EventBuilder<'_>, now: i64) -> Result<ParsedBatch, String> {
+    let raw = RawValue::parse_simd(body).map_err(|e| BuildError::Json(e).to_string())?;
+    let Some(RawValue::Array(list)) = raw.get("events") else {
+        return Err("expected an object {\"events\": [...]}".into());
+    };
+    let mut out = ParsedBatch::default();
+    for (i, item) in list.iter().enumerate() {
+        out.add(item, i + 1, b, now);
+    }
+    Ok(out)
+}
+
+fn trim_mut(s: &mut [u8]) -> &mut [u8] {
+    let start = s.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |p| p + 1);
+    &mut s[start..end]
+}
+
+/// A producer that pushes events into the hub by itself (socket listener, demo generator,
+/// later a NATS subscription or a log tail). It runs until the hub's shutdown signal.
+pub trait Source: Send + 'static {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+    /// Runs the source to completion; it publishes through `hub` and returns at shutdown.
+    fn run(
+        self: Box<Self>,
+        hub: Arc<crate::hub::Hub>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Catalogue, KeyRegistry};
+
+    fn setup() -> (Catalogue, KeyRegistry) {
+        let c = Catalogue::embedded();
+        let k = KeyRegistry::new(1024);
+        c.register_keys(&k);
+        (c, k)
+    }
+
+    #[test]
+    fn ndjson_with_a_bad_line() {
+        let (c, k) = setup();
+        let mut b = EventBuilder::new(&c, &k);
+        let mut body = b"{\"type\":\"auth.success\"}\n\n{\"type\":\n{\"data\":{}}\r\n  {\"type\":\"auth.failed\"}  \n".to_vec();
+        let p = parse_ndjson(&mut body, &mut b, 0);
+        assert_eq!(p.events.len(), 2);
+        assert_eq!(p.rejected, 2);
+        assert_eq!(p.errors[0].line, 3);
+        assert!(p.errors[0].reason.starts_with("malformed JSON"));
+        assert_eq!(p.errors[1].line, 4);
+        assert!(p.errors[1].reason.contains("missing \"type\""));
+    }
+
+    #[test]
+    fn array_and_batches() {
+        let (c, k) = setup();
+        let mut b = EventBuilder::new(&c, &k);
+        let mut body = b" [{\"type\":\"a.b\"}, 5, {\"type\":\"c.d\"}]".to_vec();
+        let p = parse_ndjson(&mut body, &mut b, 0);
+        assert_eq!((p.events.len(), p.rejected, p.errors[0].line), (2, 1, 2));
+        let mut body = b"{\"events\":[{\"type\":\"a.b\"},{\"type\":\"c.d\"}]}\n".to_vec();
+        assert_eq!(parse_ndjson(&mut body, &mut b, 0).events.len(), 2);
+        let mut body = b"{\"events\":[{\"type\":\"a.b\"},{\"nope\":1}]}".to_vec();
+        let p = parse_webhook(&mut body, &mut b, 0).unwrap();
+        assert_eq!((p.events.len(), p.rejected), (1, 1));
+        assert!(parse_webhook(&mut b"[]".to_vec(), &mut b, 0).is_err());
+        assert!(parse_webhook(&mut b"{".to_vec(), &mut b, 0).is_err());
+    }
+}

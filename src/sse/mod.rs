@@ -1,0 +1,291 @@
+//! Server-Sent Events: frame assembly from pre-serialised event bytes, and the streaming body.
+//!
+//! A frame is `id: <seq>\nevent: trace\ndata: [` + event + `,` + event + … + `]\n\n`. The event
+//! parts are the very `Bytes` built at ingest (a reference count each, no copy); only the short
+//! head is written per frame. [`SseChunk`] implements `bytes::Buf` with `chunks_vectored`, so
+//! hyper hands all parts of a frame to one `writev` call.
+//!
+//! [`SseBody`] drains a subscriber's queue whenever hyper can write, so a frame holds everything
+//! pending at write time (milliseconds of latency, never a fixed 1-second batch), sends `ping`
+//! after the idle interval, and ends cleanly at shutdown once the queue is empty.
+
+use crate::subscriber::registry::Subscription;
+use crate::subscriber::Item;
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+static COMMA: Bytes = Bytes::from_static(b",");
+static TAIL: Bytes = Bytes::from_static(b"]\n\n");
+
+/// Most events placed in one `trace` frame; more pending events go into the next frame.
+pub const MAX_EVENTS_PER_FRAME: usize = 1024;
+
+/// A sequence of byte parts written as one HTTP body chunk with vectored I/O.
+#[derive(Debug, Default)]
+pub struct SseChunk {
+    parts: SmallVec<[Bytes; 8]>,
+    index: usize,
+    remaining: usize,
+}
+
+impl SseChunk {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.remaining += b.len();
+            self.parts.push(b);
+        }
+    }
+
+    /// A chunk holding one pre-built frame.
+    pub fn single(b: Bytes) -> SseChunk {
+        let mut c = SseChunk::default();
+        c.push(b);
+        c
+    }
+
+    /// Appends the frames for `items` (events and lag markers, in queue order). Returns the
+    /// sequence number of the last event added, if any.
+    pub fn append_items(&mut self, items: &[Item], head: &mut BytesMut) -> Option<u64> {
+        let mut last = None;
+        let mut i = 0;
+        while i < items.len() {
+            match &items[i] {
+                Item::Lagged(n) => {
+                    head.extend_from_slice(b"event: lagged\ndata: {\"dropped\":");
+                    head.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+                    head.extend_from_slice(b"}\n\n");
+                    self.push(head.split().freeze());
+                    i += 1;
+                }
+                Item::Event { .. } => {
+                    // A run of events up to the next marker forms one frame; its id is the
+                    // sequence number of its last event, so a reconnect resumes after it.
+                    let run_end = items[i..]
+                        .iter()
+                        .take(MAX_EVENTS_PER_FRAME)
+                        .position(|it| matches!(it, Item::Lagged(_)))
+                        .map_or((i + MAX_EVENTS_PER_FRAME).min(items.len()), |p| i + p);
+                    let last_seq = match &items[run_end - 1] {
+                        Item::Event { seq, .. } => *seq,
+                        Item::Lagged(_) => unreachable!("a run ends before a marker"),
+                    };
+                    head.extend_from_slice(b"id: ");
+                    head.extend_from_slice(itoa::Buffer::new().format(last_seq + 1).as_bytes());
+                    head.extend_from_slice(b"\nevent: trace\ndata: [");
+                    self.push(head.split().freeze());
+                    for (k, it) in items[i..run_end].iter().enumerate() {
+                        if let Item::Event { json, .. } = it {
+                            if k > 0 {
+                                self.push(COMMA.clone());
+                            }
+                            self.push(json.clone());
+                        }
+                    }
+                    self.push(TAIL.clone());
+                    last = Some(last_seq);
+                    i = run_end;
+                }
+            }
+        }
+        last
+    }
+
+    /// Copies the whole chunk into one contiguous buffer (tests and benchmarks).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.remaining);
+        for p in &self.parts[self.index..] {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+}
+
+impl Buf for SseChunk {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.get(self.index).map_or(&[], |b| b.as_ref())
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of an SSE chunk");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let p = &mut self.parts[self.index];
+            if cnt < p.len() {
+                p.advance(cnt);
+                return;
+            }
+            cnt -= p.len();
+            self.index += 1;
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for p in &self.parts[self.index..] {
+            if n == dst.len() {
+                break;
+            }
+            dst[n] = IoSlice::new(p);
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Shutdown signal shared by all streams: once set, a stream ends after its queue is empty.
+#[derive(Debug, Default)]
+pub struct Closing(AtomicBool);
+
+impl Closing {
+    /// Starts closing.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// True once closing started.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The body of one live-traces response.
+pub struct SseBody {
+    subscription: Subscription,
+    closing: Arc<Closing>,
+    ping: Bytes,
+    ping_every: Duration,
+    timer: Pin<Box<Sleep>>,
+    items: Vec<Item>,
+    head: BytesMut,
+    prelude: Option<Bytes>,
+    done: bool,
+}
+
+impl SseBody {
+    /// A body streaming `subscription`'s queue, pinging after `ping_every` of silence.
+    pub fn new(subscription: Subscription, closing: Arc<Closing>, ping_every: Duration) -> SseBody {
+        let mut ping = BytesMut::with_capacity(48);
+        ping.extend_from_slice(b"event: ping\ndata: {\"interval\": ");
+        ping.extend_from_slice(itoa::Buffer::new().format(ping_every.as_millis()).as_bytes());
+        ping.extend_from_slice(b"}\n\n");
+        SseBody {
+            subscription,
+            closing,
+            ping: ping.freeze(),
+            ping_every,
+            timer: Box::pin(tokio::time::sleep(ping_every)),
+            items: Vec::new(),
+            head: BytesMut::new(),
+            // A comment line first, so clients see the stream open before the first event.
+            prelude: Some(Bytes::from_static(b": livetap stream open\nretry: 2000\n\n")),
+            done: false,
+        }
+    }
+}
+
+impl Body for SseBody {
+    type Data = SseChunk;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<SseChunk>, Infallible>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(p) = this.prelude.take() {
+            return Poll::Ready(Some(Ok(Frame::data(SseChunk::single(p)))));
+        }
+        let sub = &this.subscription.sub;
+        // Register before looking, so a push between the look and the return wakes us.
+        sub.register_waker(cx.waker());
+        this.items.clear();
+        sub.drain_into(&mut this.items);
+        if !this.items.is_empty() {
+            let mut chunk = SseChunk::default();
+            if this.head.capacity() < 256 {
+                this.head.reserve(4096);
+            }
+            chunk.append_items(&this.items, &mut this.head);
+            this.items.clear();
+            if this.items.capacity() > 4096 {
+                this.items.shrink_to(64);
+            }
+            this.timer.as_mut().reset(Instant::now() + this.ping_every);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if sub.is_closed() || this.closing.is_set() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        if this.timer.as_mut().poll(cx).is_ready() {
+            this.timer.as_mut().reset(Instant::now() + this.ping_every);
+            return Poll::Ready(Some(Ok(Frame::data(SseChunk::single(this.ping.clone())))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_from_items() {
+        let e = |seq, s: &'static str| Item::Event { seq, json: Bytes::from_static(s.as_bytes()) };
+        let items = vec![e(4, "{\"a\":1}"), e(5, "{\"b\":2}"), Item::Lagged(3), e(9, "{}")];
+        let mut chunk = SseChunk::default();
+        let mut head = BytesMut::new();
+        assert_eq!(chunk.append_items(&items, &mut head), Some(9));
+        let text = String::from_utf8(chunk.to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "id: 6\nevent: trace\ndata: [{\"a\":1},{\"b\":2}]\n\n\
+             event: lagged\ndata: {\"dropped\":3}\n\n\
+             id: 10\nevent: trace\ndata: [{}]\n\n"
+        );
+        assert_eq!(chunk.remaining(), text.len());
+        let mut slices = [IoSlice::new(&[]); 64];
+        let n = chunk.chunks_vectored(&mut slices);
+        assert_eq!(slices[..n].iter().map(|s| s.len()).sum::<usize>(), text.len());
+        chunk.advance(10);
+        assert_eq!(chunk.chunk(), &text.as_bytes()[10..26]);
+        chunk.advance(text.len() - 10);
+        assert_eq!(chunk.remaining(), 0);
+    }
+
+    #[test]
+    fn large_batches_split_into_frames() {
+        let items: Vec<_> =
+            (0..2500).map(|s| Item::Event { seq: s, json: Bytes::from_static(b"{}") }).collect();
+        let mut chunk = SseChunk::default();
+        chunk.append_items(&items, &mut BytesMut::new());
+        let text = String::from_utf8(chunk.to_vec()).unwrap();
+        assert_eq!(text.matches("event: trace").count(), 3);
+        assert!(text.contains("id: 1024\n") && text.contains("id: 2048\n") && text.contains("id: 2500\n"));
+    }
+}

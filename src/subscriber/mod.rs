@@ -1,0 +1,253 @@
+//! One live subscriber: its filter, its bounded queue of pre-serialised events, and lag state.
+//!
+//! The matcher thread that owns a subscriber pushes reference-counted event bytes into its
+//! queue (no copy, no allocation once the queue has grown to its working size); the SSE writer
+//! drains it. The queue is bounded: when it is full the subscriber is *lagged*, newer events
+//! are dropped for it alone and counted, and a `Lagged` marker takes their place in the queue so
+//! the client is told in-band, at the right position, how many it missed. A queue that stays
+//! full past the stall timeout gets the subscriber's connection closed by the reaper.
+//! Nothing here blocks: ingest and the other subscribers never wait for a slow one.
+
+pub mod registry;
+
+use crate::query::Filter;
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+
+pub use registry::Registry;
+
+/// One entry of a subscriber's queue.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// An event: its sequence number and its JSON bytes (shared with every other subscriber).
+    Event {
+        /// Global sequence number.
+        seq: u64,
+        /// The event's serialised JSON object.
+        json: Bytes,
+    },
+    /// This many events were dropped here because the queue was full.
+    Lagged(u64),
+}
+
+struct Queue {
+    items: VecDeque<Item>,
+    /// Drops not yet reported by a `Lagged` item.
+    pending_drop: u64,
+    /// Milliseconds (hub clock) since the queue has been full, or `None`.
+    full_since: Option<u64>,
+}
+
+/// Closes a subscriber's connection from outside its task (for stalled clients).
+#[derive(Debug, Default)]
+pub struct ConnHandle {
+    kill: tokio::sync::Notify,
+    killed: AtomicBool,
+}
+
+impl ConnHandle {
+    /// Asks the connection task to drop the connection.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.kill.notify_one();
+    }
+
+    /// Resolves when [`ConnHandle::kill`] was called.
+    pub async fn killed(&self) {
+        loop {
+            let notified = self.kill.notified();
+            if self.killed.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A live subscriber.
+pub struct Subscriber {
+    /// Unique id (also selects the matcher thread that owns it).
+    pub id: u64,
+    /// What it wants.
+    pub filter: Filter,
+    /// Whether a match pulls in the rest of the span.
+    pub follow: bool,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    waker: AtomicWaker,
+    closed: AtomicBool,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    conn: Option<Arc<ConnHandle>>,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("id", &self.id).field("filter", &self.filter).finish()
+    }
+}
+
+impl Subscriber {
+    /// A subscriber whose queue holds at most `capacity` events. The queue allocates as it
+    /// fills, so an idle subscriber costs only this struct.
+    pub fn new(
+        id: u64,
+        filter: Filter,
+        follow: bool,
+        capacity: usize,
+        conn: Option<Arc<ConnHandle>>,
+    ) -> Subscriber {
+        Subscriber {
+            id,
+            filter,
+            follow,
+            capacity: capacity.max(1),
+            queue: Mutex::new(Queue { items: VecDeque::new(), pending_drop: 0, full_since: None }),
+            waker: AtomicWaker::new(),
+            closed: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            conn,
+        }
+    }
+
+    /// Queues one event (called by the owning matcher thread). Returns false if it was dropped
+    /// because the queue is full. `now_ms` is the hub's coarse clock.
+    #[inline]
+    pub fn push(&self, seq: u64, json: &Bytes, now_ms: u64) -> bool {
+        let was_empty;
+        {
+            let mut q = self.queue.lock();
+            if q.items.len() >= self.capacity {
+                q.pending_drop += 1;
+                q.full_since.get_or_insert(now_ms);
+                drop(q);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            was_empty = q.items.is_empty();
+            if q.pending_drop > 0 {
+                let n = std::mem::take(&mut q.pending_drop);
+                q.items.push_back(Item::Lagged(n));
+            }
+            q.items.push_back(Item::Event { seq, json: json.clone() });
+        }
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if was_empty {
+            self.waker.wake();
+        }
+        true
+    }
+
+    /// Moves everything queued into `out` (called by the writer). A lag that happened after
+    /// the last queued event is reported at the end. Returns how many items were moved.
+    pub fn drain_into(&self, out: &mut Vec<Item>) -> usize {
+        let mut q = self.queue.lock();
+        let n = q.items.len();
+        out.extend(q.items.drain(..));
+        if q.pending_drop > 0 {
+            out.push(Item::Lagged(std::mem::take(&mut q.pending_drop)));
+        }
+        q.full_since = None;
+        // Give back memory a burst grew, so an idle subscriber stays small.
+        if q.items.capacity() > 1024 {
+            q.items.shrink_to(64);
+        }
+        n
+    }
+
+    /// Registers the writer's waker; call before checking the queue to avoid a lost wake-up.
+    pub fn register_waker(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Wakes the writer (shutdown, kill).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Milliseconds (hub clock) since the queue has been continuously full, if it is.
+    pub fn full_since(&self) -> Option<u64> {
+        self.queue.lock().full_since
+    }
+
+    /// Number of queued items.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().items.len()
+    }
+
+    /// Marks the subscriber gone (its stream ended); matchers skip it from now on.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// True once the stream has ended.
+    #[inline]
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Events queued for this subscriber so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped for this subscriber because it lagged.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection carrying this subscriber, if it has one.
+    pub fn kill_connection(&self) {
+        self.close();
+        if let Some(c) = &self.conn {
+            c.kill();
+        }
+        self.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(s: &Subscriber) -> Vec<String> {
+        let mut out = vec![];
+        s.drain_into(&mut out);
+        out.into_iter()
+            .map(|i| match i {
+                Item::Event { seq, .. } => format!("e{seq}"),
+                Item::Lagged(n) => format!("lag{n}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bounded_queue_reports_lag_in_place() {
+        let s = Subscriber::new(1, Filter::default(), true, 2, None);
+        let b = Bytes::from_static(b"{}");
+        assert!(s.push(0, &b, 0));
+        assert!(s.push(1, &b, 0));
+        assert!(!s.push(2, &b, 5));
+        assert!(!s.push(3, &b, 6));
+        assert_eq!(s.full_since(), Some(5));
+        assert_eq!(items(&s), vec!["e0", "e1", "lag2"]);
+        assert_eq!(s.full_since(), None);
+        assert!(s.push(4, &b, 7));
+        assert_eq!(items(&s), vec!["e4"]);
+        // A drop followed by a successful push puts the marker before the new event.
+        let s = Subscriber::new(2, Filter::default(), true, 1, None);
+        s.push(0, &b, 0);
+        s.push(1, &b, 0);
+        let mut out = vec![];
+        s.drain_into(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(s.dropped(), 1);
+        assert_eq!(s.delivered(), 1);
+    }
+}

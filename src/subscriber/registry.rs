@@ -1,0 +1,221 @@
+//! The set of live subscribers and the thread that recompiles the shard indexes.
+//!
+//! Subscribing and unsubscribing send a command over a crossbeam channel to one index-builder
+//! thread. It applies every pending command at once, recompiles only the shards that changed,
+//! swaps them in with `arc-swap`, and then answers each new subscriber with the ring position
+//! from which it is guaranteed to receive every matching event. A burst of connections costs
+//! one rebuild per burst, not one per connection, and the matcher threads never wait for it.
+
+use super::{ConnHandle, Subscriber};
+use crate::event::Event;
+use crate::matcher::index::CompiledIndex;
+use crate::query::Filter;
+use crate::ring::Ring;
+use ahash::AHashMap;
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::Arc;
+
+enum Command {
+    Add(Arc<Subscriber>, tokio::sync::oneshot::Sender<u64>),
+    Remove(u64),
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The configured maximum of subscribers is reached.
+    #[error("too many subscribers (at most {0})")]
+    Full(usize),
+    /// The hub is shutting down.
+    #[error("the hub is shutting down")]
+    Closed,
+}
+
+/// All live subscribers, sharded across matcher threads.
+pub struct Registry {
+    shards: Vec<Arc<ArcSwap<CompiledIndex>>>,
+    all: Arc<Mutex<AHashMap<u64, Arc<Subscriber>>>>,
+    tx: Mutex<Option<Sender<Command>>>,
+    next_id: AtomicU64,
+    max_subscribers: usize,
+    queue_capacity: usize,
+    builder: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Removes its subscriber from the registry when dropped (the stream ended).
+pub struct Subscription {
+    /// The subscriber.
+    pub sub: Arc<Subscriber>,
+    /// Ring position from which every matching event reaches this subscriber.
+    pub start: u64,
+    tx: Option<Sender<Command>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.sub.close();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Command::Remove(self.sub.id));
+        }
+    }
+}
+
+impl Registry {
+    /// A registry with `shards` matcher shards, feeding indexes built over `ring` positions.
+    pub fn new(
+        shards: usize,
+        max_subscribers: usize,
+        queue_capacity: usize,
+        ring: Arc<Ring<Arc<Event>>>,
+    ) -> std::io::Result<Registry> {
+        let shards: Vec<_> =
+            (0..shards.max(1)).map(|_| Arc::new(ArcSwap::from_pointee(CompiledIndex::empty()))).collect();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let all = Arc::new(Mutex::new(AHashMap::new()));
+        let builder = {
+            let shards = shards.clone();
+            let all = all.clone();
+            std::thread::Builder::new()
+                .name("livetap-index".into())
+                .spawn(move || build_loop(rx, shards, all, ring))?
+        };
+        Ok(Registry {
+            shards,
+            all,
+            tx: Mutex::new(Some(tx)),
+            next_id: AtomicU64::new(1),
+            max_subscribers,
+            queue_capacity,
+            builder: Mutex::new(Some(builder)),
+        })
+    }
+
+    /// The index cell of matcher shard `i`.
+    pub fn shard(&self, i: usize) -> Arc<ArcSwap<CompiledIndex>> {
+        self.shards[i % self.shards.len()].clone()
+    }
+
+    /// Adds a subscriber; resolves once the matcher indexes include it.
+    pub async fn subscribe(
+        &self,
+        filter: Filter,
+        follow: bool,
+        conn: Option<Arc<ConnHandle>>,
+    ) -> Result<Subscription, RegistryError> {
+        let tx = self.tx.lock().clone().ok_or(RegistryError::Closed)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscriber::new(id, filter, follow, self.queue_capacity, conn));
+        {
+            let mut all = self.all.lock();
+            if all.len() >= self.max_subscribers {
+                return Err(RegistryError::Full(self.max_subscribers));
+            }
+            all.insert(id, sub.clone());
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let mut subscription = Subscription { sub: sub.clone(), start: 0, tx: Some(tx.clone()) };
+        tx.send(Command::Add(sub, reply)).map_err(|_| RegistryError::Closed)?;
+        subscription.start = rx.await.map_err(|_| RegistryError::Closed)?;
+        Ok(subscription)
+    }
+
+    /// Number of live subscribers.
+    pub fn len(&self) -> usize {
+        self.all.lock().len()
+    }
+
+    /// True when nobody is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of the live subscribers.
+    pub fn snapshot(&self) -> Vec<Arc<Subscriber>> {
+        self.all.lock().values().cloned().collect()
+    }
+
+    /// Closes the connections of subscribers whose queue has been full for `stall_ms` or more.
+    /// Returns how many were closed.
+    pub fn reap_stalled(&self, now_ms: u64, stall_ms: u64) -> usize {
+        let mut n = 0;
+        for sub in self.snapshot() {
+            if let Some(since) = sub.full_since() {
+                if now_ms.saturating_sub(since) >= stall_ms && !sub.is_closed() {
+                    tracing::info!(subscriber = sub.id, "closing stalled subscriber");
+                    sub.kill_connection();
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Wakes every subscriber's writer (used at shutdown).
+    pub fn wake_all(&self) {
+        for sub in self.snapshot() {
+            sub.wake();
+        }
+    }
+
+    /// Refuses new subscriptions and stops the index builder once the current ones are gone.
+    pub fn close(&self) {
+        self.tx.lock().take();
+    }
+
+    /// Waits for the index-builder thread to exit (after [`Registry::close`] and once every
+    /// [`Subscription`] has been dropped).
+    pub fn join(&self) {
+        if let Some(h) = self.builder.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn build_loop(
+    rx: Receiver<Command>,
+    shards: Vec<Arc<ArcSwap<CompiledIndex>>>,
+    all: Arc<Mutex<AHashMap<u64, Arc<Subscriber>>>>,
+    ring: Arc<Ring<Arc<Event>>>,
+) {
+    let n = shards.len() as u64;
+    let mut members: Vec<BTreeMap<u64, Arc<Subscriber>>> = vec![BTreeMap::new(); shards.len()];
+    let mut generation = 0u64;
+    while let Ok(first) = rx.recv() {
+        let mut dirty = vec![false; shards.len()];
+        let mut replies = Vec::new();
+        for cmd in std::iter::once(first).chain(rx.try_iter()) {
+            match cmd {
+                Command::Add(sub, reply) => {
+                    let s = (sub.id % n) as usize;
+                    dirty[s] = true;
+                    members[s].insert(sub.id, sub);
+                    replies.push(reply);
+                }
+                Command::Remove(id) => {
+                    let s = (id % n) as usize;
+                    if members[s].remove(&id).is_some() {
+                        dirty[s] = true;
+                    }
+                    all.lock().remove(&id);
+                }
+            }
+        }
+        for (s, d) in dirty.iter().enumerate() {
+            if *d {
+                generation += 1;
+                let subs = members[s].values().cloned().collect();
+                shards[s].store(Arc::new(CompiledIndex::build(subs, generation)));
+            }
+        }
+        // See `matcher::load_consistent`: the head must be read after the stores.
+        fence(Ordering::SeqCst);
+        let start = ring.head();
+        for r in replies {
+            let _ = r.send(start);
+        }
+    }
+}
