@@ -105,11 +105,9 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
             let lines = buf[start..end].iter().filter(|&&b| b == b'\n').count();
             let mut parsed = parse_ndjson_from(&mut buf[start..end], line_no, &mut hub.builder(), now_secs());
             line_no += lines;
-            if !parsed.events.is_empty() {
-                if hub.publish(&parsed.events, None).await.is_err() {
-                    // Shutting down: what was not accepted is not acknowledged either.
-                    return;
-                }
+            // At shutdown the publish fails: what was not accepted is not acknowledged either.
+            if !parsed.events.is_empty() && hub.publish(&parsed.events, None).await.is_err() {
+                return;
             }
             if parsed.rejected > 0 {
                 IngestStats::add(&hub.ingest.rejected, parsed.rejected as u64);

@@ -38,7 +38,7 @@ pub struct StatsSnapshot {
     pub refused_batches: u64,
     /// Authentication failures.
     pub auth_failures: u64,
-    /// Events read by the matcher threads (summed over threads).
+    /// Events matched by every matcher thread (the ring's tail).
     pub matched: u64,
     /// Events queued to subscribers (summed over subscribers).
     pub deliveries: u64,
