@@ -62,8 +62,7 @@ impl Hub {
     pub fn start(config: Config, admin_token: String) -> std::io::Result<Arc<Hub>> {
         let threads = config.effective_matcher_threads();
         let (ring, consumers) = Ring::new(config.ring_capacity, threads);
-        let registry =
-            Registry::new(threads, config.max_subscribers, config.subscriber_queue, ring.clone())?;
+        let registry = Registry::new(threads, config.max_subscribers, config.subscriber_queue, ring.clone())?;
         let catalogue = Catalogue::embedded();
         let keys = KeyRegistry::new(1024);
         catalogue.register_keys(&keys);
@@ -193,8 +192,7 @@ impl Hub {
         self.accepting.store(false, Ordering::SeqCst);
         let _ = self.shutdown_tx.send(true);
         self.registry.close();
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(self.config.drain_timeout_secs);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.drain_timeout_secs);
         while self.ring.tail() < self.ring.head() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -97,12 +97,13 @@ async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Resu
     let demo = config.demo.then_some(config.demo_rate);
     let socket = config.ingest_socket.clone();
     let listen = config.listen;
-    let server = Server::start(config, token.clone())
-        .await
-        .with_context(|| format!("cannot start on {listen}"))?;
+    let server =
+        Server::start(config, token.clone()).await.with_context(|| format!("cannot start on {listen}"))?;
     let base = format!("http://{}", server.addr);
     let shown = match origin {
-        TokenOrigin::Generated => format!("{token}  (generated for this run; set admin-token or --data-dir to keep one)"),
+        TokenOrigin::Generated => {
+            format!("{token}  (generated for this run; set admin-token or --data-dir to keep one)")
+        }
         TokenOrigin::Stored => format!("{token}  (kept in the data directory)"),
         TokenOrigin::Configured => "(as configured)".to_string(),
     };

@@ -28,10 +28,8 @@ pub enum AuthError {
 /// Checks an `Authorization` header value against the admin token.
 pub fn check_bearer(header: Option<&[u8]>, token: &str) -> Result<(), AuthError> {
     let h = header.ok_or(AuthError::Missing)?;
-    let presented = h
-        .strip_prefix(b"Bearer ")
-        .or_else(|| h.strip_prefix(b"bearer "))
-        .ok_or(AuthError::Invalid)?;
+    let presented =
+        h.strip_prefix(b"Bearer ").or_else(|| h.strip_prefix(b"bearer ")).ok_or(AuthError::Invalid)?;
     if bool::from(presented.trim_ascii().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
@@ -99,7 +97,8 @@ pub fn resolve_admin_token(
     let token = generate_token()?;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
     f.write_all(token.as_bytes())?;
     Ok((token, TokenOrigin::Generated))
 }

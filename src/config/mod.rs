@@ -168,8 +168,7 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|source| ConfigError::Read { path: p.into(), source })?;
-                Self::from_toml(&text)
-                    .map_err(|message| ConfigError::Parse { path: p.into(), message })?
+                Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: p.into(), message })?
             }
             None => Config::default(),
         };

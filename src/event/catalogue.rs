@@ -133,10 +133,7 @@ impl Catalogue {
             let kind = if FOLDED_KEYS.contains(&name.as_str()) {
                 KeyKind::Folded
             } else {
-                self.key_kinds
-                    .get(name)
-                    .and_then(|k| KeyKind::from_name(k))
-                    .unwrap_or(KeyKind::String)
+                self.key_kinds.get(name).and_then(|k| KeyKind::from_name(k)).unwrap_or(KeyKind::String)
             };
             keys.register(name, kind);
         }

@@ -81,8 +81,27 @@ pub fn write_value(out: &mut Vec<u8>, v: &RawValue<'_>) {
 
 /// Families whose name is an acronym, written in capitals in the default `text`.
 const ACRONYMS: &[&str] = &[
-    "smtp", "imap", "pop3", "jmap", "http", "dns", "tls", "spf", "dkim", "dmarc", "arc", "mta-sts",
-    "iprev", "acme", "ai", "tls-rpt", "mail-auth", "sieve", "webdav", "caldav", "carddav",
+    "smtp",
+    "imap",
+    "pop3",
+    "jmap",
+    "http",
+    "dns",
+    "tls",
+    "spf",
+    "dkim",
+    "dmarc",
+    "arc",
+    "mta-sts",
+    "iprev",
+    "acme",
+    "ai",
+    "tls-rpt",
+    "mail-auth",
+    "sieve",
+    "webdav",
+    "caldav",
+    "carddav",
 ];
 
 /// Writes a readable default `text` for an event type when the producer sent none:
@@ -139,9 +158,7 @@ pub fn parse_timestamp(v: &RawValue<'_>) -> Option<i64> {
 
 /// The current time in Unix seconds.
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

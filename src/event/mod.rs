@@ -250,10 +250,7 @@ impl<'c> EventBuilder<'c> {
             out.push(b':');
             encode::write_value(out, v);
 
-            let key = self
-                .keys
-                .lookup(k)
-                .or_else(|| self.keys.register(k, KeyRegistry::kind_for_new(v)));
+            let key = self.keys.lookup(k).or_else(|| self.keys.register(k, KeyRegistry::kind_for_new(v)));
             collect_match(v, key, &mut self.canon, &mut self.fields, &mut self.search, 0);
         }
         out.extend_from_slice(b"}}");
@@ -411,7 +408,9 @@ mod tests {
     fn unknown_keys_are_registered_and_unknown_types_accepted() {
         let (c, k) = setup();
         let mut b = EventBuilder::new(&c, &k);
-        let raw = RawValue::parse_serde(br#"{"type":"postfix.qmgr","data":{"clientName":"mx.Example.org","n":3}}"#).unwrap();
+        let raw =
+            RawValue::parse_serde(br#"{"type":"postfix.qmgr","data":{"clientName":"mx.Example.org","n":3}}"#)
+                .unwrap();
         let ev = b.build(&raw, 1_700_000_000).unwrap();
         assert_eq!(ev.level, Level::Info);
         let (id, kind) = k.lookup("clientName").unwrap();

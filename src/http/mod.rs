@@ -165,11 +165,19 @@ fn json_ok<T: Serialize>(status: StatusCode, v: &T) -> Response<LiveBody> {
 }
 
 /// Routes one request. Never fails: errors become JSON responses.
-pub async fn handle(hub: Arc<Hub>, conn: Arc<ConnHandle>, req: Request<Incoming>) -> Result<Response<LiveBody>, Infallible> {
+pub async fn handle(
+    hub: Arc<Hub>,
+    conn: Arc<ConnHandle>,
+    req: Request<Incoming>,
+) -> Result<Response<LiveBody>, Infallible> {
     Ok(route(hub, conn, req).await.unwrap_or_else(HttpError::into_response))
 }
 
-async fn route(hub: Arc<Hub>, conn: Arc<ConnHandle>, req: Request<Incoming>) -> Result<Response<LiveBody>, HttpError> {
+async fn route(
+    hub: Arc<Hub>,
+    conn: Arc<ConnHandle>,
+    req: Request<Incoming>,
+) -> Result<Response<LiveBody>, HttpError> {
     let path = req.uri().path();
     match path {
         "/healthz" => {
@@ -215,7 +223,11 @@ fn admin(hub: &Hub, req: &Request<Incoming>) -> Result<(), HttpError> {
     })
 }
 
-async fn live_traces(hub: Arc<Hub>, conn: Arc<ConnHandle>, req: Request<Incoming>) -> Result<Response<LiveBody>, HttpError> {
+async fn live_traces(
+    hub: Arc<Hub>,
+    conn: Arc<ConnHandle>,
+    req: Request<Incoming>,
+) -> Result<Response<LiveBody>, HttpError> {
     let q = parse_live_query(req.uri().query().unwrap_or(""), &hub.keys, &QueryLimits::default())?;
     let subscription =
         hub.registry.subscribe(q.filter, q.follow, Some(conn)).await.map_err(HttpError::Subscribers)?;
@@ -314,6 +326,7 @@ async fn webhook(hub: Arc<Hub>, req: Request<Incoming>) -> Result<Response<LiveB
             HttpError::Unauthorized(e)
         })?;
     }
-    let parsed = ingest::parse_webhook(&mut body, &mut hub.builder(), now_secs()).map_err(HttpError::BadBody)?;
+    let parsed =
+        ingest::parse_webhook(&mut body, &mut hub.builder(), now_secs()).map_err(HttpError::BadBody)?;
     publish_batch(&hub, parsed).await
 }

@@ -1,7 +1,9 @@
 //! Ingest: turning producer bytes into built events, and the event-source trait.
 //!
-//! Bodies are parsed with simd-json (the parse benchmark keeps it: it is faster than
-//! serde_json on our event sizes, see `perf/RESULTS.md`). One bad line never spoils a body: it
+//! Bodies are parsed with serde_json. The parse benchmark runs simd-json beside it on the same
+//! `RawValue` deserialiser, and for our event sizes (~240-byte NDJSON lines) serde_json is faster
+//! (see `perf/RESULTS.md`), so it is the one kept. The parse functions still take `&mut [u8]` so
+//! the choice can flip without changing callers. One bad line never spoils a body: it
 //! is reported with its line number and reason while the valid lines are accepted. Parsing
 //! does no I/O and no async, so it is unit-tested, benchmarked and fuzzed directly.
 //!
@@ -67,21 +69,22 @@ impl ParsedBatch {
 
 /// Parses an NDJSON body: one event object per line, or one JSON array of events, or lines
 /// holding Stalwart webhook batches (`{"events":[...]}`). Blank lines are skipped.
-/// simd-json unescapes in place, hence `&mut`.
 pub fn parse_ndjson(body: &mut [u8], b: &mut EventBuilder<'_>, now: i64) -> ParsedBatch {
-    parse_ndjson_from(body, 1, b, now)
+    parse_ndjson_from(body, 1, None, b, now)
 }
 
-/// [`parse_ndjson`] numbering lines from `first_line` (for a stream read in pieces).
+/// [`parse_ndjson`] numbering lines from `first_line` (for a stream read in pieces), and
+/// rejecting lines longer than `max_line` bytes when a cap is given.
 pub fn parse_ndjson_from(
     body: &mut [u8],
     first_line: usize,
+    max_line: Option<usize>,
     b: &mut EventBuilder<'_>,
     now: i64,
 ) -> ParsedBatch {
     let mut out = ParsedBatch::default();
-    if body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'[') {
-        match RawValue::parse_simd(body) {
+    if max_line.is_none() && body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'[') {
+        match RawValue::parse_serde(body) {
             Ok(RawValue::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
                     out.add(item, i + 1, b, now);
@@ -93,11 +96,15 @@ pub fn parse_ndjson_from(
         return out;
     }
     for (i, line) in body.split_mut(|&c| c == b'\n').enumerate() {
+        if let Some(max) = max_line.filter(|&m| line.len() > m) {
+            out.reject(first_line + i, format!("line longer than {max} bytes"));
+            continue;
+        }
         let line = trim_mut(line);
         if line.is_empty() {
             continue;
         }
-        match RawValue::parse_simd(line) {
+        match RawValue::parse_serde(line) {
             Ok(raw) => out.add(&raw, first_line + i, b, now),
             Err(e) => out.reject(first_line + i, BuildError::Json(e).to_string()),
         }
@@ -109,7 +116,7 @@ pub fn parse_ndjson_from(
 /// such an object; invalid events inside are counted and reported, the rest accepted (a 4xx
 /// would make Stalwart retry the batch forever for the sake of one bad event).
 pub fn parse_webhook(body: &mut [u8], b: &mut EventBuilder<'_>, now: i64) -> Result<ParsedBatch, String> {
-    let raw = RawValue::parse_simd(body).map_err(|e| BuildError::Json(e).to_string())?;
+    let raw = RawValue::parse_serde(body).map_err(|e| BuildError::Json(e).to_string())?;
     let Some(RawValue::Array(list)) = raw.get("events") else {
         return Err("expected an object {\"events\": [...]}".into());
     };
@@ -154,7 +161,9 @@ mod tests {
     fn ndjson_with_a_bad_line() {
         let (c, k) = setup();
         let mut b = EventBuilder::new(&c, &k);
-        let mut body = b"{\"type\":\"auth.success\"}\n\n{\"type\":\n{\"data\":{}}\r\n  {\"type\":\"auth.failed\"}  \n".to_vec();
+        let mut body =
+            b"{\"type\":\"auth.success\"}\n\n{\"type\":\n{\"data\":{}}\r\n  {\"type\":\"auth.failed\"}  \n"
+                .to_vec();
         let p = parse_ndjson(&mut body, &mut b, 0);
         assert_eq!(p.events.len(), 2);
         assert_eq!(p.rejected, 2);

@@ -103,7 +103,13 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
                 }
             }
             let lines = buf[start..end].iter().filter(|&&b| b == b'\n').count();
-            let mut parsed = parse_ndjson_from(&mut buf[start..end], line_no, &mut hub.builder(), now_secs());
+            let mut parsed = parse_ndjson_from(
+                &mut buf[start..end],
+                line_no,
+                Some(max_line),
+                &mut hub.builder(),
+                now_secs(),
+            );
             line_no += lines;
             // At shutdown the publish fails: what was not accepted is not acknowledged either.
             if !parsed.events.is_empty() && hub.publish(&parsed.events, None).await.is_err() {
@@ -114,6 +120,9 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
                 report(&stream, &mut parsed.errors);
             }
             buf.drain(..end);
+        } else if skipping {
+            // Still inside an over-long line that was already reported: discard quietly.
+            buf.clear();
         } else if buf.len() > max_line {
             let mut errors = vec![super::LineError {
                 line: line_no,

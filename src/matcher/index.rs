@@ -16,8 +16,8 @@
 use crate::event::{Event, KeyId};
 use crate::query::MAX_CLAUSES;
 use crate::subscriber::Subscriber;
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use ahash::AHashMap;
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use smallvec::SmallVec;
 use std::sync::Arc;
 

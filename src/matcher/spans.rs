@@ -122,14 +122,21 @@ mod tests {
             s.out.len()
         };
         assert_eq!(run(r#"{"type":"smtp.ehlo","data":{"spanId":1}}"#, 0, &mut t), 0);
-        assert_eq!(run(r#"{"type":"smtp.connection-start","data":{"spanId":1,"remoteIp":"10.0.0.5"}}"#, 1, &mut t), 1);
+        assert_eq!(
+            run(r#"{"type":"smtp.connection-start","data":{"spanId":1,"remoteIp":"10.0.0.5"}}"#, 1, &mut t),
+            1
+        );
         assert_eq!(run(r#"{"type":"smtp.mail-from","data":{"spanId":1}}"#, 2, &mut t), 1);
         assert_eq!(run(r#"{"type":"smtp.mail-from","data":{"spanId":2}}"#, 2, &mut t), 0);
         assert_eq!(run(r#"{"type":"smtp.connection-end","data":{"spanId":1}}"#, 3, &mut t), 1);
         assert!(t.is_empty());
         assert_eq!(run(r#"{"type":"smtp.rcpt-to","data":{"spanId":1}}"#, 4, &mut t), 0);
         for span in 100..200 {
-            run(&format!(r#"{{"type":"smtp.ehlo","data":{{"spanId":{span},"remoteIp":"10.0.0.5"}}}}"#), span, &mut t);
+            run(
+                &format!(r#"{{"type":"smtp.ehlo","data":{{"spanId":{span},"remoteIp":"10.0.0.5"}}}}"#),
+                span,
+                &mut t,
+            );
         }
         assert!(t.len() <= 16);
         t.expire(10_000);

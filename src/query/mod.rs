@@ -63,12 +63,8 @@ impl Filter {
 
     /// The reference meaning of a filter, evaluated naively against one event.
     pub fn matches(&self, ev: &Event) -> bool {
-        let keys_ok = self
-            .keys
-            .iter()
-            .all(|c| ev.values_of(c.key).any(|v| c.values.iter().any(|w| w == v)));
-        let text_ok =
-            self.text.is_empty() || self.text.iter().any(|t| ev.search_text().contains(t.as_str()));
+        let keys_ok = self.keys.iter().all(|c| ev.values_of(c.key).any(|v| c.values.iter().any(|w| w == v)));
+        let text_ok = self.text.is_empty() || self.text.iter().any(|t| ev.search_text().contains(t.as_str()));
         keys_ok && text_ok
     }
 }

@@ -71,9 +71,8 @@ impl<T: Send + Sync> Ring<T> {
     /// A ring of `capacity` slots (rounded up to a power of two) read by `consumers` cursors.
     pub fn new(capacity: usize, consumers: usize) -> (std::sync::Arc<Ring<T>>, Vec<Consumer<T>>) {
         let cap = capacity.max(2).next_power_of_two();
-        let slots = (0..cap)
-            .map(|_| Slot { stamp: AtomicU64::new(0), value: UnsafeCell::new(None) })
-            .collect();
+        let slots =
+            (0..cap).map(|_| Slot { stamp: AtomicU64::new(0), value: UnsafeCell::new(None) }).collect();
         let gates = (0..consumers.max(1))
             .map(|_| Gate {
                 cursor: CachePadded::new(AtomicU64::new(0)),
@@ -88,9 +87,8 @@ impl<T: Send + Sync> Ring<T> {
             gate_cache: CachePadded::new(AtomicU64::new(0)),
             gates,
         });
-        let consumers = (0..consumers.max(1))
-            .map(|i| Consumer { ring: ring.clone(), index: i, cursor: 0 })
-            .collect();
+        let consumers =
+            (0..consumers.max(1)).map(|i| Consumer { ring: ring.clone(), index: i, cursor: 0 }).collect();
         (ring, consumers)
     }
 
@@ -136,8 +134,7 @@ impl<T: Send + Sync> Ring<T> {
                     return Err(RingError::Full { free: (tail + cap).saturating_sub(head), wanted: n });
                 }
             }
-            match self.claim.compare_exchange_weak(head, head + n, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.claim.compare_exchange_weak(head, head + n, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
                 Err(now) => head = now,
             }
@@ -300,7 +297,13 @@ mod tests {
                     while sent < 20_000 {
                         let n = 1 + (sent % 7) as usize;
                         let mut i = sent;
-                        if ring.try_publish(n, |_| { i += 1; (p, i - 1) }).is_ok() {
+                        if ring
+                            .try_publish(n, |_| {
+                                i += 1;
+                                (p, i - 1)
+                            })
+                            .is_ok()
+                        {
                             sent += n as u64;
                         } else {
                             std::thread::yield_now();

@@ -1,0 +1,216 @@
+//! The real `livetap` binary: startup banner, NDJSON over the Unix socket with an error report
+//! written back, HTTP ingest, graceful SIGTERM shutdown that delivers every accepted event and
+//! ends streams cleanly with exit status 0, and the `--demo` generator feeding a subscriber.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// A running `livetap` process; killed on drop if the test did not stop it.
+struct Livetap {
+    child: Child,
+    addr: SocketAddr,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Livetap {
+    fn start(extra: &[&str]) -> Livetap {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_livetap"))
+            .args(["--listen", "127.0.0.1:0", "--admin-token", TOKEN, "--matcher-threads", "2"])
+            .args(extra)
+            .env_remove("LIVETAP_ADMIN_TOKEN")
+            .env_remove("LIVETAP_WEBHOOK_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn livetap");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let out = child.stdout.take().unwrap();
+            let log = stdout.clone();
+            std::thread::spawn(move || {
+                let mut addr = None;
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        addr = Some(rest.trim().to_string());
+                    }
+                    // The `try:` line ends the banner.
+                    if line.trim_start().starts_with("try:") {
+                        if let Some(a) = addr.take() {
+                            let _ = tx.send(a);
+                        }
+                    }
+                }
+            });
+        }
+        {
+            let mut err = child.stderr.take().unwrap();
+            let log = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(DEADLINE) {
+            Ok(a) => a.parse().unwrap_or_else(|_| panic!("bad address in banner: {a}")),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no complete banner with a 'listening on' line; stderr: {}", stderr.lock().unwrap());
+            }
+        };
+        Livetap { child, addr, stdout, stderr }
+    }
+
+    fn sigterm(&self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// Waits for the process to exit (safety deadline), returning its status.
+    async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "livetap did not exit after SIGTERM; stderr: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Livetap {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_and_http_ingest_then_graceful_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("in.sock");
+    let mut lt = Livetap::start(&["--ingest-socket", sock.to_str().unwrap()]);
+    let addr = lt.addr;
+    {
+        let banner = lt.stdout.lock().unwrap().clone();
+        assert!(banner.contains("(as configured)"), "the configured token is not echoed: {banner}");
+        assert!(!banner.contains(TOKEN), "the admin token leaked to stdout: {banner}");
+    }
+    let r = request(addr, "GET", "/healthz", &[], b"").await;
+    assert_eq!(r.status, 200);
+
+    let mut sub = SseClient::connect(addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    assert_eq!(sub.status, 200);
+
+    // NDJSON over the Unix socket, line 2 malformed.
+    let mut producer = UnixStream::connect(&sock).await.expect("connect to the ingest socket");
+    let lines = [
+        json!({"type": "smtp.connection-start", "data": {"n": 0, "remoteIp": "10.0.0.5"}}).to_string(),
+        "{\"type\":".to_string(),
+        json!({"type": "smtp.ehlo", "data": {"n": 1}}).to_string(),
+        json!({"type": "smtp.connection-end", "data": {"n": 2}}).to_string(),
+    ];
+    producer.write_all((lines.join("\n") + "\n").as_bytes()).await.unwrap();
+    let (rd, _) = producer.split();
+    let mut report = String::new();
+    let n = tokio::time::timeout(DEADLINE, tokio::io::BufReader::new(rd).read_line(&mut report))
+        .await
+        .expect("an error report on the socket")
+        .unwrap();
+    assert!(n > 0, "socket closed without a report");
+    let report: Value = serde_json::from_str(report.trim()).expect("report is JSON");
+    assert_eq!(report["line"], 2, "{report}");
+    assert!(report["error"].as_str().unwrap().starts_with("malformed JSON"), "{report}");
+    let got = sub.collect_events(3, DEADLINE).await;
+    assert_eq!(field(&got, "n"), [json!(0), json!(1), json!(2)]);
+    drop(producer);
+
+    // Then over HTTP, and SIGTERM right after the last answer.
+    const N: usize = 300;
+    let events: Vec<Value> =
+        (0..N).map(|i| json!({"type": "auth.success", "data": {"n": 100 + i}})).collect();
+    for batch in events.chunks(100) {
+        ingest_ok(addr, batch).await;
+    }
+    lt.sigterm();
+    let got = sub.collect(N, DEADLINE).await;
+    assert_eq!(got.events.len(), N, "accepted events lost at shutdown; stderr: {}", lt.stderr());
+    assert_eq!(field(&got.events, "n"), field(&events, "n"));
+    assert_increasing(&got.ids);
+    let rest = sub.expect_end(DEADLINE).await;
+    assert!(rest.iter().all(|f| f.event == "ping"), "unexpected frames after the events: {rest:?}");
+    assert!(sub.ended_cleanly(), "the stream did not end with the chunked terminator");
+
+    let status = lt.wait_exit().await;
+    assert!(status.success(), "exit status {status:?}; stderr: {}", lt.stderr());
+    assert!(!sock.exists(), "the socket file is removed at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_generator_feeds_subscribers() {
+    let mut lt = Livetap::start(&["--demo", "--demo-rate", "500"]);
+    let addr = lt.addr;
+    assert!(lt.stdout.lock().unwrap().contains("demo generator"));
+    let mut sub = SseClient::connect(addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    assert_eq!(sub.status, 200);
+    let got = sub.collect(100, Duration::from_secs(10)).await;
+    assert!(
+        got.events.len() >= 100,
+        "the demo generator produced {} events (is src/ingest/demo.rs still a placeholder?)",
+        got.events.len()
+    );
+    assert_increasing(&got.ids);
+    for e in &got.events {
+        assert!(e["type"].as_str().is_some_and(|t| t.contains('.')), "{e}");
+        assert_eq!(e["createdAt"].as_str().map(str::len), Some(20), "{e}");
+        assert!(e["level"].is_string() && e["data"].is_object(), "{e}");
+    }
+    // A filtered subscriber finds demo traffic too.
+    let mut smtp =
+        SseClient::connect(addr, "/api/telemetry/traces/live?filter=smtp&follow=false", Some(TOKEN)).await;
+    let got = smtp.collect(5, Duration::from_secs(10)).await;
+    assert!(got.events.len() >= 5, "no smtp traffic in the demo");
+    for e in &got.events {
+        assert!(e.to_string().to_lowercase().contains("smtp"), "{e}");
+    }
+
+    lt.sigterm();
+    sub.expect_end(DEADLINE).await;
+    smtp.expect_end(DEADLINE).await;
+    let status = lt.wait_exit().await;
+    assert!(status.success(), "exit status {status:?}; stderr: {}", lt.stderr());
+}
