@@ -80,6 +80,15 @@ pub struct TypeInfo {
     pub span_end: bool,
     /// True when the type is in Stalwart's catalogue.
     pub known: bool,
+    /// The default `text` as a JSON string literal, computed once per type so building an
+    /// event does not allocate or format it.
+    pub default_text: Arc<[u8]>,
+}
+
+fn default_text(name: &str) -> Arc<[u8]> {
+    let mut out = Vec::with_capacity(name.len() + 4);
+    super::encode::write_humanized_type(&mut out, name);
+    Arc::from(out)
 }
 
 /// Event types, keys and metrics, loaded once at start.
@@ -113,6 +122,7 @@ impl Catalogue {
                     level: Level::parse(&e.level).unwrap_or(Level::Info),
                     span_end: span_end.contains(e.name.as_str()),
                     known: true,
+                    default_text: default_text(&e.name),
                 };
                 (Box::from(e.name.as_str()), info)
             })
@@ -150,8 +160,10 @@ impl Catalogue {
         let info = TypeInfo {
             name: Arc::from(name),
             level: Level::Info,
-            span_end: name.ends_with("-end") || name.ends_with(".connection-end"),
+            // Producer-invented types follow the catalogue naming: `*-end` closes a span.
+            span_end: name.ends_with("-end"),
             known: false,
+            default_text: default_text(name),
         };
         let mut dynamic = self.dynamic.write();
         if dynamic.len() < MAX_DYNAMIC_TYPES {

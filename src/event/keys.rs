@@ -51,6 +51,9 @@ impl KeyKind {
         match self {
             KeyKind::Folded => push_lower(v, out),
             KeyKind::Ip => match v.trim().parse::<IpAddr>() {
+                // Rust's IPv4 parser accepts only the canonical dotted form (no leading zeros),
+                // so the input is already canonical and needs no formatting on the hot path.
+                Ok(IpAddr::V4(_)) => out.push_str(v.trim()),
                 Ok(ip) => {
                     use std::fmt::Write;
                     let _ = write!(out, "{}", canonical_ip(ip));
@@ -257,6 +260,10 @@ mod tests {
         KeyKind::Ip.canonical_str("2001:DB8::1", &mut a);
         assert_eq!(KeyKind::Ip.canonical_query("2001:db8:0::1").unwrap(), a);
         assert_eq!(KeyKind::Ip.canonical_query("::ffff:10.0.0.5").unwrap(), "10.0.0.5");
+        let mut v4 = String::new();
+        KeyKind::Ip.canonical_str(" 10.0.0.5 ", &mut v4);
+        assert_eq!(v4, "10.0.0.5");
+        assert!("010.0.0.5".parse::<IpAddr>().is_err(), "non-canonical IPv4 must not parse");
         assert!(KeyKind::Ip.canonical_query("10.0.0.300").is_err());
         assert_eq!(KeyKind::Integer.canonical_query(" 0042 ").unwrap(), "42");
         assert!(KeyKind::Integer.canonical_query("4x").is_err());

@@ -210,7 +210,7 @@ impl<'c> EventBuilder<'c> {
         out.extend_from_slice(b"{\"text\":");
         match text {
             Some(t) => encode::write_str(out, t),
-            None => encode::write_humanized_type(out, ty),
+            None => out.extend_from_slice(&info.default_text),
         }
         out.extend_from_slice(b",\"details\":");
         encode::write_str(out, details.unwrap_or(""));
