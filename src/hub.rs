@@ -63,9 +63,7 @@ impl Hub {
         let threads = config.effective_matcher_threads();
         let (ring, consumers) = Ring::new(config.ring_capacity, threads);
         let registry = Registry::new(threads, config.max_subscribers, config.subscriber_queue, ring.clone())?;
-        let catalogue = Catalogue::embedded();
-        let keys = KeyRegistry::new(1024);
-        catalogue.register_keys(&keys);
+        let (catalogue, keys) = Catalogue::with_keys(1024);
         for k in &config.keys {
             let kind = KeyKind::from_name(&k.kind).unwrap_or(KeyKind::String);
             keys.register(&k.name, kind);

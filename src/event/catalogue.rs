@@ -137,6 +137,15 @@ impl Catalogue {
         }
     }
 
+    /// The embedded catalogue and a key registry (capped at `key_cap` keys) that already holds
+    /// its 66 keys: what the hub, the tests and the benchmarks all start from.
+    pub fn with_keys(key_cap: usize) -> (Catalogue, KeyRegistry) {
+        let c = Catalogue::embedded();
+        let k = KeyRegistry::new(key_cap);
+        c.register_keys(&k);
+        (c, k)
+    }
+
     /// Registers the 66 catalogue keys with their kinds into `keys`.
     pub fn register_keys(&self, keys: &KeyRegistry) {
         for name in &self.key_names {

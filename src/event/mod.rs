@@ -355,10 +355,7 @@ mod tests {
     use super::*;
 
     fn setup() -> (Catalogue, KeyRegistry) {
-        let c = Catalogue::embedded();
-        let k = KeyRegistry::new(1024);
-        c.register_keys(&k);
-        (c, k)
+        Catalogue::with_keys(1024)
     }
 
     #[test]

@@ -151,10 +151,7 @@ mod tests {
     use crate::event::{Catalogue, KeyRegistry};
 
     fn setup() -> (Catalogue, KeyRegistry) {
-        let c = Catalogue::embedded();
-        let k = KeyRegistry::new(1024);
-        c.register_keys(&k);
-        (c, k)
+        Catalogue::with_keys(1024)
     }
 
     #[test]

@@ -225,10 +225,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn setup() -> (Catalogue, KeyRegistry) {
-        let c = Catalogue::embedded();
-        let k = KeyRegistry::new(1024);
-        c.register_keys(&k);
-        (c, k)
+        Catalogue::with_keys(1024)
     }
 
     fn sub(k: &KeyRegistry, id: u64, q: &str) -> Arc<Subscriber> {

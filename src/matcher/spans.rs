@@ -98,16 +98,14 @@ impl SpanTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Catalogue, EventBuilder, KeyRegistry, RawValue};
+    use crate::event::{Catalogue, EventBuilder, RawValue};
     use crate::query::{parse_live_query, QueryLimits};
     use crate::subscriber::Subscriber;
     use std::sync::Arc;
 
     #[test]
     fn follows_until_span_end_and_stays_bounded() {
-        let c = Catalogue::embedded();
-        let k = KeyRegistry::new(1024);
-        c.register_keys(&k);
+        let (c, k) = Catalogue::with_keys(1024);
         let q = parse_live_query("remote-ip=10.0.0.5", &k, &QueryLimits::default()).unwrap();
         let sub = Arc::new(Subscriber::new(7, q.filter, true, 64, None));
         let idx = CompiledIndex::build(vec![sub], 1);

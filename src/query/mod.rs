@@ -10,6 +10,8 @@
 //! [`Filter::matches`] is the naive reference evaluator: the compiled index in `matcher` must
 //! agree with it on every event, which the property tests check. It does no I/O and no async.
 
+pub mod ast;
+pub mod parse;
 use crate::event::keys::{lowercase_into, KeyId, KeyRegistry};
 use crate::event::Event;
 use std::sync::Arc;
@@ -188,10 +190,7 @@ mod tests {
     use crate::event::{Catalogue, EventBuilder, RawValue};
 
     fn keys() -> (Catalogue, KeyRegistry) {
-        let c = Catalogue::embedded();
-        let k = KeyRegistry::new(1024);
-        c.register_keys(&k);
-        (c, k)
+        Catalogue::with_keys(1024)
     }
 
     #[test]
