@@ -30,12 +30,27 @@ fn line(n: usize) -> String {
     json!({"type": "smtp.ehlo", "data": {"n": n, "domain": "mx.example.org"}}).to_string() + "\n"
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn line_numbers_survive_any_split() {
+/// A server listening on a Unix socket in a fresh directory (with `max_line_bytes` when given),
+/// and an unfiltered subscriber connected to it. The directory must outlive the test.
+async fn socket_server(
+    max_line: Option<usize>,
+) -> (tempfile::TempDir, std::path::PathBuf, livetap::Server, SseClient) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("in.sock");
-    let server = start_server(|c| c.ingest_socket = Some(sock.clone())).await;
-    let mut sub = SseClient::connect(server.addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    let server = start_server(|c| {
+        c.ingest_socket = Some(sock.clone());
+        if let Some(m) = max_line {
+            c.max_line_bytes = m;
+        }
+    })
+    .await;
+    let sub = SseClient::connect(server.addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    (dir, sock, server, sub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_numbers_survive_any_split() {
+    let (_dir, sock, server, mut sub) = socket_server(None).await;
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "the socket is created with mode 0660");
@@ -71,14 +86,7 @@ async fn line_numbers_survive_any_split() {
 /// newline, and the lines around it are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_line_is_rejected_once_and_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("in.sock");
-    let server = start_server(|c| {
-        c.ingest_socket = Some(sock.clone());
-        c.max_line_bytes = 256;
-    })
-    .await;
-    let mut sub = SseClient::connect(server.addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    let (_dir, sock, server, mut sub) = socket_server(Some(256)).await;
     let huge =
         json!({"type": "smtp.ehlo", "data": {"n": 2, "reason": "z".repeat(1 << 20)}}).to_string() + "\n";
     let parts = vec![line(1).into_bytes(), huge.into_bytes(), line(3).into_bytes()];
@@ -102,14 +110,7 @@ async fn huge_line_is_rejected_once_and_skipped() {
 /// documented per line, not per read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_line_within_one_read_is_rejected() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("in.sock");
-    let server = start_server(|c| {
-        c.ingest_socket = Some(sock.clone());
-        c.max_line_bytes = 256;
-    })
-    .await;
-    let mut sub = SseClient::connect(server.addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    let (_dir, sock, server, mut sub) = socket_server(Some(256)).await;
     let long = json!({"type": "smtp.ehlo", "data": {"n": 2, "reason": "z".repeat(1000)}}).to_string() + "\n";
     let all = line(1) + &long + &line(3);
     let reports = produce(&sock, &[all.into_bytes()]).await;

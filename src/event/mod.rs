@@ -350,6 +350,18 @@ fn collect_match(
     }
 }
 
+/// Test helpers shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Catalogue, Event, EventBuilder, KeyRegistry, RawValue};
+
+    /// Builds one event from producer JSON, panicking on invalid input (tests only).
+    pub(crate) fn event(c: &Catalogue, k: &KeyRegistry, json: &str) -> Event {
+        let raw = RawValue::parse_serde(json.as_bytes()).unwrap();
+        EventBuilder::new(c, k).build(&raw, 0).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -608,16 +608,13 @@ impl fmt::Display for Expr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Catalogue, EventBuilder, KeyRegistry, RawValue};
+    use crate::event::{Catalogue, KeyRegistry};
 
     fn setup() -> (Catalogue, KeyRegistry) {
         Catalogue::with_keys(1024)
     }
 
-    fn event(c: &Catalogue, k: &KeyRegistry, json: &str) -> Event {
-        let raw = RawValue::parse_serde(json.as_bytes()).unwrap();
-        EventBuilder::new(c, k).build(&raw, 0).unwrap()
-    }
+    use crate::event::testing::event;
 
     fn key(k: &KeyRegistry, param: &str) -> Field {
         let (id, info) = k.lookup_param(param).unwrap();

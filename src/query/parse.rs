@@ -704,17 +704,14 @@ impl Parser<'_, '_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Catalogue, Event, EventBuilder, RawValue};
+    use crate::event::Catalogue;
     use crate::query::{parse_live_query, QueryLimits};
 
     fn setup() -> (Catalogue, KeyRegistry) {
         Catalogue::with_keys(1024)
     }
 
-    fn event(c: &Catalogue, k: &KeyRegistry, json: &str) -> Event {
-        let raw = RawValue::parse_serde(json.as_bytes()).unwrap();
-        EventBuilder::new(c, k).build(&raw, 0).unwrap()
-    }
+    use crate::event::testing::event;
 
     fn q(k: &KeyRegistry, s: &str) -> Expr {
         parse_expr(s, k, &Limits::default()).unwrap_or_else(|e| panic!("{s}: {e}"))
