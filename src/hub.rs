@@ -161,6 +161,9 @@ impl Hub {
             ring_capacity: self.ring.capacity(),
             ring_occupancy: self.ring.occupancy(),
             ring_head: self.ring.head(),
+            index: self.registry.index_stats(),
+            index_rebuilds: self.registry.rebuild_stats.rebuilds.load(Ordering::Relaxed),
+            index_rebuild_max_micros: self.registry.rebuild_stats.max_micros.load(Ordering::Relaxed),
             ..Default::default()
         };
         // Every matcher thread reads every event, so "matched" is how far the slowest got.

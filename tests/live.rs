@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use livetap::event::{Catalogue, EventBuilder, KeyRegistry, RawValue};
-use livetap::query::{parse_live_query, QueryLimits};
+use livetap::query::{parse_pairs, Limits};
 use serde_json::{json, Value};
 
 /// Deterministic, varied mail-server events. Each carries a unique `n`.
@@ -80,7 +80,7 @@ impl Reference {
     }
 
     fn expected(&self, query: &str, events: &[Value]) -> Vec<Value> {
-        let q = parse_live_query(query, &self.keys, &QueryLimits::default()).expect("valid query");
+        let q = parse_pairs(query, &self.keys, &Limits::default()).expect("valid query");
         assert!(!q.follow, "the reference models follow=false only");
         let mut b = EventBuilder::new(&self.catalogue, &self.keys);
         events
@@ -88,7 +88,7 @@ impl Reference {
             .filter_map(|e| {
                 let text = serde_json::to_vec(e).unwrap();
                 let ev = b.build(&RawValue::parse_serde(&text).unwrap(), 0).expect("valid event");
-                q.filter.matches(&ev).then(|| serde_json::from_slice(&ev.json).unwrap())
+                q.expr.eval(&ev).then(|| serde_json::from_slice(&ev.json).unwrap())
             })
             .collect()
     }
@@ -110,6 +110,13 @@ async fn concurrent_filtered_subscribers_get_exactly_their_events() {
         "to=ALICE@example.org&remote-ip=10.0.0.7&follow=false",
         "queue-id=42&filter=RCPT&filter=auth&follow=false",
         "remote-ip=2001:DB8:0::1&follow=false",
+        // The query language's operators, each through its own index structure.
+        "remote-ip=10.0.0.0/28&domain=*.org&follow=false",
+        "domain=*example.*&domain=!example.com&event=!smtp.rcpt-to&follow=false",
+        "event=delivery.*,auth.*&queue-id=*&follow=false",
+        "to=*@example.org&level=info&follow=false",
+        "queue-id=%3E%3D42&remote-ip=!10.0.0.6&follow=false",
+        "q=%28remote-ip%3A2001%3Adb8%3A%3A%2F32+OR+domain%3Aexample.*%29+AND+NOT+reason%3A*rejected&follow=false",
     ];
     let mut events = varied_events(400);
     // A last event every filter above accepts, so each stream can be read up to it and no
@@ -230,7 +237,7 @@ async fn bad_queries_are_400_naming_the_parameter() {
     for (query, param) in [
         ("remote_ip=10.0.0.5", Some("remote_ip")),
         ("nonsense=1", Some("nonsense")),
-        ("domain=example.org&level=info", Some("level")),
+        ("domain=example.org&level=loud", Some("level")),
         ("remote-ip=10.0.0.999", Some("remote-ip")),
         ("queue-id=abc", Some("queue-id")),
         ("follow=maybe", Some("follow")),
@@ -244,6 +251,21 @@ async fn bad_queries_are_400_naming_the_parameter() {
         assert_eq!(j["error"], "invalid query parameter", "{query}: {j}");
         assert!(j["detail"].is_string(), "{query}: {j}");
         assert_eq!(j["parameter"].as_str(), param, "{query}: {j}");
+    }
+    // Errors say where in the parameter's value the problem is, and what was expected.
+    for (query, param, position, expected) in [
+        ("remote-ip=10.0.0.0/33", "remote-ip", 9, "a prefix length of at most 32"),
+        ("size=%3Eabc", "size", 1, "a number"),
+        ("q=%28domain%3Aa.org", "q", 13, "`)` closing the `(` at byte 0"),
+        ("q=domain%3Aa.org+OR", "q", 15, "a term, `(` or NOT"),
+        ("domain=a.org,,b.org", "domain", 6, "a value"),
+    ] {
+        let s = SseClient::connect(addr, &format!("{LIVE}?{query}"), Some(TOKEN)).await;
+        assert_eq!(s.status, 400, "{query}");
+        let j = s.error_json();
+        assert_eq!(j["parameter"], param, "{query}: {j}");
+        assert_eq!(j["position"], position, "{query}: {j}");
+        assert_eq!(j["expected"], expected, "{query}: {j}");
     }
     let many = vec!["filter=x"; 100].join("&");
     let s = SseClient::connect(addr, &format!("{LIVE}?{many}"), Some(TOKEN)).await;
@@ -344,5 +366,34 @@ async fn head_on_the_live_endpoint_leaves_no_subscriber() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("\r\n\r\n"), "a HEAD answer carries no body: {text:?}");
     wait_stats(addr, "no subscriber left by HEAD", |s| s["subscribers"] == 0).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_limits_are_configurable_and_index_stats_are_exposed() {
+    let server = start_server(|c| {
+        c.max_query_terms = 3;
+        c.max_query_depth = 2;
+    })
+    .await;
+    let addr = server.addr;
+    let s = SseClient::connect(addr, &format!("{LIVE}?domain=a.org,b.org,c.org,d.org"), Some(TOKEN)).await;
+    assert_eq!(s.status, 400);
+    let j = s.error_json();
+    assert_eq!((j["parameter"].as_str(), j["expected"].as_str()), (Some("domain"), Some("at most 3 terms")));
+    let s = SseClient::connect(addr, &format!("{LIVE}?q=NOT+NOT+NOT+x"), Some(TOKEN)).await;
+    assert_eq!(s.status, 400);
+    assert_eq!(s.error_json()["expected"], "at most 2 levels of nesting");
+
+    // One indexed subscriber, one verified after its guard, one that only a per-event
+    // evaluation can decide (a lone negation): the stats say which is which.
+    let _a = SseClient::connect(addr, &format!("{LIVE}?domain=*.example.org"), Some(TOKEN)).await;
+    let _b = SseClient::connect(addr, &format!("{LIVE}?level=warn&domain=!example.org"), Some(TOKEN)).await;
+    let _c = SseClient::connect(addr, &format!("{LIVE}?domain=!example.org"), Some(TOKEN)).await;
+    let s = wait_stats(addr, "three subscribers indexed", |s| s["index"]["subscribers"] == 3).await;
+    assert_eq!(s["index"]["fallback"], 1, "{s}");
+    assert_eq!(s["index"]["verified"], 1, "{s}");
+    assert_eq!(s["index"]["residual_terms"], 2, "{s}");
+    assert!(s["index_rebuilds"].as_u64().unwrap() >= 1, "{s}");
     server.shutdown().await;
 }

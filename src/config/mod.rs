@@ -96,6 +96,14 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// Log filter for livetap's own logs (`warn`, `info`, `debug`, or a tracing filter).
     pub log_level: String,
+    /// Longest accepted live query string (and `q=` expression), in bytes.
+    pub max_query_bytes: usize,
+    /// Most terms (values and words) in one live query.
+    pub max_query_terms: usize,
+    /// Deepest nesting of parentheses and `NOT` in a `q=` expression.
+    pub max_query_depth: usize,
+    /// Longest `filter=` text or quoted word, in bytes.
+    pub max_filter_text_bytes: usize,
     /// Extra filterable keys.
     pub keys: Vec<KeyDecl>,
 }
@@ -123,6 +131,10 @@ impl Default for Config {
             max_spans: 100_000,
             drain_timeout_secs: 5,
             log_level: "warn".into(),
+            max_query_bytes: 8192,
+            max_query_terms: 64,
+            max_query_depth: 32,
+            max_filter_text_bytes: 256,
             keys: Vec::new(),
         }
     }
@@ -230,6 +242,18 @@ impl Config {
                 return bad("admin-token", "must be at least 16 characters");
             }
         }
+        if !(64..=1 << 20).contains(&self.max_query_bytes) {
+            return bad("max-query-bytes", "must be between 64 and 1048576");
+        }
+        if !(1..=4096).contains(&self.max_query_terms) {
+            return bad("max-query-terms", "must be between 1 and 4096");
+        }
+        if !(1..=crate::query::parse::MAX_DEPTH_CAP).contains(&self.max_query_depth) {
+            return bad("max-query-depth", "must be between 1 and 256");
+        }
+        if !(1..=65_536).contains(&self.max_filter_text_bytes) {
+            return bad("max-filter-text-bytes", "must be between 1 and 65536");
+        }
         for k in &self.keys {
             if crate::event::KeyKind::from_name(&k.kind).is_none() {
                 return bad("keys", "kind must be string, folded, ip, integer, bool or timestamp");
@@ -244,6 +268,16 @@ impl Config {
             self.matcher_threads
         } else {
             std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+
+    /// The limits every live query is parsed under.
+    pub fn query_limits(&self) -> crate::query::Limits {
+        crate::query::Limits {
+            max_query_bytes: self.max_query_bytes,
+            max_terms: self.max_query_terms,
+            max_text_bytes: self.max_filter_text_bytes,
+            max_depth: self.max_query_depth,
         }
     }
 

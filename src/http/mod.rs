@@ -9,7 +9,7 @@ use crate::auth::{self, AuthError};
 use crate::event::encode::now_secs;
 use crate::hub::{Hub, PublishError};
 use crate::ingest::{self, LineError, ParsedBatch};
-use crate::query::{parse_live_query, QueryError, QueryLimits};
+use crate::query::{parse_pairs, ParseError};
 use crate::sse::{SseBody, SseChunk};
 use crate::subscriber::registry::RegistryError;
 use crate::subscriber::ConnHandle;
@@ -33,7 +33,7 @@ pub enum HttpError {
     Unauthorized(#[from] AuthError),
     /// A bad query parameter (400).
     #[error("invalid query")]
-    BadQuery(#[from] QueryError),
+    BadQuery(#[from] ParseError),
     /// A malformed request body (400).
     #[error("invalid body")]
     BadBody(String),
@@ -63,6 +63,10 @@ struct ErrorBody<'a> {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     parameter: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected: Option<&'a str>,
 }
 
 impl HttpError {
@@ -92,11 +96,18 @@ impl HttpError {
             HttpError::Subscribers(e) => ("unavailable", e.to_string()),
             HttpError::Io(d) => ("bad request", d.clone()),
         };
-        let parameter = match &self {
-            HttpError::BadQuery(q) => q.parameter(),
-            _ => None,
+        // Query errors also say where in the parameter's value the problem is and what was
+        // expected there, so a dashboard can point at it.
+        let (parameter, position, expected) = match &self {
+            HttpError::BadQuery(q) => (
+                Some(q.parameter.as_str()).filter(|p| !p.is_empty()),
+                Some(q.position),
+                Some(q.expected.as_str()),
+            ),
+            _ => (None, None, None),
         };
-        let body = serde_json::to_vec(&ErrorBody { error, detail, parameter }).unwrap_or_default();
+        let body = serde_json::to_vec(&ErrorBody { error, detail, parameter, position, expected })
+            .unwrap_or_default();
         let mut resp = json_response(self.status(), body);
         match &self {
             HttpError::Unauthorized(_) => {
@@ -228,9 +239,9 @@ async fn live_traces(
     conn: Arc<ConnHandle>,
     req: Request<Incoming>,
 ) -> Result<Response<LiveBody>, HttpError> {
-    let q = parse_live_query(req.uri().query().unwrap_or(""), &hub.keys, &QueryLimits::default())?;
+    let q = parse_pairs(req.uri().query().unwrap_or(""), &hub.keys, &hub.config.query_limits())?;
     let subscription =
-        hub.registry.subscribe(q.filter, q.follow, Some(conn)).await.map_err(HttpError::Subscribers)?;
+        hub.registry.subscribe(q.expr, q.follow, Some(conn)).await.map_err(HttpError::Subscribers)?;
     let body = SseBody::new(subscription, hub.closing.clone(), hub.config.ping_interval());
     let mut r = Response::new(LiveBody::Sse(Box::new(body)));
     let h = r.headers_mut();

@@ -9,6 +9,7 @@
 //! subscriber alone (see `subscriber`). They park only when the ring is empty.
 
 pub mod index;
+pub mod plan;
 pub mod spans;
 
 use crate::event::Event;

@@ -62,7 +62,7 @@ impl SpanTable {
         }
         for i in 0..scratch.out.len() {
             let sub = idx.sub(scratch.out[i]);
-            if !sub.follow || sub.filter.is_empty() {
+            if !sub.follow || sub.filter.is_true() {
                 continue;
             }
             if !self.map.contains_key(&span) && self.map.len() >= self.cap {
@@ -99,15 +99,15 @@ impl SpanTable {
 mod tests {
     use super::*;
     use crate::event::{Catalogue, EventBuilder, RawValue};
-    use crate::query::{parse_live_query, QueryLimits};
+    use crate::query::parse::{parse_pairs, Limits};
     use crate::subscriber::Subscriber;
     use std::sync::Arc;
 
     #[test]
     fn follows_until_span_end_and_stays_bounded() {
         let (c, k) = Catalogue::with_keys(1024);
-        let q = parse_live_query("remote-ip=10.0.0.5", &k, &QueryLimits::default()).unwrap();
-        let sub = Arc::new(Subscriber::new(7, q.filter, true, 64, None));
+        let q = parse_pairs("remote-ip=10.0.0.5", &k, &Limits::default()).unwrap();
+        let sub = Arc::new(Subscriber::new(7, q.expr, true, 64, None));
         let idx = CompiledIndex::build(vec![sub], 1);
         let mut b = EventBuilder::new(&c, &k);
         let mut t = SpanTable::new(16, 1000);

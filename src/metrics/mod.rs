@@ -54,6 +54,14 @@ pub struct StatsSnapshot {
     pub ring_head: u64,
     /// Span-follow entries held (summed over threads).
     pub followed_spans: u64,
+    /// What the compiled subscription indexes hold, summed over matcher shards; `fallback`
+    /// counts the subscribers evaluated on every event because nothing in their query could
+    /// be indexed.
+    pub index: crate::matcher::index::IndexStats,
+    /// Shard index rebuilds since start (one per changed shard per batch of connects).
+    pub index_rebuilds: u64,
+    /// Duration of the longest batch of index rebuilds, in microseconds.
+    pub index_rebuild_max_micros: u64,
     /// Per live subscriber: id, delivered, dropped, queued.
     pub subscriber_detail: Vec<SubscriberStats>,
 }

@@ -71,6 +71,11 @@ impl Expr {
         }
     }
 
+    /// True for the query that accepts everything.
+    pub fn is_true(&self) -> bool {
+        matches!(self, Expr::True)
+    }
+
     /// Number of terms (leaves) in the expression.
     pub fn term_count(&self) -> usize {
         match self {
@@ -362,7 +367,7 @@ pub enum Cidr {
     },
 }
 
-fn mask32(len: u8) -> u32 {
+pub(crate) fn mask32(len: u8) -> u32 {
     if len == 0 {
         0
     } else {
@@ -370,7 +375,7 @@ fn mask32(len: u8) -> u32 {
     }
 }
 
-fn mask128(len: u8) -> u128 {
+pub(crate) fn mask128(len: u8) -> u128 {
     if len == 0 {
         0
     } else {
@@ -476,6 +481,15 @@ impl Number {
     /// The canonical text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Orders two numbers by value (the index keeps comparison bounds sorted this way).
+    pub fn cmp_number(&self, other: &Number) -> Ordering {
+        match (split_decimal(&self.0), split_decimal(&other.0)) {
+            (Some(a), Some(b)) => cmp_decimal(a, b),
+            // Canonical numbers always split; keep a total order for safety anyway.
+            _ => self.0.cmp(&other.0),
+        }
     }
 
     /// Compares an event value to this number (`value.cmp(self)`); `None` when the value is

@@ -65,7 +65,6 @@
 //! ```
 
 use super::ast::{Cidr, CmpOp, Expr, Field, Glob, GlobPart, Number, Pred, Term};
-use super::QueryLimits;
 use crate::event::keys::{lowercase_into, KeyKind, KeyRegistry};
 use crate::event::Level;
 use std::fmt;
@@ -88,20 +87,9 @@ pub struct Limits {
     pub max_depth: usize,
 }
 
-impl From<QueryLimits> for Limits {
-    fn from(l: QueryLimits) -> Limits {
-        Limits {
-            max_query_bytes: l.max_query_bytes,
-            max_terms: l.max_terms,
-            max_text_bytes: l.max_text_bytes,
-            max_depth: 32,
-        }
-    }
-}
-
 impl Default for Limits {
     fn default() -> Self {
-        Limits::from(QueryLimits::default())
+        Limits { max_query_bytes: 8192, max_terms: 64, max_text_bytes: 256, max_depth: 32 }
     }
 }
 
@@ -705,7 +693,6 @@ impl Parser<'_, '_, '_> {
 mod tests {
     use super::*;
     use crate::event::Catalogue;
-    use crate::query::{parse_live_query, QueryLimits};
 
     fn setup() -> (Catalogue, KeyRegistry) {
         Catalogue::with_keys(1024)
@@ -1023,28 +1010,29 @@ mod tests {
             r#"{"type":"queue.queue-message","data":{"queueId":42,"size":1000,"from":"a@b.org"}}"#,
             r#"{"type":"auth.failed","level":"warn","data":{"accountName":"Alice","reason":"bad, password"}}"#,
         ];
-        let queries = [
-            "",
-            "to=X@example.ORG",
-            "to=nobody@x&to=x@example.org",
-            "to=x@example.org&remote-ip=10.0.0.6",
-            "remote-ip=10.0.0.5&filter=RCPT",
-            "remote-ip=10.0.0.6&remote-ip=10.0.0.5",
-            "filter=example.org",
-            "filter=alice&filter=queue",
-            "queue-id=042",
-            "queue-id=42&size=1000",
-            "domain=b.ORG&follow=false",
-            "account-name=ALICE",
-            "size=999",
+        // Expected results per event, as the issue-2 filter (exact keys ORed per key, ANDed
+        // across keys, text ORed) decided them; the pair form must keep meaning the same.
+        let queries: [(&str, [bool; 4]); 13] = [
+            ("", [true, true, true, true]),
+            ("to=X@example.ORG", [true, false, false, false]),
+            ("to=nobody@x&to=x@example.org", [true, false, false, false]),
+            ("to=x@example.org&remote-ip=10.0.0.6", [false, false, false, false]),
+            ("remote-ip=10.0.0.5&filter=RCPT", [true, false, false, false]),
+            ("remote-ip=10.0.0.6&remote-ip=10.0.0.5", [true, true, false, false]),
+            ("filter=example.org", [true, false, false, false]),
+            ("filter=alice&filter=queue", [false, false, true, true]),
+            ("queue-id=042", [false, false, true, false]),
+            ("queue-id=42&size=1000", [false, false, true, false]),
+            ("domain=b.ORG&follow=false", [false, true, false, false]),
+            ("account-name=ALICE", [false, false, false, true]),
+            ("size=999", [false, false, false, false]),
         ];
-        let l = QueryLimits::default();
-        for json in events {
+        let l = Limits::default();
+        for (i, json) in events.iter().enumerate() {
             let ev = event(&c, &k, json);
-            for s in queries {
-                let old = parse_live_query(s, &k, &l).unwrap().filter.matches(&ev);
-                let new = parse_pairs(s, &k, &l.into()).unwrap().expr.eval(&ev);
-                assert_eq!(old, new, "{s} on {json}");
+            for (s, want) in &queries {
+                let got = parse_pairs(s, &k, &l).unwrap().expr.eval(&ev);
+                assert_eq!(got, want[i], "{s} on {json}");
             }
         }
     }

@@ -10,7 +10,8 @@
 
 pub mod registry;
 
-use crate::query::Filter;
+use crate::matcher::plan::Plan;
+use crate::query::ast::Expr;
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -73,8 +74,10 @@ impl ConnHandle {
 pub struct Subscriber {
     /// Unique id (also selects the matcher thread that owns it).
     pub id: u64,
-    /// What it wants.
-    pub filter: Filter,
+    /// What it wants (the parsed query).
+    pub filter: Expr,
+    /// How the compiled index evaluates `filter`, computed once at subscription.
+    pub plan: Plan,
     /// Whether a match pulls in the rest of the span.
     pub follow: bool,
     capacity: usize,
@@ -97,13 +100,14 @@ impl Subscriber {
     /// fills, so an idle subscriber costs only this struct.
     pub fn new(
         id: u64,
-        filter: Filter,
+        filter: Expr,
         follow: bool,
         capacity: usize,
         conn: Option<Arc<ConnHandle>>,
     ) -> Subscriber {
         Subscriber {
             id,
+            plan: Plan::compile(&filter),
             filter,
             follow,
             capacity: capacity.max(1),
@@ -229,7 +233,7 @@ mod tests {
 
     #[test]
     fn bounded_queue_reports_lag_in_place() {
-        let s = Subscriber::new(1, Filter::default(), true, 2, None);
+        let s = Subscriber::new(1, Expr::True, true, 2, None);
         let b = Bytes::from_static(b"{}");
         assert!(s.push(0, &b, 0));
         assert!(s.push(1, &b, 0));
@@ -241,7 +245,7 @@ mod tests {
         assert!(s.push(4, &b, 7));
         assert_eq!(items(&s), vec!["e4"]);
         // A drop followed by a successful push puts the marker before the new event.
-        let s = Subscriber::new(2, Filter::default(), true, 1, None);
+        let s = Subscriber::new(2, Expr::True, true, 1, None);
         s.push(0, &b, 0);
         s.push(1, &b, 0);
         let mut out = vec![];

@@ -8,8 +8,8 @@
 
 use super::{ConnHandle, Subscriber};
 use crate::event::Event;
-use crate::matcher::index::CompiledIndex;
-use crate::query::Filter;
+use crate::matcher::index::{CompiledIndex, IndexStats};
+use crate::query::ast::Expr;
 use crate::ring::Ring;
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
@@ -35,8 +35,23 @@ pub enum RegistryError {
     Closed,
 }
 
+/// Counters of the index-builder thread.
+#[derive(Debug, Default)]
+pub struct RebuildStats {
+    /// Shard indexes built since start.
+    pub rebuilds: AtomicU64,
+    /// Subscribe and unsubscribe commands applied since start.
+    pub commands: AtomicU64,
+    /// Duration of the last batch of rebuilds, in microseconds.
+    pub last_micros: AtomicU64,
+    /// Longest batch of rebuilds so far, in microseconds.
+    pub max_micros: AtomicU64,
+}
+
 /// All live subscribers, sharded across matcher threads.
 pub struct Registry {
+    /// What the index builder has done.
+    pub rebuild_stats: Arc<RebuildStats>,
     shards: Vec<Arc<ArcSwap<CompiledIndex>>>,
     all: Arc<Mutex<AHashMap<u64, Arc<Subscriber>>>>,
     tx: Mutex<Option<Sender<Command>>>,
@@ -76,14 +91,17 @@ impl Registry {
             (0..shards.max(1)).map(|_| Arc::new(ArcSwap::from_pointee(CompiledIndex::empty()))).collect();
         let (tx, rx) = crossbeam_channel::unbounded();
         let all = Arc::new(Mutex::new(AHashMap::new()));
+        let rebuild_stats = Arc::new(RebuildStats::default());
         let builder = {
             let shards = shards.clone();
             let all = all.clone();
+            let stats = rebuild_stats.clone();
             std::thread::Builder::new()
                 .name("livetap-index".into())
-                .spawn(move || build_loop(rx, shards, all, ring))?
+                .spawn(move || build_loop(rx, shards, all, ring, stats))?
         };
         Ok(Registry {
+            rebuild_stats,
             shards,
             all,
             tx: Mutex::new(Some(tx)),
@@ -102,7 +120,7 @@ impl Registry {
     /// Adds a subscriber; resolves once the matcher indexes include it.
     pub async fn subscribe(
         &self,
-        filter: Filter,
+        filter: Expr,
         follow: bool,
         conn: Option<Arc<ConnHandle>>,
     ) -> Result<Subscription, RegistryError> {
@@ -131,6 +149,15 @@ impl Registry {
     /// True when nobody is subscribed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// What the current shard indexes hold, summed over shards.
+    pub fn index_stats(&self) -> IndexStats {
+        let mut total = IndexStats::default();
+        for s in &self.shards {
+            total += s.load().stats();
+        }
+        total
     }
 
     /// A snapshot of the live subscribers.
@@ -180,6 +207,7 @@ fn build_loop(
     shards: Vec<Arc<ArcSwap<CompiledIndex>>>,
     all: Arc<Mutex<AHashMap<u64, Arc<Subscriber>>>>,
     ring: Arc<Ring<Arc<Event>>>,
+    stats: Arc<RebuildStats>,
 ) {
     let n = shards.len() as u64;
     let mut members: Vec<BTreeMap<u64, Arc<Subscriber>>> = vec![BTreeMap::new(); shards.len()];
@@ -187,7 +215,10 @@ fn build_loop(
     while let Ok(first) = rx.recv() {
         let mut dirty = vec![false; shards.len()];
         let mut replies = Vec::new();
+        let began = std::time::Instant::now();
+        let mut commands = 0u64;
         for cmd in std::iter::once(first).chain(rx.try_iter()) {
+            commands += 1;
             match cmd {
                 Command::Add(sub, reply) => {
                     let s = (sub.id % n) as usize;
@@ -209,8 +240,13 @@ fn build_loop(
                 generation += 1;
                 let subs = members[s].values().cloned().collect();
                 shards[s].store(Arc::new(CompiledIndex::build(subs, generation)));
+                stats.rebuilds.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let micros = began.elapsed().as_micros() as u64;
+        stats.commands.fetch_add(commands, Ordering::Relaxed);
+        stats.last_micros.store(micros, Ordering::Relaxed);
+        stats.max_micros.fetch_max(micros, Ordering::Relaxed);
         // See `matcher::load_consistent`: the head must be read after the stores.
         fence(Ordering::SeqCst);
         let start = ring.head();
