@@ -1,0 +1,544 @@
+//! `loadgen`: the livetap load harness. Runs a named scenario against a hub it starts (or one it
+//! is pointed at), then prints a table and writes the results as JSON.
+//!
+//! ```text
+//! cargo build --release -p livetap -p livetap-perf
+//! target/release/loadgen fanout-1k --duration 10
+//! target/release/loadgen fanout-1k --peer nchan --rate 18000
+//! ```
+//!
+//! See `perf/README.md` for the scenarios and what each number means.
+
+mod hub;
+mod naive;
+mod pool;
+mod producer;
+mod report;
+mod subscriber;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use hub::{sample, HubProcess, ProcSample};
+use pool::{FilterSpec, MatchTable};
+use producer::{Producer, Sent, Via};
+use report::{Report, Row};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subscriber::{Progress, Target};
+
+/// The named workloads of issue 4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// One unfiltered subscriber, the highest sustained ingest rate.
+    MaxIngest,
+    /// 100 unfiltered subscribers, the highest rate.
+    Firehose100,
+    /// 1,000 filtered plus 10 unfiltered subscribers at 100,000 events/s.
+    Fanout1k,
+    /// 10,000 connected idle subscribers: hub memory per subscriber.
+    Idle10k,
+    /// One stalled subscriber beside 100 filtered and 10 unfiltered ones, compared with the
+    /// same run without it.
+    SlowConsumer,
+    /// Subscribers connecting and leaving 200 times a second while ingesting.
+    Churn,
+}
+
+/// Which hub serves the subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Peer {
+    /// livetap (started from `--hub-bin`, or `--target`).
+    Livetap,
+    /// The linear baseline built into the harness: one broadcast channel, every subscriber
+    /// checks its own filter.
+    Naive,
+    /// Nchan on nginx (start it with `perf/nchan/start.sh`), one channel per filter value.
+    Nchan,
+}
+
+/// How events enter the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Input {
+    /// NDJSON into the Unix socket.
+    Socket,
+    /// NDJSON over HTTP.
+    Http,
+    /// Stalwart webhook batches over HTTP.
+    Webhook,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Load harness for livetap")]
+struct Args {
+    /// The workload.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// The hub to measure.
+    #[arg(long, value_enum, default_value = "livetap")]
+    peer: Peer,
+    /// The livetap binary to start (default: `livetap` next to this program).
+    #[arg(long)]
+    hub_bin: Option<PathBuf>,
+    /// Nchan address (from `perf/nchan/start.sh`).
+    #[arg(long, default_value = "127.0.0.1:7090")]
+    nchan: SocketAddr,
+    /// Seconds of load after all subscribers are connected.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Events per second; 0 means as fast as the hub accepts (scenario default otherwise).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Producer input path.
+    #[arg(long, value_enum, default_value = "socket")]
+    input: Input,
+    /// Events per producer write or request.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Extra flags passed to the livetap binary (repeatable), e.g. `--hub-arg=--matcher-threads=1`.
+    #[arg(long = "hub-arg", allow_hyphen_values = true)]
+    hub_args: Vec<String>,
+    /// Write the results here as JSON.
+    #[arg(long, default_value = "perf/out/last.json")]
+    json: PathBuf,
+    /// Seed of templates and filters.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+/// A hub the harness talks to, whatever it is.
+struct HubUnderTest {
+    addr: SocketAddr,
+    token: Option<String>,
+    socket: Option<PathBuf>,
+    pid: Option<u32>,
+    live_path: &'static str,
+    _process: Option<HubProcess>,
+    _naive: Option<naive::NaiveHub>,
+}
+
+impl HubUnderTest {
+    fn sample(&self) -> ProcSample {
+        self.pid.map(sample).unwrap_or_default()
+    }
+
+    fn target(&self, f: &FilterSpec, peer: Peer) -> Target {
+        let path = match peer {
+            Peer::Nchan => format!("/sub/{}", f.channel.as_deref().unwrap_or("all")),
+            _ => format!("{}?{}", self.live_path, f.query),
+        };
+        Target { addr: self.addr, path, token: self.token.clone() }
+    }
+}
+
+fn default_hub_bin() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    Ok(me.with_file_name("livetap"))
+}
+
+/// Raises the open-file limit to its hard maximum (10,000 subscribers need the descriptors).
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn start_hub(args: &Args) -> anyhow::Result<HubUnderTest> {
+    match args.peer {
+        Peer::Livetap => {
+            let bin = match &args.hub_bin {
+                Some(b) => b.clone(),
+                None => default_hub_bin()?,
+            };
+            let mut extra =
+                vec!["--ring-capacity".into(), "262144".into(), "--subscriber-queue".into(), "65536".into()];
+            if args.scenario == Scenario::Idle10k {
+                extra = vec![];
+            }
+            extra.extend(args.hub_args.iter().cloned());
+            let p = HubProcess::start(&bin, &extra)?;
+            Ok(HubUnderTest {
+                addr: p.addr,
+                token: Some(p.token.clone()),
+                socket: p.socket.clone(),
+                pid: Some(p.pid()),
+                live_path: "/api/telemetry/traces/live",
+                _process: Some(p),
+                _naive: None,
+            })
+        }
+        Peer::Naive => {
+            let n = naive::NaiveHub::start()?;
+            Ok(HubUnderTest {
+                addr: n.addr,
+                token: None,
+                socket: Some(n.socket.clone()),
+                pid: Some(n.pid),
+                live_path: "/live",
+                _process: None,
+                _naive: Some(n),
+            })
+        }
+        Peer::Nchan => {
+            if std::net::TcpStream::connect(args.nchan).is_err() {
+                bail!("Nchan is not listening on {}; start it with perf/nchan/start.sh", args.nchan);
+            }
+            let pid = std::fs::read_to_string("perf/out/nchan/nginx.pid")
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .map(nginx_worker_pid);
+            Ok(HubUnderTest {
+                addr: args.nchan,
+                token: None,
+                socket: None,
+                pid,
+                live_path: "",
+                _process: None,
+                _naive: None,
+            })
+        }
+    }
+}
+
+/// Nchan's work happens in the nginx worker, the child of the master whose pid file we read.
+fn nginx_worker_pid(master: u32) -> u32 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap_or_default();
+    children.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(master)
+}
+
+/// The subscribers of a scenario: (filtered, unfiltered).
+fn shape(s: Scenario) -> (usize, usize) {
+    match s {
+        Scenario::MaxIngest => (0, 1),
+        Scenario::Firehose100 => (0, 100),
+        Scenario::Fanout1k => (1000, 10),
+        Scenario::Idle10k => (10_000, 0),
+        Scenario::SlowConsumer | Scenario::Churn => (100, 10),
+    }
+}
+
+fn default_rate(s: Scenario) -> Option<u64> {
+    match s {
+        Scenario::MaxIngest | Scenario::Firehose100 => None,
+        Scenario::Fanout1k => Some(100_000),
+        Scenario::Idle10k => Some(0),
+        Scenario::SlowConsumer | Scenario::Churn => Some(50_000),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    raise_nofile();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let report = match args.scenario {
+        Scenario::Idle10k => rt.block_on(idle(&args))?,
+        Scenario::SlowConsumer => {
+            let base = rt.block_on(load(&args, LoadOpts::default()))?;
+            let slow = rt.block_on(load(&args, LoadOpts { stalled: 1, ..LoadOpts::default() }))?;
+            Report::compare("slow-consumer", base, slow)
+        }
+        Scenario::Churn => {
+            rt.block_on(load(&args, LoadOpts { churn_per_sec: 200, ..LoadOpts::default() }))?
+        }
+        _ => rt.block_on(load(&args, LoadOpts::default()))?,
+    };
+    report.print();
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    eprintln!("results written to {}", args.json.display());
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct LoadOpts {
+    /// Subscribers that connect and never read.
+    stalled: usize,
+    /// Short-lived subscribers started per second.
+    churn_per_sec: u64,
+}
+
+/// A load run: connect the subscribers, produce for `duration`, wait for delivery, account.
+async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
+    let (filtered, unfiltered) = shape(args.scenario);
+    let rate = match args.rate.or(default_rate(args.scenario)) {
+        Some(0) | None => None,
+        r => r,
+    };
+    let templates = Arc::new(pool::templates(4096, args.seed));
+    let mut filters = pool::filter_mix(filtered, args.seed);
+    filters.extend((0..unfiltered).map(|_| pool::firehose()));
+    let table = pool::match_table(&templates, &filters)?;
+    let hub = start_hub(args)?;
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    eprintln!("connecting {} subscribers to {:?} at {}", filters.len(), args.peer, hub.addr);
+    let mut tasks = Vec::new();
+    let mut progress = Vec::new();
+    for f in &filters {
+        let p = Arc::new(Progress::default());
+        progress.push(p.clone());
+        let target = hub.target(f, args.peer);
+        // Connected (200 received) before any event is sent, so every subscriber's expected set
+        // is the whole run: livetap answers only once its matcher indexes include the
+        // subscriber.
+        let conn = subscriber::connect(&target).await?;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(subscriber::run(conn, p, epoch, stop)));
+    }
+    // Held open, never read: the hub must notice and not let it slow anyone else.
+    let mut stalled = Vec::new();
+    for _ in 0..opts.stalled {
+        let t = hub.target(&pool::firehose(), args.peer);
+        stalled.push(subscriber::connect(&t).await?);
+    }
+    wait_connected(&progress, &hub, args.peer).await;
+
+    let churn = (opts.churn_per_sec > 0).then(|| {
+        let filters = pool::filter_mix(256, args.seed + 1);
+        let targets: Vec<Target> = filters.iter().map(|f| hub.target(f, args.peer)).collect();
+        tokio::spawn(churn_task(targets, opts.churn_per_sec, stop.clone()))
+    });
+
+    let before = hub.sample();
+    let sent = Arc::new(Sent::default());
+    let stop_producers = Arc::new(AtomicBool::new(false));
+    let channels = Arc::new(nchan_channels(&table, &filters));
+    // One producer: event numbers must be one increasing sequence for order checking.
+    let producers: Vec<_> = (0..1)
+        .map(|_| {
+            let via = match (args.peer, args.input) {
+                (Peer::Nchan, _) => Via::Nchan { addr: hub.addr, channels: channels.clone() },
+                (_, Input::Socket) => Via::Socket(hub.socket.clone().expect("the hub has an ingest socket")),
+                (_, Input::Http) => {
+                    Via::Http { addr: hub.addr, token: hub.token.clone().unwrap_or_default() }
+                }
+                (_, Input::Webhook) => {
+                    Via::Webhook { addr: hub.addr, token: hub.token.clone().unwrap_or_default() }
+                }
+            };
+            let p = Producer {
+                via,
+                rate,
+                batch: if args.peer == Peer::Nchan { 1 } else { args.batch },
+                templates: templates.clone(),
+            };
+            let (sent, stop) = (sent.clone(), stop_producers.clone());
+            std::thread::spawn(move || p.run(epoch, sent, stop))
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut last = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(args.duration) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let s = sent.accepted.load(Ordering::Relaxed);
+        let r: u64 = progress.iter().map(|p| p.received.load(Ordering::Relaxed)).sum();
+        let cpu = hub.sample().cpu_secs - before.cpu_secs;
+        eprintln!(
+            "  t={:>3}s  ingest {:>9}/s  deliveries {:>10}/s  hub cpu {:.1}s",
+            started.elapsed().as_secs(),
+            s - last.0,
+            r - last.1,
+            cpu
+        );
+        last = (s, r);
+    }
+    let produce_secs = started.elapsed().as_secs_f64();
+    stop_producers.store(true, Ordering::SeqCst);
+    for p in producers {
+        p.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    }
+    let total = sent.accepted.load(Ordering::Relaxed);
+    let after_produce = hub.sample();
+    // Subscribers keep reading until they have what they should, or nothing moves for 3 s.
+    let expect: Vec<u64> = (0..filters.len())
+        .map(|f| if filters[f].channel.is_none() { total } else { pool::expected(&table, f, total) })
+        .collect();
+    drain(&progress, &expect).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = Vec::new();
+    for t in tasks {
+        let o = t.await?;
+        hist.add(&o.latency_us)?;
+        if let Some(e) = o.error {
+            errors.push(e);
+        }
+    }
+    if let Some(c) = churn {
+        c.abort();
+    }
+    drop(stalled);
+    let end = hub.sample();
+
+    let mut row = Row::new(scenario_name(args.scenario), format!("{:?}", args.peer).to_lowercase());
+    row.subscribers = filters.len() + opts.stalled;
+    row.events = total;
+    row.ingest_rate = total as f64 / produce_secs;
+    row.target_rate = rate;
+    for (f, p) in progress.iter().enumerate() {
+        let got = p.received.load(Ordering::Relaxed);
+        let lag = p.lagged.load(Ordering::Relaxed);
+        row.delivered += got;
+        row.lagged += lag;
+        row.out_of_order += p.out_of_order.load(Ordering::Relaxed);
+        row.bytes += p.bytes.load(Ordering::Relaxed);
+        let want = expect[f];
+        row.expected += want;
+        if got + lag < want {
+            row.lost += want - got - lag;
+        }
+        if got > want {
+            row.extra += got - want;
+        }
+    }
+    row.deliveries_per_sec = row.delivered as f64 / produce_secs;
+    row.bytes_per_sec = row.bytes as f64 / produce_secs;
+    row.set_latency(&hist);
+    row.hub_cpu_secs = after_produce.cpu_secs - before.cpu_secs;
+    row.hub_cpu_secs_total = end.cpu_secs - before.cpu_secs;
+    row.hub_peak_rss = end.peak_rss;
+    row.duration_secs = produce_secs;
+    row.errors = errors.into_iter().take(5).collect();
+    if let (Some(token), Peer::Livetap) = (&hub.token, args.peer) {
+        row.hub_stats = hub_stats(hub.addr, token).ok();
+    }
+    Ok(Report::single(row))
+}
+
+/// For the Nchan peer: per template, the channels to publish to (every filter it matches and
+/// `all` when there are unfiltered subscribers), comma-separated.
+fn nchan_channels(table: &MatchTable, filters: &[FilterSpec]) -> Vec<String> {
+    let any_firehose = filters.iter().any(|f| f.channel.is_none());
+    table
+        .per_template
+        .iter()
+        .map(|fs| {
+            let mut chans: Vec<&str> = fs.iter().filter_map(|&f| filters[f].channel.as_deref()).collect();
+            chans.sort_unstable();
+            chans.dedup();
+            if any_firehose {
+                chans.push("all");
+            }
+            chans.join(",")
+        })
+        .collect()
+}
+
+async fn wait_connected(progress: &[Arc<Progress>], hub: &HubUnderTest, peer: Peer) {
+    // The subscribe handshake already returned 200 for each; give the hub a moment so the
+    // matcher indexes include them all (livetap answers only once they do).
+    let _ = (progress, hub, peer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn drain(progress: &[Arc<Progress>], expect: &[u64]) {
+    let mut last_total = u64::MAX;
+    let mut still = Instant::now();
+    loop {
+        let total: u64 = progress.iter().map(|p| p.received.load(Ordering::Relaxed)).sum();
+        let done = progress.iter().zip(expect).all(|(p, &e)| {
+            p.received.load(Ordering::Relaxed) + p.lagged.load(Ordering::Relaxed) >= e
+                || p.ended.load(Ordering::Relaxed)
+        });
+        if done {
+            return;
+        }
+        if total != last_total {
+            last_total = total;
+            still = Instant::now();
+        } else if still.elapsed() > Duration::from_secs(3) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn churn_task(targets: Vec<Target>, per_sec: u64, stop: Arc<AtomicBool>) {
+    let gap = Duration::from_nanos(1_000_000_000 / per_sec.max(1));
+    let mut i = 0usize;
+    let mut tick = tokio::time::interval(gap);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let t = targets[i % targets.len()].clone();
+        i += 1;
+        // Each churned subscriber lives for about half a second, so about a hundred are
+        // connected at any time while two hundred come and go every second.
+        tokio::spawn(async move {
+            if let Ok(conn) = subscriber::connect(&t).await {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                drop(conn);
+            }
+        });
+    }
+}
+
+/// `idle-10k`: memory of the hub before and after connecting idle subscribers.
+async fn idle(args: &Args) -> anyhow::Result<Report> {
+    let (filtered, _) = shape(args.scenario);
+    let hub = start_hub(args)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = hub.sample();
+    let filters = pool::filter_mix(filtered, args.seed);
+    let mut conns = Vec::with_capacity(filters.len());
+    for (i, f) in filters.iter().enumerate() {
+        conns.push(
+            subscriber::connect(&hub.target(f, args.peer))
+                .await
+                .with_context(|| format!("subscriber {i}"))?,
+        );
+        if i % 1000 == 999 {
+            eprintln!("  {} connected, hub rss {} KiB", i + 1, hub.sample().rss / 1024);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = hub.sample();
+    let mut row = Row::new("idle-10k", format!("{:?}", args.peer).to_lowercase());
+    row.subscribers = conns.len();
+    row.hub_rss_before = before.rss;
+    row.hub_rss_after = after.rss;
+    row.bytes_per_subscriber = (after.rss.saturating_sub(before.rss)) as f64 / conns.len().max(1) as f64;
+    row.hub_peak_rss = after.peak_rss;
+    if let (Some(token), Peer::Livetap) = (&hub.token, args.peer) {
+        row.hub_stats = hub_stats(hub.addr, token).ok();
+    }
+    Ok(Report::single(row))
+}
+
+fn scenario_name(s: Scenario) -> &'static str {
+    match s {
+        Scenario::MaxIngest => "max-ingest",
+        Scenario::Firehose100 => "firehose-100",
+        Scenario::Fanout1k => "fanout-1k",
+        Scenario::Idle10k => "idle-10k",
+        Scenario::SlowConsumer => "slow-consumer",
+        Scenario::Churn => "churn",
+    }
+}
+
+/// livetap's own counters at the end of a run (index, drops, rebuilds), without the
+/// per-subscriber detail.
+fn hub_stats(addr: SocketAddr, token: &str) -> anyhow::Result<serde_json::Value> {
+    let mut c = producer::Http::connect(addr)?;
+    let (status, body) = c.request("GET", "/api/livetap/stats", Some(token), "text/plain", b"")?;
+    if status != 200 {
+        bail!("stats answered {status}");
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(&body)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("subscriber_detail");
+    }
+    Ok(v)
+}

@@ -1,0 +1,286 @@
+//! Producers: push template events into a hub at a fixed or maximum rate over the Unix socket,
+//! HTTP NDJSON, the Stalwart webhook path, or (for Nchan) one HTTP publish per event.
+//!
+//! Each producer runs on its own OS thread with blocking I/O, builds lines from templates
+//! (stamping `n` and the send time `t`), and paces itself against the run's clock. HTTP
+//! producers retry a batch refused with 503, so what counts as sent is what the hub accepted.
+
+use crate::pool::Template;
+use anyhow::{bail, Context};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where and how events are pushed.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// NDJSON lines into the hub's Unix socket.
+    Socket(PathBuf),
+    /// `POST /api/telemetry/ingest` with NDJSON bodies.
+    Http { addr: SocketAddr, token: String },
+    /// `POST /api/telemetry/webhook` with `{"events":[...]}` bodies.
+    Webhook { addr: SocketAddr, token: String },
+    /// Nchan: one `POST /pub?id=CHANNELS` per event (channels: the filters it matches, and
+    /// `all` for the firehose).
+    Nchan { addr: SocketAddr, channels: Arc<Vec<String>> },
+}
+
+/// Counters shared with the coordinator.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Events accepted by the hub (the run's `n` values are `0..accepted`).
+    pub accepted: AtomicU64,
+    /// Events the hub rejected (should stay zero).
+    pub rejected: AtomicU64,
+    /// Batches refused with 503 and retried.
+    pub retries: AtomicU64,
+}
+
+/// Settings of one producer thread.
+pub struct Producer {
+    /// Where to send.
+    pub via: Via,
+    /// Events per second; `None` means as fast as the hub takes them.
+    pub rate: Option<u64>,
+    /// Events per write or request.
+    pub batch: usize,
+    /// Event templates.
+    pub templates: Arc<Vec<Template>>,
+}
+
+impl Producer {
+    /// Runs until `stop`; returns the error that ended it early, if any.
+    pub fn run(self, epoch: Instant, sent: Arc<Sent>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+        match self.via.clone() {
+            Via::Socket(path) => self.socket(&path, epoch, &sent, &stop),
+            Via::Http { addr, token } => {
+                self.http(addr, "/api/telemetry/ingest", &token, false, epoch, &sent, &stop)
+            }
+            Via::Webhook { addr, token } => {
+                self.http(addr, "/api/telemetry/webhook", &token, true, epoch, &sent, &stop)
+            }
+            Via::Nchan { addr, channels } => self.nchan(addr, &channels, epoch, &sent, &stop),
+        }
+    }
+
+    /// Sleeps until event `n` is due at the configured rate.
+    fn pace(&self, epoch: Instant, start: Duration, n: u64) {
+        if let Some(rate) = self.rate {
+            let due = start + Duration::from_nanos(n.saturating_mul(1_000_000_000) / rate.max(1));
+            let now = epoch.elapsed();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+    }
+
+    fn socket(&self, path: &PathBuf, epoch: Instant, sent: &Sent, stop: &AtomicBool) -> anyhow::Result<()> {
+        let mut s = UnixStream::connect(path).with_context(|| format!("connecting {}", path.display()))?;
+        // The hub writes a report line for each rejected line; read them so it never blocks.
+        let reader = s.try_clone()?;
+        let rejected = Arc::new(AtomicU64::new(0));
+        let r2 = rejected.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                match line {
+                    Ok(l) if !l.trim().is_empty() => {
+                        r2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        let start = epoch.elapsed();
+        let mut n = 0u64;
+        let mut buf = Vec::with_capacity(self.batch * 400);
+        let k = self.templates.len() as u64;
+        while !stop.load(Ordering::Relaxed) {
+            self.pace(epoch, start, n);
+            buf.clear();
+            let t = epoch.elapsed().as_nanos() as u64;
+            for i in 0..self.batch as u64 {
+                self.templates[((n + i) % k) as usize].write_line(&mut buf, n + i, t);
+                buf.push(b'\n');
+            }
+            s.write_all(&buf)?;
+            n += self.batch as u64;
+            sent.accepted.store(n, Ordering::Relaxed);
+        }
+        s.flush()?;
+        sent.rejected.store(rejected.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn http(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        token: &str,
+        webhook: bool,
+        epoch: Instant,
+        sent: &Sent,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<()> {
+        let mut conn = Http::connect(addr)?;
+        let start = epoch.elapsed();
+        let mut n = 0u64;
+        let mut body = Vec::with_capacity(self.batch * 400);
+        let k = self.templates.len() as u64;
+        while !stop.load(Ordering::Relaxed) {
+            self.pace(epoch, start, n);
+            body.clear();
+            let t = epoch.elapsed().as_nanos() as u64;
+            if webhook {
+                body.extend_from_slice(b"{\"events\":[");
+            }
+            for i in 0..self.batch as u64 {
+                if webhook && i > 0 {
+                    body.push(b',');
+                }
+                self.templates[((n + i) % k) as usize].write_line(&mut body, n + i, t);
+                if !webhook {
+                    body.push(b'\n');
+                }
+            }
+            if webhook {
+                body.extend_from_slice(b"]}");
+            }
+            let ctype = if webhook { "application/json" } else { "application/x-ndjson" };
+            loop {
+                let (status, answer) = conn.request("POST", path, Some(token), ctype, &body)?;
+                match status {
+                    200 => {
+                        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+                        let rej = v["rejected"].as_u64().unwrap_or(0);
+                        sent.rejected.fetch_add(rej, Ordering::Relaxed);
+                        break;
+                    }
+                    503 => {
+                        sent.retries.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    s => bail!("{path} answered {s}: {}", String::from_utf8_lossy(&answer)),
+                }
+            }
+            n += self.batch as u64;
+            sent.accepted.store(n, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn nchan(
+        &self,
+        addr: SocketAddr,
+        channels: &[String],
+        epoch: Instant,
+        sent: &Sent,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<()> {
+        let mut conn = Http::connect(addr)?;
+        let start = epoch.elapsed();
+        let mut n = 0u64;
+        let mut body = Vec::with_capacity(512);
+        let k = self.templates.len() as u64;
+        while !stop.load(Ordering::Relaxed) {
+            self.pace(epoch, start, n);
+            body.clear();
+            let t = epoch.elapsed().as_nanos() as u64;
+            let tpl = (n % k) as usize;
+            // Nchan carries the same event bytes livetap sends: the event object in an array,
+            // the shape of a livetap trace frame's data.
+            body.push(b'[');
+            self.templates[tpl].write_line(&mut body, n, t);
+            body.push(b']');
+            let path = format!("/pub?id={}", channels[tpl]);
+            let (status, answer) = conn.request("POST", &path, None, "application/json", &body)?;
+            if !(200..300).contains(&status) {
+                bail!("nchan publish answered {status}: {}", String::from_utf8_lossy(&answer));
+            }
+            n += 1;
+            sent.accepted.store(n, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// A minimal blocking HTTP/1.1 keep-alive client (requests with Content-Length bodies,
+/// answers with Content-Length or chunked bodies).
+pub struct Http {
+    stream: BufReader<TcpStream>,
+    addr: SocketAddr,
+}
+
+impl Http {
+    /// Connects to `addr`.
+    pub fn connect(addr: SocketAddr) -> anyhow::Result<Http> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        Ok(Http { stream: BufReader::with_capacity(1 << 16, s), addr })
+    }
+
+    /// Sends one request and reads the whole answer: `(status, body)`.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        ctype: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let w = self.stream.get_mut();
+        w.write_all(head.as_bytes())?;
+        w.write_all(body)?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line)?;
+        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if status == 0 {
+            bail!("no HTTP answer (got {line:?})");
+        }
+        let mut len = None;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let lower = l.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse::<usize>().ok();
+            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let mut out = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.stream.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)?;
+                let mut chunk = vec![0; size + 2];
+                self.stream.read_exact(&mut chunk)?;
+                out.extend_from_slice(&chunk[..size]);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = len {
+            out.resize(n, 0);
+            self.stream.read_exact(&mut out)?;
+        }
+        Ok((status, out))
+    }
+}

@@ -1,0 +1,174 @@
+//! Results of a run: one row per measured configuration, printed as a table and saved as JSON.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// The numbers of one run against one hub.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: String,
+    /// Hub measured (livetap, naive, nchan) and variant.
+    pub peer: String,
+    /// Subscribers connected (including stalled ones).
+    pub subscribers: usize,
+    /// Events accepted by the hub.
+    pub events: u64,
+    /// Requested events per second (`None`: as fast as possible).
+    pub target_rate: Option<u64>,
+    /// Events per second accepted over the producing period.
+    pub ingest_rate: f64,
+    /// Events received by all subscribers.
+    pub delivered: u64,
+    /// Events the subscribers should have received.
+    pub expected: u64,
+    /// Deliveries per second over the producing period.
+    pub deliveries_per_sec: f64,
+    /// Bytes received by all subscribers.
+    pub bytes: u64,
+    /// Bytes per second received by all subscribers.
+    pub bytes_per_sec: f64,
+    /// Expected events neither received nor reported as lagged.
+    pub lost: u64,
+    /// Events received beyond the expected count.
+    pub extra: u64,
+    /// Events received out of order or twice.
+    pub out_of_order: u64,
+    /// Events the hub reported dropped for lagging subscribers.
+    pub lagged: u64,
+    /// End-to-end latency percentiles, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Maximum.
+    pub max_us: u64,
+    /// Hub CPU seconds while producing.
+    pub hub_cpu_secs: f64,
+    /// Hub CPU seconds until the last delivery.
+    pub hub_cpu_secs_total: f64,
+    /// Hub peak resident memory, bytes.
+    pub hub_peak_rss: u64,
+    /// Hub RSS before connecting (idle-10k).
+    pub hub_rss_before: u64,
+    /// Hub RSS after connecting (idle-10k).
+    pub hub_rss_after: u64,
+    /// Hub memory per idle subscriber, bytes (idle-10k).
+    pub bytes_per_subscriber: f64,
+    /// Producing period, seconds.
+    pub duration_secs: f64,
+    /// First subscriber errors, if any.
+    pub errors: Vec<String>,
+    /// livetap's stats endpoint at the end (without per-subscriber detail).
+    pub hub_stats: Option<serde_json::Value>,
+}
+
+impl Row {
+    /// An empty row.
+    pub fn new(scenario: &str, peer: String) -> Row {
+        Row { scenario: scenario.into(), peer, ..Row::default() }
+    }
+
+    /// Fills the latency percentiles.
+    pub fn set_latency(&mut self, h: &Histogram<u64>) {
+        if h.is_empty() {
+            return;
+        }
+        self.p50_us = h.value_at_quantile(0.50);
+        self.p99_us = h.value_at_quantile(0.99);
+        self.p999_us = h.value_at_quantile(0.999);
+        self.max_us = h.max();
+    }
+}
+
+/// A run's report: its rows, and for comparisons the ratios that matter.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Measured configurations.
+    pub rows: Vec<Row>,
+    /// Derived comparisons, e.g. the slow consumer's effect in percent.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// One row.
+    pub fn single(row: Row) -> Report {
+        Report { scenario: row.scenario.clone(), rows: vec![row], notes: Vec::new() }
+    }
+
+    /// Two runs of the same load, without and with a disturbance (the stalled subscriber).
+    pub fn compare(scenario: &str, mut base: Report, mut other: Report) -> Report {
+        let mut a = base.rows.remove(0);
+        let mut b = other.rows.remove(0);
+        a.peer.push_str(" (baseline)");
+        b.peer.push_str(" (+1 stalled)");
+        let pct = |x: f64, y: f64| if x > 0.0 { (y - x) / x * 100.0 } else { 0.0 };
+        let notes = vec![
+            format!(
+                "ingest rate change with the stalled subscriber: {:+.1}%",
+                pct(a.ingest_rate, b.ingest_rate)
+            ),
+            format!("p99 latency change for the others: {:+.1}%", pct(a.p99_us as f64, b.p99_us as f64)),
+            format!("p50 latency change for the others: {:+.1}%", pct(a.p50_us as f64, b.p50_us as f64)),
+        ];
+        Report { scenario: scenario.into(), rows: vec![a, b], notes }
+    }
+
+    /// Prints the table.
+    pub fn print(&self) {
+        println!();
+        println!(
+            "{:<14} {:<22} {:>6} {:>11} {:>12} {:>10} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>7} {:>9}",
+            "scenario",
+            "peer",
+            "subs",
+            "ingest/s",
+            "deliver/s",
+            "MB/s",
+            "lost",
+            "dup",
+            "lagged",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "cpu s",
+            "peak MiB"
+        );
+        for r in &self.rows {
+            println!(
+                "{:<14} {:<22} {:>6} {:>11.0} {:>12.0} {:>10.1} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>7.2} {:>9.1}",
+                r.scenario,
+                r.peer,
+                r.subscribers,
+                r.ingest_rate,
+                r.deliveries_per_sec,
+                r.bytes_per_sec / 1e6,
+                r.lost,
+                r.out_of_order + r.extra,
+                r.lagged,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.hub_cpu_secs,
+                r.hub_peak_rss as f64 / (1 << 20) as f64
+            );
+            if r.bytes_per_subscriber > 0.0 {
+                println!(
+                    "    rss before {:.1} MiB, after {:.1} MiB: {:.0} bytes per idle subscriber",
+                    r.hub_rss_before as f64 / (1 << 20) as f64,
+                    r.hub_rss_after as f64 / (1 << 20) as f64,
+                    r.bytes_per_subscriber
+                );
+            }
+            for e in &r.errors {
+                println!("    subscriber error: {e}");
+            }
+        }
+        for n in &self.notes {
+            println!("  {n}");
+        }
+    }
+}
