@@ -46,7 +46,7 @@ pub struct Template {
 }
 
 fn ip(i: usize) -> String {
-    format!("10.{}.{}.{}", i / 65_536 % 256, i / 256 % 256, i % 256 + 1)
+    format!("10.{}.{}.{}", i / (254 * 254) % 256, i / 254 % 254, i % 254 + 1)
 }
 
 /// The event templates, deterministic for a seed.
@@ -126,7 +126,7 @@ pub fn filter_mix(count: usize, seed: u64) -> Vec<FilterSpec> {
                 }
                 90..=94 => {
                     let i = rng.usize(..IPS);
-                    let net = format!("10.{}.{}.0/24", i / 65_536 % 256, i / 256 % 256);
+                    let net = format!("10.{}.{}.0/24", i / (254 * 254) % 256, i / 254 % 254);
                     (format!("remote-ip={}", enc(&net)), format!("net-{}", net.replace('/', "_")))
                 }
                 _ => {
