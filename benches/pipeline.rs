@@ -8,11 +8,13 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use livetap::event::{Catalogue, Event, EventBuilder, KeyRegistry, RawValue};
 use livetap::ingest::parse_ndjson;
 use livetap::matcher::index::{CompiledIndex, Scratch};
-use livetap::query::{parse_live_query, QueryLimits};
+use livetap::query::{parse_pairs, Expr, Limits};
 use livetap::ring::Ring;
 use livetap::sse::SseChunk;
 use livetap::subscriber::{Item, Subscriber};
@@ -59,17 +61,30 @@ impl Rng {
 
 // Value pools shared by events and subscriptions, so subscriptions hit events at a realistic
 // (low) rate: an admin watches one IP, one domain or one account among many.
-const IPS: u64 = 2000;
+const IPS: u64 = 4000;
+/// IPv4 peers spread over this many `10.N.0.0/16` networks (the CIDR subscriptions' targets).
+const V4_NETS: u64 = 64;
+/// Native IPv6 peers come from this many `2001:db8:K::/48` networks.
+const V6_NETS: u64 = 64;
 const DOMAINS: u64 = 500;
+/// Domains are `dN.example-M.org` with M below this: the targets of `*.example-M.org` globs.
+const DOMAIN_SUFFIXES: u64 = 50;
+/// Senders `alerts@bank-K.<tld>`: the targets of `from=*@bank-K.*` globs.
+const BANKS: u64 = 100;
 const ACCOUNTS: u64 = 1000;
 const QUEUE_IDS: u64 = 5000;
 
 fn ip(n: u64) -> String {
-    format!("198.51.{}.{}", n / 250, n % 250 + 1)
+    let host = n / V4_NETS;
+    format!("10.{}.{}.{}", n % V4_NETS, host / 250, host % 250 + 1)
+}
+
+fn ip6(net: u64, host: u64) -> String {
+    format!("2001:db8:{net:x}::{:x}", host + 1)
 }
 
 fn domain(n: u64) -> String {
-    format!("dom{n}.example")
+    format!("d{n}.example-{}.org", n % DOMAIN_SUFFIXES)
 }
 
 fn account(n: u64) -> String {
@@ -92,12 +107,20 @@ fn event_line(kind: usize, i: u64, rng: &mut Rng) -> String {
     let span = rng.next() >> 2;
     let rip = rng.below(IPS);
     // Dual-stack listeners report IPv4 peers as IPv4-mapped IPv6; the key kind canonicalises
-    // them, so a quarter of the events exercise that path.
-    let remote_ip = if rng.below(4) == 0 { format!("::ffff:{}", ip(rip)) } else { ip(rip) };
+    // them, so about a quarter of the events exercise that path. One in eight peers is native
+    // IPv6.
+    let remote_ip = match rng.below(8) {
+        0 => ip6(rng.below(V6_NETS), rng.below(4096)),
+        1 | 2 => format!("::ffff:{}", ip(rip)),
+        _ => ip(rip),
+    };
     let dom = domain(rng.below(DOMAINS));
     let rcpt = account(rng.below(ACCOUNTS));
     let rcpt2 = account(rng.below(ACCOUNTS));
-    let sender = format!("newsletter@{}", domain(rng.below(DOMAINS)));
+    let sender = match rng.below(4) {
+        0 => format!("alerts@bank-{}.{}", rng.below(BANKS), ["com", "net", "co.uk"][rng.below(3) as usize]),
+        _ => format!("newsletter@{}", domain(rng.below(DOMAINS))),
+    };
     let qid = queue_id(rng.below(QUEUE_IDS));
     let size = 2_000 + rng.below(200_000);
     let head = format!("{{\"id\":\"{id:x}\",\"createdAt\":\"{ts}\",\"type\":");
@@ -352,70 +375,107 @@ fn ring(c: &mut Criterion) {
     g.finish();
 }
 
-/// A subscription in the mix: mostly one exact key, some `filter=` text, a few combined.
+/// One subscription of the realistic mix, drawn per mille. Most constrain one exact value of
+/// remote-ip, domain, account-name or queue-id; some search text; some use globs or CIDR; a
+/// few add a level, an event-type pattern or a negation to an indexed key; a very few are `q=`
+/// expressions with OR; 0.1 % have no filter at all. Every one has an indexable guard except
+/// the unfiltered ones, so the index has no fallback subscribers (the bench prints the stats).
 fn subscription_query(rng: &mut Rng) -> String {
-    const WORDS: &[&str] = &[
-        "auth.failed",
-        "smtp.connection",
-        "delivery.delivered",
-        "queue",
-        "invalid",
-        "mx1.",
-        "newsletter@",
-        "queued as",
-    ];
+    // Text searches that hit a fair share of the traffic (the type is in the haystack too).
+    const WORDS: &[&str] = &["invalid password", "queued as", "credentials invalid", "mx1.d1", "bank-7."];
     let word = |rng: &mut Rng| -> String {
-        // Half of the text filters are a fixed word, half a specific domain someone looks for.
-        if rng.below(2) == 0 {
-            WORDS[rng.below(WORDS.len() as u64) as usize].to_string()
-        } else {
-            domain(rng.below(DOMAINS))
+        // Mostly a specific domain or mailbox someone looks for, rarely a broad word.
+        match rng.below(20) {
+            0 => WORDS[rng.below(WORDS.len() as u64) as usize].to_string(),
+            1..=11 => domain(rng.below(DOMAINS)),
+            _ => format!("user{}@", rng.below(ACCOUNTS)),
         }
     };
-    match rng.below(100) {
-        0..=39 => format!("remote-ip={}", ip(rng.below(IPS))),
-        40..=59 => format!("domain={}", domain(rng.below(DOMAINS))),
-        60..=74 => format!("account-name={}", account(rng.below(ACCOUNTS))),
-        75..=89 => format!("queue-id={}", queue_id(rng.below(QUEUE_IDS))),
-        90..=95 => format!("filter={}", word(rng)),
-        _ => format!("remote-ip={}&filter={}", ip(rng.below(IPS)), word(rng)),
+    let r_ip = |rng: &mut Rng| ip(rng.below(IPS));
+    let r_dom = |rng: &mut Rng| domain(rng.below(DOMAINS));
+    let r_acc = |rng: &mut Rng| account(rng.below(ACCOUNTS));
+    let r_net = |rng: &mut Rng| format!("10.{}.0.0/16", rng.below(V4_NETS));
+    let r_suffix = |rng: &mut Rng| format!("*.example-{}.org", rng.below(DOMAIN_SUFFIXES));
+    match rng.below(1000) {
+        0 => String::new(),
+        1..=329 => format!("remote-ip={}", r_ip(rng)),
+        330..=479 => format!("domain={}", r_dom(rng)),
+        480..=629 => format!("account-name={}", r_acc(rng)),
+        630..=749 => format!("queue-id={}", queue_id(rng.below(QUEUE_IDS))),
+        750..=799 => format!("filter={}", word(rng)),
+        800..=829 => format!("remote-ip={}&filter={}", r_ip(rng), word(rng)),
+        830..=859 => format!("domain={}", r_suffix(rng)),
+        860..=879 => format!("from=*@bank-{}.*", rng.below(BANKS)),
+        880..=909 => format!("remote-ip={}", r_net(rng)),
+        910..=924 => format!("remote-ip=2001:db8:{:x}::/48", rng.below(V6_NETS)),
+        925..=934 => format!("level=warn&remote-ip={}", r_ip(rng)),
+        935..=944 => format!("level=info&account-name={}", r_acc(rng)),
+        945..=954 => format!("event=smtp.*&remote-ip={}", r_ip(rng)),
+        955..=964 => format!("event=auth.*,delivery.delivered&account-name={}", r_acc(rng)),
+        965..=974 => format!("domain={}&event=!smtp.rcpt-to", r_dom(rng)),
+        975..=984 => format!("account-name={}&event=!auth.success", r_acc(rng)),
+        985..=989 => format!("remote-ip={}&remote-ip=!{}", r_net(rng), r_ip(rng)),
+        990..=993 => format!(
+            "q=(remote-ip:{} OR domain:{}) AND NOT event:smtp.rcpt-to AND size>100000",
+            r_net(rng),
+            r_suffix(rng)
+        ),
+        994..=996 => {
+            let a = r_acc(rng);
+            format!("q=account-name:{a} OR to:{a}")
+        }
+        _ => format!("q=queue-id:{} OR \"{}\"", queue_id(rng.below(QUEUE_IDS)), r_dom(rng)),
     }
 }
 
-/// Stage 3: which subscribers an event matches. Compiled index vs the naive reference scan.
+/// `n` subscribers of the mix, built as the registry builds them (plan compiled in `new`).
+fn subscribers(n: usize, keys: &KeyRegistry) -> Vec<Arc<Subscriber>> {
+    let mut rng = Rng(5 + n as u64);
+    let limits = Limits::default();
+    (0..n)
+        .map(|i| {
+            let q = subscription_query(&mut rng);
+            let p = parse_pairs(&q, keys, &limits).unwrap_or_else(|e| panic!("{q}: {e}"));
+            Arc::new(Subscriber::new(i as u64, p.expr, p.follow, 1024, None))
+        })
+        .collect()
+}
+
+/// Stage 3: which subscribers an event matches. Compiled index vs the naive reference scan
+/// (`Expr::eval` on every subscriber), on the same events and subscribers.
 fn matching(c: &mut Criterion) {
     let (catalogue, keys) = setup();
     // 1,024 distinct events rotated through, so postings and automaton states are not all
     // hot in cache the way a single repeated event would make them.
     const EVENTS: usize = 1024;
     let events = build_events(&event_lines(EVENTS, 4), &catalogue, &keys);
-    let limits = QueryLimits::default();
 
     let mut g = c.benchmark_group("match");
-    configure(&mut g);
     g.throughput(Throughput::Elements(1));
-    for n in [1usize, 100, 10_000] {
-        let mut rng = Rng(5 + n as u64);
-        let subs: Vec<Arc<Subscriber>> = (0..n)
-            .map(|i| {
-                let q = parse_live_query(&subscription_query(&mut rng), &keys, &limits).unwrap();
-                Arc::new(Subscriber::new(i as u64, q.filter, q.follow, 1024, None))
-            })
-            .collect();
+    for n in [1usize, 100, 10_000, 100_000] {
+        let subs = subscribers(n, &keys);
         let index = CompiledIndex::build(subs.clone(), 1);
         let mut scratch = Scratch::default();
 
-        // Both evaluators must agree before either is timed.
+        // Both evaluators must agree, subscriber for subscriber, before either is timed.
         let mut total = 0usize;
+        let mut naive = Vec::new();
         for ev in &events {
             index.begin(&mut scratch);
             index.match_event(ev, &mut scratch);
-            let naive = subs.iter().filter(|s| s.filter.matches(ev)).count();
-            assert_eq!(scratch.out.len(), naive, "index and naive disagree");
-            total += naive;
+            naive.clear();
+            naive.extend((0..subs.len() as u32).filter(|&s| subs[s as usize].filter.eval(ev)));
+            scratch.out.sort_unstable();
+            assert_eq!(scratch.out, naive, "index and naive disagree on {}", ev.kind);
+            total += naive.len();
         }
-        eprintln!("match/{n}: {:.2} matching subscribers per event on average", total as f64 / EVENTS as f64);
+        eprintln!(
+            "match/{n}: {:.2} matching subscribers per event on average; {:?}",
+            total as f64 / EVENTS as f64,
+            index.stats()
+        );
 
+        configure(&mut g);
         let mut i = 0usize;
         g.bench_with_input(BenchmarkId::new("indexed", n), &n, |b, _| {
             b.iter(|| {
@@ -426,13 +486,73 @@ fn matching(c: &mut Criterion) {
                 black_box(scratch.out.len())
             })
         });
+        if n >= 100_000 {
+            // A few milliseconds per event: criterion's minimum of 10 samples, given the time
+            // they need, rather than 20.
+            g.sample_size(10);
+            g.measurement_time(Duration::from_secs(4));
+        }
         let mut i = 0usize;
         g.bench_with_input(BenchmarkId::new("naive", n), &n, |b, _| {
             b.iter(|| {
                 let ev = &events[i % EVENTS];
                 i = i.wrapping_add(1);
-                black_box(subs.iter().filter(|s| s.filter.matches(ev)).count())
+                black_box(subs.iter().filter(|s| s.filter.eval(ev)).count())
             })
+        });
+    }
+    g.finish();
+}
+
+/// What a burst of connects costs: compiling one subscriber's plan (`Subscriber::new`), and
+/// rebuilding a shard's index from ready plans (`CompiledIndex::build`, a merge). The registry
+/// batches pending connects into one rebuild per shard, off the matcher threads, which keep
+/// matching on the previous index until the new one is swapped in.
+fn rebuild(c: &mut Criterion) {
+    let (_catalogue, keys) = setup();
+    let mut g = c.benchmark_group("rebuild");
+    configure(&mut g);
+
+    // Per query of the mix: parse, and the plan compiled by `Subscriber::new`.
+    const QUERIES: usize = 1000;
+    let mut rng = Rng(7);
+    let limits = Limits::default();
+    let queries: Vec<String> = (0..QUERIES).map(|_| subscription_query(&mut rng)).collect();
+    let exprs: Vec<Expr> = queries.iter().map(|q| parse_pairs(q, &keys, &limits).unwrap().expr).collect();
+    g.throughput(Throughput::Elements(QUERIES as u64));
+    g.bench_function("parse_pairs", |b| {
+        b.iter(|| {
+            for q in &queries {
+                black_box(parse_pairs(q, &keys, &limits).unwrap());
+            }
+        })
+    });
+    // The expressions are cloned in the (untimed) setup and the subscribers dropped after
+    // the timing, so this is `Subscriber::new` alone.
+    g.bench_function("subscriber_new", |b| {
+        b.iter_batched(
+            || exprs.clone(),
+            |exprs| {
+                exprs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| Subscriber::new(i as u64, e, true, 1024, None))
+                    .collect::<Vec<_>>()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    // Whole-shard rebuilds; the old index is dropped outside the timing as well.
+    g.throughput(Throughput::Elements(1));
+    for n in [10_000usize, 100_000] {
+        let subs = subscribers(n, &keys);
+        if n >= 100_000 {
+            g.sample_size(10);
+            g.measurement_time(Duration::from_secs(5));
+        }
+        g.bench_with_input(BenchmarkId::new("build", n), &n, |b, _| {
+            b.iter_batched(|| subs.clone(), |s| CompiledIndex::build(s, 2), BatchSize::LargeInput)
         });
     }
     g.finish();
@@ -469,7 +589,7 @@ fn frame(c: &mut Criterion) {
 
         // Matcher side (`push`) plus writer side (`drain_into`), per event; the queue never
         // fills, and `out` is reused like `SseBody::items`.
-        let sub = Subscriber::new(1, Default::default(), true, 4096, None);
+        let sub = Subscriber::new(1, Expr::True, true, 4096, None);
         let jsons: Vec<Bytes> = events[..n].iter().map(|e| e.json.clone()).collect();
         let mut out: Vec<Item> = Vec::with_capacity(n + 1);
         g.bench_with_input(BenchmarkId::new("push_drain", n), &n, |b, _| {
@@ -486,5 +606,5 @@ fn frame(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_encode, ring, matching, frame);
+criterion_group!(benches, parse_encode, ring, matching, rebuild, frame);
 criterion_main!(benches);

@@ -35,10 +35,13 @@ enum Scenario {
     /// One unfiltered subscriber, the highest sustained ingest rate.
     MaxIngest,
     /// 100 unfiltered subscribers, the highest rate.
+    #[value(name = "firehose-100")]
     Firehose100,
     /// 1,000 filtered plus 10 unfiltered subscribers at 100,000 events/s.
+    #[value(name = "fanout-1k")]
     Fanout1k,
     /// 10,000 connected idle subscribers: hub memory per subscriber.
+    #[value(name = "idle-10k")]
     Idle10k,
     /// One stalled subscriber beside 100 filtered and 10 unfiltered ones, compared with the
     /// same run without it.

@@ -24,8 +24,9 @@ pub enum Via {
     Http { addr: SocketAddr, token: String },
     /// `POST /api/telemetry/webhook` with `{"events":[...]}` bodies.
     Webhook { addr: SocketAddr, token: String },
-    /// Nchan: one `POST /pub?id=CHANNELS` per event (channels: the filters it matches, and
-    /// `all` for the firehose).
+    /// Nchan: one `POST /pub?id=CHANNELS` per event (channels, comma-separated: the filters it
+    /// matches, and `all` for the firehose; split into requests of at most 255 channels, none
+    /// when the list is empty).
     Nchan { addr: SocketAddr, channels: Arc<Vec<String>> },
 }
 
@@ -182,6 +183,18 @@ impl Producer {
         sent: &Sent,
         stop: &AtomicBool,
     ) -> anyhow::Result<()> {
+        // Nchan splits `?id=a,b,c` on the comma (`nchan_channel_id_split_delimiter` in
+        // perf/nchan/nginx.conf) and publishes the message to each channel, at most 255 per
+        // request (1.3.6 does not check that bound when splitting). Per template: the publish
+        // paths, normally one; none when no subscriber wants the event.
+        const MAX_CHANNELS: usize = 255;
+        let paths: Vec<Vec<String>> = channels
+            .iter()
+            .map(|list| {
+                let ids: Vec<&str> = list.split(',').filter(|c| !c.is_empty()).collect();
+                ids.chunks(MAX_CHANNELS).map(|c| format!("/pub?id={}", c.join(","))).collect()
+            })
+            .collect();
         let mut conn = Http::connect(addr)?;
         let start = epoch.elapsed();
         let mut n = 0u64;
@@ -197,10 +210,11 @@ impl Producer {
             body.push(b'[');
             self.templates[tpl].write_line(&mut body, n, t);
             body.push(b']');
-            let path = format!("/pub?id={}", channels[tpl]);
-            let (status, answer) = conn.request("POST", &path, None, "application/json", &body)?;
-            if !(200..300).contains(&status) {
-                bail!("nchan publish answered {status}: {}", String::from_utf8_lossy(&answer));
+            for path in &paths[tpl] {
+                let (status, answer) = conn.request("POST", path, None, "application/json", &body)?;
+                if !(200..300).contains(&status) {
+                    bail!("nchan publish answered {status}: {}", String::from_utf8_lossy(&answer));
+                }
             }
             n += 1;
             sent.accepted.store(n, Ordering::Relaxed);
