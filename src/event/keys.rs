@@ -98,7 +98,11 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 fn push_lower(v: &str, out: &mut String) {
     if v.is_ascii() {
-        out.extend(v.bytes().map(|b| b.to_ascii_lowercase() as char));
+        // One copy, then an in-place pass the compiler vectorises; far cheaper than pushing
+        // character by character, and nearly every mail value is ASCII.
+        let start = out.len();
+        out.push_str(v);
+        out[start..].make_ascii_lowercase();
     } else {
         out.extend(v.chars().flat_map(char::to_lowercase));
     }

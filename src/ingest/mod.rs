@@ -95,7 +95,20 @@ pub fn parse_ndjson_from(
         }
         return out;
     }
-    for (i, line) in body.split_mut(|&c| c == b'\n').enumerate() {
+    // Lines are found with memchr (vectorised) rather than a byte-by-byte split.
+    let mut rest: &mut [u8] = body;
+    let mut i = 0usize;
+    while !rest.is_empty() {
+        let (line, tail) = match memchr::memchr(b'\n', rest) {
+            Some(at) => {
+                let (l, t) = std::mem::take(&mut rest).split_at_mut(at);
+                (l, &mut t[1..])
+            }
+            None => (std::mem::take(&mut rest), &mut [][..]),
+        };
+        rest = tail;
+        i += 1;
+        let i = i - 1;
         if let Some(max) = max_line.filter(|&m| line.len() > m) {
             out.reject(first_line + i, format!("line longer than {max} bytes"));
             continue;
