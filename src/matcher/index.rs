@@ -618,19 +618,23 @@ impl CompiledIndex {
             scratch.types.clear();
             scratch.types_build = self.build_id;
         }
-        if !scratch.types.contains_key(&*ev.kind) {
-            if scratch.types.len() >= TYPE_CACHE_CAP {
-                scratch.types.clear();
-            }
-            let hits: Box<[TermId]> =
-                self.events.iter().copied().filter(|&t| self.terms[t as usize].eval(ev)).collect();
-            scratch.types.insert(ev.kind.clone(), hits);
-        }
-        if let Some(hits) = scratch.types.get(&*ev.kind) {
+        let Scratch { types, marks, .. } = scratch;
+        if let Some(hits) = types.get(&*ev.kind) {
             for &t in hits.iter() {
-                scratch.marks.term(&self.posts, t);
+                marks.term(&self.posts, t);
             }
+            return;
         }
+        // First event of this type for this index: evaluate the event terms once.
+        if types.len() >= TYPE_CACHE_CAP {
+            types.clear();
+        }
+        let hits: Box<[TermId]> =
+            self.events.iter().copied().filter(|&t| self.terms[t as usize].eval(ev)).collect();
+        for &t in hits.iter() {
+            marks.term(&self.posts, t);
+        }
+        types.insert(ev.kind.clone(), hits);
     }
 
     /// Key ids that some subscriber in this index constrains (for diagnostics and tests).

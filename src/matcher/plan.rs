@@ -11,6 +11,10 @@
 //!   set;
 //! - anything else (a negation such as `domain=!example.org`) goes to the residual alone.
 //!
+//! Only the guards of the lowest cost are posted in the index (several when they tie, and the
+//! counting pass ANDs them); a broader guard beside them is checked after a hit instead, so a
+//! `level=info` next to an exact account does not touch the subscriber on every info event.
+//!
 //! A plan without guards but with a residual is a *fallback*: the index evaluates it on every
 //! event. Those are the only per-event costs that grow with the number of subscribers, so the
 //! index counts them and the stats endpoint shows the count.
@@ -24,9 +28,10 @@ pub struct Plan {
     /// One entry per guarded conjunct: the conjunct can only hold when one of these indexable
     /// terms holds. At most [`MAX_CLAUSES`] entries, one bit each in the matcher.
     pub guards: Vec<Vec<Term>>,
-    /// Conjuncts the index cannot decide by itself; all must hold (evaluated after the guards).
+    /// Conjuncts the index does not decide by itself; all must hold (evaluated after the
+    /// guards): unindexable ones, and indexable ones less selective than the posted guards.
     pub residual: Vec<Expr>,
-    /// Terms inside the residual (the "cannot be indexed" part, for stats).
+    /// Terms of conjuncts that could not be indexed at all (for stats).
     pub residual_terms: usize,
 }
 
@@ -35,25 +40,45 @@ impl Plan {
     pub fn compile(expr: &Expr) -> Plan {
         let mut conjuncts = Vec::new();
         flatten_and(expr, &mut conjuncts);
+        // Each conjunct with its guard (if any), whether the guard decides it exactly, and
+        // the guard's cost.
+        let mut guarded: Vec<(&Expr, Vec<Term>, bool, u32)> = Vec::new();
         let mut plan = Plan::default();
         for c in conjuncts {
-            let exact = exact_terms(c);
-            let guard = exact.clone().or_else(|| necessary(c).map(|(terms, _)| terms));
-            match guard {
-                Some(terms) if plan.guards.len() < MAX_CLAUSES => {
-                    plan.guards.push(terms);
-                    if exact.is_none() {
-                        plan.push_residual(c);
-                    }
-                }
-                _ => plan.push_residual(c),
+            if let Some(terms) = exact_terms(c) {
+                let cost = terms.iter().map(cost).sum();
+                guarded.push((c, terms, true, cost));
+            } else if let Some((terms, cost)) = necessary(c) {
+                guarded.push((c, terms, false, cost));
+                plan.push_residual(c, true);
+            } else {
+                plan.push_residual(c, true);
             }
         }
+        // Only the most selective guards are posted in the index: a broad guard beside a
+        // selective one (`level=info&account-name=alice`) would touch the subscriber on most
+        // events for nothing. The others are checked after a hit, like the residual.
+        let best = guarded.iter().map(|g| g.3).min().unwrap_or(0);
+        let mut demoted = Vec::new();
+        for (c, terms, exact, cost) in guarded {
+            if cost == best && plan.guards.len() < MAX_CLAUSES {
+                plan.guards.push(terms);
+            } else if exact {
+                demoted.push(c);
+            }
+        }
+        // Demoted exact guards are cheap to check; check them before the residual proper.
+        let mut residual: Vec<Expr> = demoted.into_iter().cloned().collect();
+        residual.append(&mut plan.residual);
+        plan.residual = residual;
         plan
     }
 
-    fn push_residual(&mut self, e: &Expr) {
-        self.residual_terms += e.term_count();
+    /// Adds a conjunct to the residual; `unindexable` ones count in [`Plan::residual_terms`].
+    fn push_residual(&mut self, e: &Expr, unindexable: bool) {
+        if unindexable {
+            self.residual_terms += e.term_count();
+        }
         self.residual.push(e.clone());
     }
 
@@ -163,10 +188,17 @@ mod tests {
     #[test]
     fn splits_guards_and_residual() {
         assert!(plan("").is_always());
-        let p = plan("remote-ip=10.0.0.5&remote-ip=10.0.0.6&domain=*.example.org");
-        assert_eq!(p.guards.len(), 2);
-        assert_eq!(p.guards[0].len(), 2, "repeated key is one OR guard");
+        let p = plan("remote-ip=10.0.0.5&domain=example.org");
+        assert_eq!(p.guards.len(), 2, "equally selective guards are counted together");
         assert!(p.residual.is_empty());
+        let p = plan("remote-ip=10.0.0.5&remote-ip=10.0.0.6&domain=*.example.org");
+        assert_eq!(p.guards.len(), 1, "the broader glob is checked after a hit");
+        assert_eq!(p.guards[0].len(), 2, "repeated key is one OR guard");
+        assert_eq!(p.residual.len(), 1);
+        assert_eq!(p.residual_terms, 0, "a demoted guard is still indexable");
+        let p = plan("level=info&account-name=alice");
+        let g: Vec<String> = p.guards[0].iter().map(ToString::to_string).collect();
+        assert_eq!(g, vec!["account-name:alice"]);
         let p = plan("domain=!example.org");
         assert!(p.is_fallback());
         assert_eq!(p.residual_terms, 1);
