@@ -1,4 +1,5 @@
-//! Criterion benchmarks for each stage of the pipeline: parse+encode, ring, match, SSE frame.
+//! Criterion benchmarks for each stage of the pipeline: parse+encode, ring, match, SSE frame,
+//! plus the cost of subscribing (plan compilation, index rebuild).
 //!
 //! Every group measures one stage in isolation on realistic Stalwart-shaped mail events, and
 //! puts the alternatives we chose between (simd-json vs serde_json, compiled index vs naive
@@ -6,6 +7,7 @@
 //! noise. `perf/RESULTS.md` records a full run. `cargo bench --bench pipeline -- --test` runs
 //! each benchmark once as a smoke test.
 
+use aho_corasick::{AhoCorasickBuilder, MatchKind};
 use bytes::{Bytes, BytesMut};
 use criterion::measurement::WallTime;
 use criterion::{
@@ -14,6 +16,7 @@ use criterion::{
 use livetap::event::{Catalogue, Event, EventBuilder, KeyRegistry, RawValue};
 use livetap::ingest::parse_ndjson;
 use livetap::matcher::index::{CompiledIndex, Scratch};
+use livetap::query::ast::{Field, Pred, Term};
 use livetap::query::{parse_pairs, Expr, Limits};
 use livetap::ring::Ring;
 use livetap::sse::SseChunk;
@@ -441,6 +444,28 @@ fn subscribers(n: usize, keys: &KeyRegistry) -> Vec<Arc<Subscriber>> {
         .collect()
 }
 
+/// Asserts that the index and the naive evaluator select exactly the same subscribers on every
+/// event; returns the average number of matches per event.
+fn check_agree(
+    index: &CompiledIndex,
+    subs: &[Arc<Subscriber>],
+    events: &[Arc<Event>],
+    scratch: &mut Scratch,
+) -> f64 {
+    let mut total = 0usize;
+    let mut naive = Vec::new();
+    for ev in events {
+        index.begin(scratch);
+        index.match_event(ev, scratch);
+        naive.clear();
+        naive.extend((0..subs.len() as u32).filter(|&s| subs[s as usize].filter.eval(ev)));
+        scratch.out.sort_unstable();
+        assert_eq!(scratch.out, naive, "index and naive disagree on {}", ev.kind);
+        total += naive.len();
+    }
+    total as f64 / events.len() as f64
+}
+
 /// Stage 3: which subscribers an event matches. Compiled index vs the naive reference scan
 /// (`Expr::eval` on every subscriber), on the same events and subscribers.
 fn matching(c: &mut Criterion) {
@@ -458,22 +483,8 @@ fn matching(c: &mut Criterion) {
         let mut scratch = Scratch::default();
 
         // Both evaluators must agree, subscriber for subscriber, before either is timed.
-        let mut total = 0usize;
-        let mut naive = Vec::new();
-        for ev in &events {
-            index.begin(&mut scratch);
-            index.match_event(ev, &mut scratch);
-            naive.clear();
-            naive.extend((0..subs.len() as u32).filter(|&s| subs[s as usize].filter.eval(ev)));
-            scratch.out.sort_unstable();
-            assert_eq!(scratch.out, naive, "index and naive disagree on {}", ev.kind);
-            total += naive.len();
-        }
-        eprintln!(
-            "match/{n}: {:.2} matching subscribers per event on average; {:?}",
-            total as f64 / EVENTS as f64,
-            index.stats()
-        );
+        let per_event = check_agree(&index, &subs, &events, &mut scratch);
+        eprintln!("match/{n}: {per_event:.2} matching subscribers per event on average; {:?}", index.stats());
 
         configure(&mut g);
         let mut i = 0usize;
@@ -501,6 +512,83 @@ fn matching(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+}
+
+/// The query without its broad positive conjuncts (`level=...`, `event=...` but not
+/// `event=!...`), for `match_parts`.
+fn without_broad(q: String) -> String {
+    if q.starts_with("q=") {
+        return q;
+    }
+    let broad = |p: &str| p.starts_with("level=") || (p.starts_with("event=") && !p.starts_with("event=!"));
+    q.split('&').filter(|p| !broad(p)).collect::<Vec<_>>().join("&")
+}
+
+/// Diagnostics for the 10,000-subscriber case, to see where `match/indexed` spends its time:
+/// - `key_guards_only`: the same mix without the `level=` and `event=` conjuncts of the 4 % of
+///   queries that AND one with an exact key (so their only guard is that key). The difference
+///   to `match/indexed/10000` is what the broad terms' postings cost in the counting pass:
+///   every `event=smtp.*` or `level=info` subscriber is touched on every event of that type or
+///   level, although its key rarely matches.
+/// - `text_automaton`: the index's text search alone, an overlapping Aho-Corasick automaton
+///   (standard semantics, as `CompiledIndex` builds it) over all the mix's `filter=` needles,
+///   run over each event's search text.
+fn match_parts(c: &mut Criterion) {
+    let (catalogue, keys) = setup();
+    const EVENTS: usize = 1024;
+    const N: usize = 10_000;
+    let events = build_events(&event_lines(EVENTS, 4), &catalogue, &keys);
+    let mut g = c.benchmark_group("match_parts");
+    configure(&mut g);
+    g.throughput(Throughput::Elements(1));
+
+    let mut rng = Rng(5 + N as u64);
+    let limits = Limits::default();
+    let subs: Vec<Arc<Subscriber>> = (0..N)
+        .map(|i| {
+            let p = parse_pairs(&without_broad(subscription_query(&mut rng)), &keys, &limits).unwrap();
+            Arc::new(Subscriber::new(i as u64, p.expr, p.follow, 1024, None))
+        })
+        .collect();
+    let index = CompiledIndex::build(subs.clone(), 1);
+    let mut scratch = Scratch::default();
+    let per_event = check_agree(&index, &subs, &events, &mut scratch);
+    eprintln!("match_parts/key_guards_only/{N}: {per_event:.2} matches per event; {:?}", index.stats());
+    let mut i = 0usize;
+    g.bench_with_input(BenchmarkId::new("key_guards_only", N), &N, |b, _| {
+        b.iter(|| {
+            let ev = &events[i % EVENTS];
+            i = i.wrapping_add(1);
+            index.begin(&mut scratch);
+            index.match_event(ev, &mut scratch);
+            black_box(scratch.out.len())
+        })
+    });
+
+    fn needles(e: &Expr, out: &mut Vec<String>) {
+        match e {
+            Expr::And(xs) | Expr::Or(xs) => xs.iter().for_each(|x| needles(x, out)),
+            Expr::Not(x) => needles(x, out),
+            Expr::Term(Term { field: Field::Text, pred: Pred::Contains(s) }) if !out.contains(s) => {
+                out.push(s.clone())
+            }
+            _ => {}
+        }
+    }
+    let mut pats = Vec::new();
+    subscribers(N, &keys).iter().for_each(|s| needles(&s.filter, &mut pats));
+    let ac = AhoCorasickBuilder::new().match_kind(MatchKind::Standard).build(&pats).unwrap();
+    let hay = events.iter().map(|e| e.search_text().len()).sum::<usize>() / EVENTS;
+    eprintln!("match_parts/text_automaton/{N}: {} needles, {hay} bytes of search text per event", pats.len());
+    let mut i = 0usize;
+    g.bench_with_input(BenchmarkId::new("text_automaton", N), &N, |b, _| {
+        b.iter(|| {
+            let ev = &events[i % EVENTS];
+            i = i.wrapping_add(1);
+            black_box(ac.find_overlapping_iter(ev.search_text()).count())
+        })
+    });
     g.finish();
 }
 
@@ -606,5 +694,5 @@ fn frame(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_encode, ring, matching, rebuild, frame);
+criterion_group!(benches, parse_encode, ring, matching, match_parts, rebuild, frame);
 criterion_main!(benches);
