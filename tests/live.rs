@@ -397,3 +397,47 @@ async fn query_limits_are_configurable_and_index_stats_are_exposed() {
     assert!(s["index_rebuilds"].as_u64().unwrap() >= 1, "{s}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connects_is_batched_and_loses_nothing_for_others() {
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let mut watcher = SseClient::connect(addr, &format!("{LIVE}?follow=false"), Some(TOKEN)).await;
+    assert_eq!(watcher.status, 200);
+    let reader = tokio::spawn(async move {
+        let c = watcher
+            .collect_until(DEADLINE, |c| c.events.last().is_some_and(|e| e["data"]["n"] == 1999))
+            .await;
+        (watcher, c)
+    });
+    // 400 subscribers connect at once while events flow.
+    let connects: Vec<_> = (0..400)
+        .map(|i| {
+            tokio::spawn(async move {
+                let q = format!("{LIVE}?remote-ip=10.9.{}.{}&follow=false", i / 200, i % 200 + 1);
+                SseClient::connect(addr, &q, Some(TOKEN)).await
+            })
+        })
+        .collect();
+    let events: Vec<Value> =
+        (0..2000).map(|n| json!({"type": "smtp.ehlo", "data": {"n": n, "remoteIp": "10.1.1.1"}})).collect();
+    for batch in events.chunks(100) {
+        ingest_ok(addr, batch).await;
+    }
+    let mut clients = Vec::new();
+    for c in connects {
+        let c = c.await.unwrap();
+        assert_eq!(c.status, 200);
+        clients.push(c);
+    }
+    let (_w, got) = reader.await.unwrap();
+    assert!(got.lagged.is_empty());
+    assert_eq!(field(&got.events, "n"), (0..2000).map(|n| json!(n)).collect::<Vec<_>>());
+    let s = wait_stats(addr, "all indexed", |s| s["index"]["subscribers"] == 401).await;
+    // Connects arriving together share rebuilds (at most one per matcher shard per batch).
+    let rebuilds = s["index_rebuilds"].as_u64().unwrap();
+    eprintln!("{rebuilds} index rebuilds for 401 connects");
+    assert!(rebuilds < 400, "{rebuilds} rebuilds for 401 connects");
+    drop(clients);
+    server.shutdown().await;
+}
