@@ -10,6 +10,7 @@ use ahash::AHashMap;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Dense identifier of a key, assigned at registration.
@@ -142,16 +143,28 @@ pub struct KeyInfo {
     pub kind: KeyKind,
 }
 
+/// One immutable version of the registry's contents.
 #[derive(Default, Clone)]
-struct KeyTable {
+pub struct KeyTable {
     keys: Vec<KeyInfo>,
     by_name: AHashMap<Arc<str>, KeyId>,
     by_param: AHashMap<Arc<str>, KeyId>,
 }
 
+impl KeyTable {
+    /// Looks a key up by its camelCase name in this version.
+    #[inline]
+    pub fn lookup(&self, name: &str) -> Option<(KeyId, KeyKind)> {
+        self.by_name.get(name).map(|&id| (id, self.keys[id as usize].kind))
+    }
+}
+
 /// The set of known keys; lookups are lock-free, registration is copy-on-write.
 pub struct KeyRegistry {
     table: ArcSwap<KeyTable>,
+    /// Bumped after every registration, so holders of a [`KeyTable`] snapshot can tell, with
+    /// one atomic load, whether it is still current.
+    version: AtomicU64,
     write: Mutex<()>,
     cap: usize,
 }
@@ -165,6 +178,7 @@ impl KeyRegistry {
     pub fn new(cap: usize) -> KeyRegistry {
         KeyRegistry {
             table: ArcSwap::from_pointee(KeyTable::default()),
+            version: AtomicU64::new(0),
             write: Mutex::new(()),
             cap: cap.min(KeyId::MAX as usize),
         }
@@ -173,8 +187,22 @@ impl KeyRegistry {
     /// Looks a key up by its camelCase name.
     #[inline]
     pub fn lookup(&self, name: &str) -> Option<(KeyId, KeyKind)> {
-        let t = self.table.load();
-        t.by_name.get(name).map(|&id| (id, t.keys[id as usize].kind))
+        self.table.load().lookup(name)
+    }
+
+    /// The current contents and their version, for a reader that looks up many keys (the event
+    /// builder keeps one and refreshes it when [`KeyRegistry::version`] moves).
+    pub fn snapshot(&self) -> (Arc<KeyTable>, u64) {
+        // Read the version first: a registration between the two loads makes the snapshot
+        // newer than its version, which only causes one extra refresh later.
+        let v = self.version();
+        (self.table.load_full(), v)
+    }
+
+    /// The registration count, bumped after each new key is visible.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Looks a key up by its kebab-case query parameter name.
@@ -229,6 +257,7 @@ impl KeyRegistry {
         next.by_param.insert(info.param.clone(), id);
         next.keys.push(info);
         self.table.store(Arc::new(next));
+        self.version.fetch_add(1, Ordering::Release);
         Some((id, kind))
     }
 

@@ -139,6 +139,9 @@ pub struct EventBuilder<'c> {
     search: String,
     fields: SmallVec<[(KeyId, u32, u32); 8]>,
     ts_cache: (i64, [u8; 20]),
+    /// A snapshot of the key registry and its version: one atomic load per event checks it,
+    /// instead of an `arc-swap` load per key.
+    key_table: (Arc<keys::KeyTable>, u64),
 }
 
 impl<'c> EventBuilder<'c> {
@@ -152,6 +155,7 @@ impl<'c> EventBuilder<'c> {
             search: String::with_capacity(256),
             fields: SmallVec::new(),
             ts_cache: (i64::MIN, [0; 20]),
+            key_table: keys.snapshot(),
         }
     }
 
@@ -227,12 +231,15 @@ impl<'c> EventBuilder<'c> {
 
         let mut span_id = top_span;
         let mut first = true;
+        if self.key_table.1 != self.keys.version() {
+            self.key_table = self.keys.snapshot();
+        }
         for (k, v) in data {
             if k == "spanId" {
                 span_id = span_of(v).or(span_id);
                 // The span is also a matchable key (`span-id=`), but Stalwart leaves it out of
                 // the live stream's JSON, and so does livetap.
-                if let (Some(s), Some((id, _))) = (span_id, self.keys.lookup("spanId")) {
+                if let (Some(s), Some((id, _))) = (span_id, self.key_table.0.lookup("spanId")) {
                     let a = self.canon.len() as u32;
                     self.canon.push_str(itoa::Buffer::new().format(s));
                     self.fields.push((id, a, self.canon.len() as u32));
@@ -250,7 +257,16 @@ impl<'c> EventBuilder<'c> {
             out.push(b':');
             encode::write_value(out, v);
 
-            let key = self.keys.lookup(k).or_else(|| self.keys.register(k, KeyRegistry::kind_for_new(v)));
+            let key = match self.key_table.0.lookup(k) {
+                Some(found) => Some(found),
+                None => {
+                    let added = self.keys.register(k, KeyRegistry::kind_for_new(v));
+                    if self.keys.version() != self.key_table.1 {
+                        self.key_table = self.keys.snapshot();
+                    }
+                    added
+                }
+            };
             collect_match(v, key, &mut self.canon, &mut self.fields, &mut self.search, 0);
         }
         out.extend_from_slice(b"}}");
