@@ -253,11 +253,25 @@ impl Http {
             self.addr,
             body.len()
         );
-        let w = self.stream.get_mut();
-        w.write_all(head.as_bytes())?;
-        w.write_all(body)?;
         let mut line = String::new();
-        self.stream.read_line(&mut line)?;
+        // A server may close a keep-alive connection between requests (nginx does after
+        // `keepalive_requests`); then the request is sent again on a fresh connection. Nothing
+        // was processed in that case: the close came before any answer.
+        for attempt in 0..2 {
+            let sent = {
+                let w = self.stream.get_mut();
+                w.write_all(head.as_bytes()).and_then(|_| w.write_all(body))
+            };
+            line.clear();
+            let answered = sent.is_ok() && self.stream.read_line(&mut line).map(|n| n > 0).unwrap_or(false);
+            if answered {
+                break;
+            }
+            if attempt == 1 {
+                bail!("connection to {} closed without an answer", self.addr);
+            }
+            *self = Http::connect(self.addr)?;
+        }
         let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         if status == 0 {
             bail!("no HTTP answer (got {line:?})");
