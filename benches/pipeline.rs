@@ -466,6 +466,26 @@ fn check_agree(
     total as f64 / events.len() as f64
 }
 
+/// Times `begin` + `match_event` on the rotating `events`, one event per iteration.
+fn bench_indexed(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    index: &CompiledIndex,
+    events: &[Arc<Event>],
+    scratch: &mut Scratch,
+) {
+    let mut i = 0usize;
+    g.bench_function(id, |b| {
+        b.iter(|| {
+            let ev = &events[i % events.len()];
+            i = i.wrapping_add(1);
+            index.begin(scratch);
+            index.match_event(ev, scratch);
+            black_box(scratch.out.len())
+        })
+    });
+}
+
 /// Stage 3: which subscribers an event matches. Compiled index vs the naive reference scan
 /// (`Expr::eval` on every subscriber), on the same events and subscribers.
 fn matching(c: &mut Criterion) {
@@ -487,16 +507,7 @@ fn matching(c: &mut Criterion) {
         eprintln!("match/{n}: {per_event:.2} matching subscribers per event on average; {:?}", index.stats());
 
         configure(&mut g);
-        let mut i = 0usize;
-        g.bench_with_input(BenchmarkId::new("indexed", n), &n, |b, _| {
-            b.iter(|| {
-                let ev = &events[i % EVENTS];
-                i = i.wrapping_add(1);
-                index.begin(&mut scratch);
-                index.match_event(ev, &mut scratch);
-                black_box(scratch.out.len())
-            })
-        });
+        bench_indexed(&mut g, BenchmarkId::new("indexed", n), &index, &events, &mut scratch);
         if n >= 100_000 {
             // A few milliseconds per event: criterion's minimum of 10 samples, given the time
             // they need, rather than 20.
@@ -555,16 +566,7 @@ fn match_parts(c: &mut Criterion) {
     let mut scratch = Scratch::default();
     let per_event = check_agree(&index, &subs, &events, &mut scratch);
     eprintln!("match_parts/key_guards_only/{N}: {per_event:.2} matches per event; {:?}", index.stats());
-    let mut i = 0usize;
-    g.bench_with_input(BenchmarkId::new("key_guards_only", N), &N, |b, _| {
-        b.iter(|| {
-            let ev = &events[i % EVENTS];
-            i = i.wrapping_add(1);
-            index.begin(&mut scratch);
-            index.match_event(ev, &mut scratch);
-            black_box(scratch.out.len())
-        })
-    });
+    bench_indexed(&mut g, BenchmarkId::new("key_guards_only", N), &index, &events, &mut scratch);
 
     fn needles(e: &Expr, out: &mut Vec<String>) {
         match e {
