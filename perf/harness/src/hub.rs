@@ -41,6 +41,18 @@ impl Drop for TempDir {
     }
 }
 
+/// Waits (up to 10 s) until a started hub accepts TCP on `addr` and has created `socket`.
+pub fn wait_listening(addr: SocketAddr, socket: Option<&Path>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() && socket.is_none_or(Path::exists) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("hub did not start listening on {addr}")
+}
+
 /// A free loopback port (bound then released; fine for a benchmark on a private machine).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -68,21 +80,8 @@ impl HubProcess {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let hub = HubProcess { child, addr, socket: Some(socket), token, _dir: dir };
-        hub.wait_ready()?;
+        wait_listening(hub.addr, hub.socket.as_deref())?;
         Ok(hub)
-    }
-
-    fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(self.addr).is_ok()
-                && self.socket.as_ref().is_none_or(|s| s.exists())
-            {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("hub did not start listening on {}", self.addr)
     }
 
     /// The process id.

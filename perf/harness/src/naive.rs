@@ -1,11 +1,10 @@
 //! Starting the naive baseline hub (`naivehub`, the linear design) as a child process.
 
-use crate::hub::{free_port, TempDir};
-use anyhow::{bail, Context};
+use crate::hub::{free_port, wait_listening, TempDir};
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A running `naivehub` (killed on drop).
 pub struct NaiveHub {
@@ -35,14 +34,8 @@ impl NaiveHub {
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id();
         let hub = NaiveHub { child, addr, socket, pid, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(hub.addr).is_ok() && hub.socket.exists() {
-                return Ok(hub);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("naivehub did not start")
+        wait_listening(hub.addr, Some(&hub.socket))?;
+        Ok(hub)
     }
 }
 

@@ -79,6 +79,28 @@ impl Producer {
         }
     }
 
+    /// Replaces `out` with events `n..n + batch` stamped `t`: NDJSON lines, or a webhook body
+    /// `{"events":[...]}`.
+    fn write_batch(&self, out: &mut Vec<u8>, n: u64, t: u64, webhook: bool) {
+        out.clear();
+        if webhook {
+            out.extend_from_slice(b"{\"events\":[");
+        }
+        let k = self.templates.len() as u64;
+        for i in 0..self.batch as u64 {
+            if webhook && i > 0 {
+                out.push(b',');
+            }
+            self.templates[((n + i) % k) as usize].write_line(out, n + i, t);
+            if !webhook {
+                out.push(b'\n');
+            }
+        }
+        if webhook {
+            out.extend_from_slice(b"]}");
+        }
+    }
+
     fn socket(&self, path: &PathBuf, epoch: Instant, sent: &Sent, stop: &AtomicBool) -> anyhow::Result<()> {
         let mut s = UnixStream::connect(path).with_context(|| format!("connecting {}", path.display()))?;
         // The hub writes a report line for each rejected line; read them so it never blocks.
@@ -99,15 +121,9 @@ impl Producer {
         let start = epoch.elapsed();
         let mut n = 0u64;
         let mut buf = Vec::with_capacity(self.batch * 400);
-        let k = self.templates.len() as u64;
         while !stop.load(Ordering::Relaxed) {
             self.pace(epoch, start, n);
-            buf.clear();
-            let t = epoch.elapsed().as_nanos() as u64;
-            for i in 0..self.batch as u64 {
-                self.templates[((n + i) % k) as usize].write_line(&mut buf, n + i, t);
-                buf.push(b'\n');
-            }
+            self.write_batch(&mut buf, n, epoch.elapsed().as_nanos() as u64, false);
             s.write_all(&buf)?;
             n += self.batch as u64;
             sent.accepted.store(n, Ordering::Relaxed);
@@ -132,26 +148,9 @@ impl Producer {
         let start = epoch.elapsed();
         let mut n = 0u64;
         let mut body = Vec::with_capacity(self.batch * 400);
-        let k = self.templates.len() as u64;
         while !stop.load(Ordering::Relaxed) {
             self.pace(epoch, start, n);
-            body.clear();
-            let t = epoch.elapsed().as_nanos() as u64;
-            if webhook {
-                body.extend_from_slice(b"{\"events\":[");
-            }
-            for i in 0..self.batch as u64 {
-                if webhook && i > 0 {
-                    body.push(b',');
-                }
-                self.templates[((n + i) % k) as usize].write_line(&mut body, n + i, t);
-                if !webhook {
-                    body.push(b'\n');
-                }
-            }
-            if webhook {
-                body.extend_from_slice(b"]}");
-            }
+            self.write_batch(&mut body, n, epoch.elapsed().as_nanos() as u64, webhook);
             let ctype = if webhook { "application/json" } else { "application/x-ndjson" };
             loop {
                 let (status, answer) = conn.request("POST", path, Some(token), ctype, &body)?;
