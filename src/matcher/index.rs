@@ -27,7 +27,7 @@
 
 use super::plan::Plan;
 use crate::event::{Event, KeyId, Level};
-use crate::query::ast::{mask128, mask32, CmpOp, Expr, Field, GlobPart, Number, Pred, Term};
+use crate::query::ast::{mask128, mask32, CmpOp, Decimal, Expr, Field, GlobPart, Number, Pred, Term};
 use crate::subscriber::Subscriber;
 use ahash::AHashMap;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
@@ -168,19 +168,14 @@ impl CmpTable {
     /// then only the satisfied entries are visited.
     #[inline]
     fn probe(&self, value: &str, mut f: impl FnMut(TermId)) {
-        // `value.cmp(bound)`; a value that is not a decimal satisfies nothing.
-        let cmp = |b: &Number| b.compare_value(value);
-        let Some(first) = [&self.gt, &self.ge, &self.lt, &self.le].iter().find_map(|l| l.first()) else {
-            return;
-        };
-        if cmp(&first.0).is_none() {
-            return;
-        }
+        // A value that is not a decimal satisfies nothing; otherwise it is split once and
+        // compared with each probed bound (`value.cmp(bound)`).
+        let Some(v) = Decimal::parse(value) else { return };
         let below = |l: &[(Number, TermId)], strict: bool| {
-            l.partition_point(|(b, _)| match cmp(b) {
-                Some(Ordering::Greater) => true,
-                Some(Ordering::Equal) => !strict,
-                _ => false,
+            l.partition_point(|(b, _)| match b.compare_decimal(&v) {
+                Ordering::Greater => true,
+                Ordering::Equal => !strict,
+                Ordering::Less => false,
             })
         };
         // value > b for the first `p` (ascending) bounds.

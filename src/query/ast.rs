@@ -495,9 +495,28 @@ impl Number {
     /// Compares an event value to this number (`value.cmp(self)`); `None` when the value is
     /// not a number.
     pub fn compare_value(&self, value: &str) -> Option<Ordering> {
-        let v = split_decimal(value)?;
-        let me = split_decimal(&self.0)?;
-        Some(cmp_decimal(v, me))
+        Some(self.compare_decimal(&Decimal::parse(value)?))
+    }
+
+    /// Compares an already split event value to this number (`value.cmp(self)`), so a value
+    /// checked against many bounds is split once.
+    pub fn compare_decimal(&self, value: &Decimal<'_>) -> Ordering {
+        match split_decimal(&self.0) {
+            Some(me) => cmp_decimal(value.0, me),
+            // Canonical numbers always split; order the impossible case below everything.
+            None => Ordering::Greater,
+        }
+    }
+}
+
+/// An event value seen as a decimal number, split once for comparison with many bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Decimal<'a>((bool, &'a str, &'a str));
+
+impl<'a> Decimal<'a> {
+    /// `None` when `value` is not `-?digits(.digits)?`.
+    pub fn parse(value: &'a str) -> Option<Decimal<'a>> {
+        split_decimal(value).map(Decimal)
     }
 }
 
