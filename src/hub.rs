@@ -3,12 +3,15 @@
 //! Everything that runs the pipeline hangs off one [`Hub`], shared as `Arc<Hub>` by the HTTP
 //! handlers and the event sources. Its shutdown follows the promise made to producers: stop
 //! accepting, match everything already accepted, let every subscriber receive what it was
-//! queued, then close the streams.
+//! queued, then close the streams. It also holds the live metrics registry, which the matcher
+//! threads count events into and the metrics endpoints read.
 
 use crate::config::Config;
 use crate::event::{Catalogue, Event, EventBuilder, KeyKind, KeyRegistry};
 use crate::matcher::{Clock, MatcherConfig, MatcherPool, MatcherStats};
-use crate::metrics::{IngestStats, StatsSnapshot, SubscriberStats};
+use crate::metrics::own::own_values;
+use crate::metrics::query::NameFilter;
+use crate::metrics::{IngestStats, MetricValue, MetricsRegistry, StatsSnapshot, SubscriberStats};
 use crate::ring::{Ring, RingError};
 use crate::sse::Closing;
 use crate::subscriber::Registry;
@@ -51,8 +54,12 @@ pub struct Hub {
     pub clock: Clock,
     /// Set when streams should end once drained.
     pub closing: Arc<Closing>,
+    /// The live metrics: event counters (fed by the matcher threads), gauges, histograms.
+    pub metrics: Arc<MetricsRegistry>,
     accepting: AtomicBool,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
+    /// Turns `true` once everything accepted was matched, when live metrics streams end.
+    streams_closed_tx: tokio::sync::watch::Sender<bool>,
     matchers: Mutex<Option<MatcherPool>>,
     matcher_stats: Vec<Arc<MatcherStats>>,
 }
@@ -69,6 +76,7 @@ impl Hub {
             keys.register(&k.name, kind);
         }
         let clock = Clock::new();
+        let metrics = MetricsRegistry::new(&catalogue, &keys, threads, config.max_metrics);
         let pool = MatcherPool::start(
             ring.clone(),
             consumers,
@@ -79,8 +87,10 @@ impl Hub {
                 span_ttl: Duration::from_secs(config.span_ttl_secs),
             },
             clock,
+            &metrics,
         )?;
         let (shutdown_tx, _) = tokio::sync::watch::channel(false);
+        let (streams_closed_tx, _) = tokio::sync::watch::channel(false);
         Ok(Arc::new(Hub {
             matcher_stats: pool.stats.clone(),
             matchers: Mutex::new(Some(pool)),
@@ -93,8 +103,10 @@ impl Hub {
             ingest: IngestStats::default(),
             clock,
             closing: Arc::new(Closing::default()),
+            metrics,
             accepting: AtomicBool::new(true),
             shutdown_tx,
+            streams_closed_tx,
         }))
     }
 
@@ -111,6 +123,21 @@ impl Hub {
     /// A receiver that turns `true` when shutdown begins.
     pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.shutdown_tx.subscribe()
+    }
+
+    /// A receiver that turns `true` when live metrics streams should end (at shutdown, once
+    /// everything accepted was matched and counted).
+    pub fn streams_closed_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.streams_closed_tx.subscribe()
+    }
+
+    /// The live metrics `filter` selects: the registry's readings and livetap's own, sorted by
+    /// name.
+    pub fn metric_values(&self, filter: &NameFilter) -> Vec<MetricValue> {
+        let mut values = self.metrics.snapshot(filter);
+        values.extend(own_values(&self.stats(), &self.metrics, filter));
+        values.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        values
     }
 
     /// Publishes `events` as one batch (all or nothing), without waiting.
@@ -158,6 +185,7 @@ impl Hub {
             refused_batches: self.ingest.refused_batches.load(Ordering::Relaxed),
             auth_failures: self.ingest.auth_failures.load(Ordering::Relaxed),
             subscribers: subs.len(),
+            metric_streams: self.metrics.streams(),
             ring_capacity: self.ring.capacity(),
             ring_occupancy: self.ring.occupancy(),
             ring_head: self.ring.head(),
@@ -199,7 +227,10 @@ impl Hub {
         }
         self.closing.set();
         self.registry.wake_all();
-        while !self.registry.is_empty() && tokio::time::Instant::now() < deadline {
+        let _ = self.streams_closed_tx.send(true);
+        while (!self.registry.is_empty() || self.metrics.streams() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
             self.registry.wake_all();
         }

@@ -4,6 +4,7 @@
 //! with a generated admin token). Flags override the file; the README documents each key.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,6 +51,70 @@ pub struct KeyDecl {
 
 fn default_kind() -> String {
     "string".into()
+}
+
+/// An upstream Prometheus endpoint scraped into the live metrics (`[[scrape]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ScrapeTarget {
+    /// Plain-HTTP URL of the exposition, such as `http://127.0.0.1:8080/metrics/prometheus`.
+    pub url: String,
+    /// Seconds between scrapes.
+    pub interval_secs: u64,
+    /// Seconds a scrape may take (default: the interval, at most 10).
+    pub timeout_secs: Option<u64>,
+    /// `Authorization` header value sent with each scrape (`Basic …` or `Bearer …`).
+    pub authorization: Option<String>,
+    /// A prefix stripped from scraped names before mapping (such as `stalwart_`).
+    pub prefix: Option<String>,
+    /// Keep families that map to no known name, under their scraped name.
+    pub keep_unmapped: bool,
+    /// Explicit mapping of scraped family names to dotted names.
+    pub map: BTreeMap<String, String>,
+}
+
+impl Default for ScrapeTarget {
+    fn default() -> Self {
+        ScrapeTarget {
+            url: String::new(),
+            interval_secs: 30,
+            timeout_secs: None,
+            authorization: None,
+            prefix: None,
+            keep_unmapped: true,
+            map: BTreeMap::new(),
+        }
+    }
+}
+
+impl ScrapeTarget {
+    /// How long one scrape may take.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.unwrap_or(self.interval_secs.min(10)).max(1))
+    }
+
+    fn validate(&self) -> Result<(), &'static str> {
+        let uri: http::Uri =
+            self.url.parse().map_err(|_| "url must be a plain-HTTP URL (http://host:port/path)")?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err("url must be a plain-HTTP URL (http://host:port/path); https is not supported");
+        }
+        if !(1..=86_400).contains(&self.interval_secs) {
+            return Err("interval-secs must be between 1 and 86400");
+        }
+        if self.timeout_secs.is_some_and(|t| !(1..=self.interval_secs.max(1)).contains(&t)) {
+            return Err("timeout-secs must be between 1 and interval-secs");
+        }
+        if let Some(a) = &self.authorization {
+            if http::HeaderValue::from_str(a).is_err() {
+                return Err("authorization must be a valid header value");
+            }
+        }
+        if self.map.values().any(|v| crate::metrics::push::check_name(v).is_err()) {
+            return Err("map values must be metric names (letters, digits, '.', '-', '_')");
+        }
+        Ok(())
+    }
 }
 
 /// The settings of a running hub. Field names are the TOML keys in kebab-case.
@@ -106,6 +171,12 @@ pub struct Config {
     pub max_filter_text_bytes: usize,
     /// Extra filterable keys.
     pub keys: Vec<KeyDecl>,
+    /// Largest `interval` a live metrics stream may ask for, in seconds.
+    pub metrics_max_interval_secs: u64,
+    /// Metric names beyond the catalogue (pushed or scraped) kept at most.
+    pub max_metrics: usize,
+    /// Upstream Prometheus endpoints scraped into the live metrics.
+    pub scrape: Vec<ScrapeTarget>,
 }
 
 impl Default for Config {
@@ -136,6 +207,9 @@ impl Default for Config {
             max_query_depth: 32,
             max_filter_text_bytes: 256,
             keys: Vec::new(),
+            metrics_max_interval_secs: 3600,
+            max_metrics: 4096,
+            scrape: Vec::new(),
         }
     }
 }
@@ -259,6 +333,15 @@ impl Config {
                 return bad("keys", "kind must be string, folded, ip, integer, bool or timestamp");
             }
         }
+        if !(1..=86_400).contains(&self.metrics_max_interval_secs) {
+            return bad("metrics-max-interval-secs", "must be between 1 and 86400");
+        }
+        if !(16..=1_000_000).contains(&self.max_metrics) {
+            return bad("max-metrics", "must be between 16 and 1000000");
+        }
+        for t in &self.scrape {
+            t.validate().map_err(|m| ConfigError::Invalid { key: "scrape", message: m.into() })?;
+        }
         Ok(())
     }
 
@@ -308,5 +391,31 @@ mod tests {
         assert_eq!(c.demo_rate, 7);
         let e = Config::load(None, Overrides { ring_capacity: Some(1), ..Default::default() });
         assert!(matches!(e, Err(ConfigError::Invalid { key: "ring-capacity", .. })));
+    }
+
+    #[test]
+    fn scrape_targets() {
+        let c = Config::from_toml(
+            "metrics-max-interval-secs = 600\n[[scrape]]\nurl = \"http://127.0.0.1:8080/metrics/prometheus\"\n\
+             interval-secs = 15\nprefix = \"stalwart_\"\n[scrape.map]\nmail_queue = \"queue.count\"\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.metrics_max_interval_secs, 600);
+        let t = &c.scrape[0];
+        assert_eq!((t.interval_secs, t.timeout(), t.keep_unmapped), (15, Duration::from_secs(10), true));
+        assert_eq!(t.map["mail_queue"], "queue.count");
+        for bad in [
+            "[[scrape]]\nurl = \"https://example.org/metrics\"\n",
+            "[[scrape]]\nurl = \"not a url\"\n",
+            "[[scrape]]\nurl = \"http://h/m\"\ninterval-secs = 0\n",
+            "[[scrape]]\nurl = \"http://h/m\"\ninterval-secs = 5\ntimeout-secs = 6\n",
+            "[[scrape]]\nurl = \"http://h/m\"\n[scrape.map]\nx = \"bad name\"\n",
+            "metrics-max-interval-secs = 0\n",
+        ] {
+            let c = Config::from_toml(bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(Config::from_toml("[[scrape]]\nurl = \"http://h/m\"\nnope = 1\n").is_err());
     }
 }

@@ -1,14 +1,16 @@
-//! The HTTP surface: routing, authentication, ingest endpoints and the live SSE endpoint.
+//! The HTTP surface: routing, authentication, ingest endpoints and the live SSE endpoints.
 //!
 //! Every failure is an [`HttpError`] that knows its status and renders the JSON body
 //! `{"error": "...", "detail": "..."}`; nothing a client sends can make a handler panic.
 
+mod metrics;
 pub mod server;
 
 use crate::auth::{self, AuthError};
 use crate::event::encode::now_secs;
 use crate::hub::{Hub, PublishError};
 use crate::ingest::{self, LineError, ParsedBatch};
+use crate::metrics::stream::MetricsBody;
 use crate::query::{parse_pairs, ParseError};
 use crate::sse::{SseBody, SseChunk};
 use crate::subscriber::registry::RegistryError;
@@ -131,6 +133,8 @@ pub enum LiveBody {
     Full(Option<Bytes>),
     /// A live stream.
     Sse(Box<SseBody>),
+    /// A live metrics stream.
+    Metrics(Box<MetricsBody>),
 }
 
 impl Body for LiveBody {
@@ -144,6 +148,7 @@ impl Body for LiveBody {
         match self.get_mut() {
             LiveBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(SseChunk::single(b))))),
             LiveBody::Sse(s) => Pin::new(s.as_mut()).poll_frame(cx),
+            LiveBody::Metrics(m) => Pin::new(m.as_mut()).poll_frame(cx),
         }
     }
 
@@ -151,6 +156,7 @@ impl Body for LiveBody {
         match self {
             LiveBody::Full(b) => b.is_none(),
             LiveBody::Sse(s) => s.is_end_stream(),
+            LiveBody::Metrics(m) => m.is_end_stream(),
         }
     }
 
@@ -158,7 +164,7 @@ impl Body for LiveBody {
         match self {
             LiveBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             LiveBody::Full(None) => SizeHint::with_exact(0),
-            LiveBody::Sse(_) => SizeHint::default(),
+            LiveBody::Sse(_) | LiveBody::Metrics(_) => SizeHint::default(),
         }
     }
 }
@@ -208,6 +214,16 @@ async fn route(
             expect_method(&req, &Method::POST, "POST")?;
             admin(&hub, &req)?;
             ingest_ndjson(hub, req).await
+        }
+        "/api/telemetry/metrics/live" => {
+            expect_method(&req, &Method::GET, "GET")?;
+            admin(&hub, &req)?;
+            metrics::live_metrics(hub, req)
+        }
+        "/metrics" => {
+            expect_method(&req, &Method::GET, "GET")?;
+            admin(&hub, &req)?;
+            Ok(metrics::prometheus(&hub))
         }
         "/api/livetap/stats" => {
             expect_method(&req, &Method::GET, "GET")?;
@@ -283,12 +299,15 @@ pub struct IngestAnswer {
     /// Stream id of the last accepted event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_id: Option<u64>,
+    /// Metric records applied (present when the body had any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<usize>,
     /// Present when nothing was valid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
 }
 
-async fn publish_batch(hub: &Hub, parsed: ParsedBatch) -> Result<Response<LiveBody>, HttpError> {
+async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<LiveBody>, HttpError> {
     let wait = Duration::from_millis(hub.config.ingest_wait_ms);
     let (first_id, last_id) = if parsed.events.is_empty() {
         (None, None)
@@ -296,14 +315,19 @@ async fn publish_batch(hub: &Hub, parsed: ParsedBatch) -> Result<Response<LiveBo
         let first = hub.publish(&parsed.events, Some(wait)).await.map_err(HttpError::Busy)?;
         (Some(first + 1), Some(first + parsed.events.len() as u64))
     };
+    // Metric records count only once the batch is accepted, so a refused batch that the
+    // producer sends again does not add its counter increments twice.
+    let had_records = !parsed.samples.is_empty();
+    let applied = metrics::apply_records(hub, &mut parsed);
     hub.ingest.rejected.fetch_add(parsed.rejected as u64, std::sync::atomic::Ordering::Relaxed);
-    let all_bad = parsed.events.is_empty() && parsed.rejected > 0;
+    let all_bad = parsed.events.is_empty() && applied == 0 && parsed.rejected > 0;
     let answer = IngestAnswer {
         accepted: parsed.events.len(),
         rejected: parsed.rejected,
         errors: parsed.errors,
         first_id,
         last_id,
+        metrics: had_records.then_some(applied),
         error: all_bad.then_some("no valid event in the body"),
     };
     let status = if all_bad { StatusCode::BAD_REQUEST } else { StatusCode::OK };

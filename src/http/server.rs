@@ -1,7 +1,8 @@
 //! The listener: accepts TCP connections, serves HTTP/1.1 and h2c with hyper, and runs a hub.
 //!
 //! [`Server::start`] is what `main` and the integration tests call: it builds the hub, binds,
-//! starts the event sources and the stalled-subscriber reaper, and returns the bound address.
+//! starts the event sources, the stalled-subscriber reaper, the metrics scrapers and the
+//! ingest-rate tick, and returns the bound address.
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -44,6 +45,11 @@ impl Server {
             tasks.push(tokio::spawn(s.run(hub.clone())));
         }
         tasks.push(tokio::spawn(reaper(hub.clone())));
+        tasks.push(tokio::spawn(rate_tick(hub.clone())));
+        for i in 0..hub.config.scrape.len() {
+            tracing::info!(url = %hub.config.scrape[i].url, "scraping into the live metrics");
+            tasks.push(tokio::spawn(crate::metrics::scrape::run(hub.clone(), i)));
+        }
         let accept = tokio::spawn(accept_loop(hub.clone(), listener));
         Ok(Server { hub, addr, accept, tasks })
     }
@@ -66,6 +72,21 @@ async fn reaper(hub: Arc<Hub>) {
     loop {
         tokio::select! {
             _ = tick.tick() => { hub.registry.reap_stalled(hub.clock.now_ms(), stall_ms); }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Samples the accepted-events total once a second for `livetap.events-per-second`.
+async fn rate_tick(hub: Arc<Hub>) {
+    let mut shutdown = hub.shutdown_signal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let accepted = hub.ingest.accepted.load(std::sync::atomic::Ordering::Relaxed);
+                hub.metrics.own.tick(accepted);
+            }
             _ = shutdown.changed() => return,
         }
     }

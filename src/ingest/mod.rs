@@ -7,6 +7,12 @@
 //! is reported with its line number and reason while the valid lines are accepted. Parsing
 //! does no I/O and no async, so it is unit-tested, benchmarked and fuzzed directly.
 //!
+//! A line (or array element) with a `metric` member is a metric record rather than an event
+//! (`{"metric":"queue.count","type":"gauge","value":12}`, see `metrics::push`): it is checked
+//! here and returned in [`ParsedBatch::samples`] for the caller to apply once the batch's events
+//! are accepted. Only callers that apply samples ask for them ([`parse_ndjson`] and
+//! [`parse_ndjson_records`]); elsewhere a record is rejected with a reason rather than dropped.
+//!
 //! Sources that push events on their own (the Unix socket, the demo generator, later NATS or
 //! log tails) implement [`Source`] and publish through the hub, so new ones slot in without
 //! touching the pipeline.
@@ -15,6 +21,7 @@ pub mod demo;
 pub mod socket;
 
 use crate::event::{BuildError, Event, EventBuilder, RawValue};
+use crate::metrics::push::{self, MetricRecord};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -39,10 +46,15 @@ pub struct ParsedBatch {
     pub errors: Vec<LineError>,
     /// Number of rejected lines.
     pub rejected: usize,
+    /// Metric records, with their line numbers, in input order (see [`parse_ndjson_records`]).
+    pub samples: Vec<(usize, MetricRecord)>,
+    /// Whether metric records are accepted (else they are rejected lines).
+    accept_records: bool,
 }
 
 impl ParsedBatch {
-    fn reject(&mut self, line: usize, reason: impl Into<String>) {
+    /// Records a line rejected after parsing (a metric record the registry refused).
+    pub fn reject(&mut self, line: usize, reason: impl Into<String>) {
         self.rejected += 1;
         if self.errors.len() < MAX_REPORTED_ERRORS {
             self.errors.push(LineError { line, reason: reason.into() });
@@ -51,6 +63,17 @@ impl ParsedBatch {
 
     /// Adds the event (or events, for a `{"events":[...]}` object) in `raw`.
     fn add(&mut self, raw: &RawValue<'_>, line: usize, b: &mut EventBuilder<'_>, now: i64) {
+        if push::is_record(raw) {
+            if !self.accept_records {
+                self.reject(line, "metric records are accepted by POST /api/telemetry/ingest only");
+                return;
+            }
+            match push::parse_record(raw) {
+                Ok(rec) => self.samples.push((line, rec)),
+                Err(e) => self.reject(line, e.to_string()),
+            }
+            return;
+        }
         if let (Some(RawValue::Array(list)), None) = (raw.get("events"), raw.get("type")) {
             for item in list {
                 match b.build(item, now) {
@@ -68,13 +91,29 @@ impl ParsedBatch {
 }
 
 /// Parses an NDJSON body: one event object per line, or one JSON array of events, or lines
-/// holding Stalwart webhook batches (`{"events":[...]}`). Blank lines are skipped.
+/// holding Stalwart webhook batches (`{"events":[...]}`). Blank lines are skipped. Metric
+/// records are returned in [`ParsedBatch::samples`].
 pub fn parse_ndjson(body: &mut [u8], b: &mut EventBuilder<'_>, now: i64) -> ParsedBatch {
-    parse_ndjson_from(body, 1, None, b, now)
+    parse_ndjson_records(body, 1, None, b, now)
+}
+
+/// [`parse_ndjson_from`] that also accepts metric records, returned in
+/// [`ParsedBatch::samples`]; the caller applies them to the metrics registry.
+pub fn parse_ndjson_records(
+    body: &mut [u8],
+    first_line: usize,
+    max_line: Option<usize>,
+    b: &mut EventBuilder<'_>,
+    now: i64,
+) -> ParsedBatch {
+    let mut out = ParsedBatch { accept_records: true, ..ParsedBatch::default() };
+    parse_into(&mut out, body, first_line, max_line, b, now);
+    out
 }
 
 /// [`parse_ndjson`] numbering lines from `first_line` (for a stream read in pieces), and
-/// rejecting lines longer than `max_line` bytes when a cap is given.
+/// rejecting lines longer than `max_line` bytes when a cap is given. Metric records are
+/// rejected with a reason: this entry point is for callers that do not apply them.
 pub fn parse_ndjson_from(
     body: &mut [u8],
     first_line: usize,
@@ -83,6 +122,18 @@ pub fn parse_ndjson_from(
     now: i64,
 ) -> ParsedBatch {
     let mut out = ParsedBatch::default();
+    parse_into(&mut out, body, first_line, max_line, b, now);
+    out
+}
+
+fn parse_into(
+    out: &mut ParsedBatch,
+    body: &mut [u8],
+    first_line: usize,
+    max_line: Option<usize>,
+    b: &mut EventBuilder<'_>,
+    now: i64,
+) {
     if max_line.is_none() && body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'[') {
         match RawValue::parse_serde(body) {
             Ok(RawValue::Array(items)) => {
@@ -93,7 +144,7 @@ pub fn parse_ndjson_from(
             Ok(_) => out.reject(1, "expected a JSON array"),
             Err(e) => out.reject(1, BuildError::Json(e).to_string()),
         }
-        return out;
+        return;
     }
     // Lines are found with memchr (vectorised) rather than a byte-by-byte split.
     let mut rest: &mut [u8] = body;
@@ -122,7 +173,6 @@ pub fn parse_ndjson_from(
             Err(e) => out.reject(first_line + i, BuildError::Json(e).to_string()),
         }
     }
-    out
 }
 
 /// Parses a Stalwart webhook body `{"events":[...]}`. `Err` when the body as a whole is not
@@ -197,5 +247,31 @@ mod tests {
         assert_eq!((p.events.len(), p.rejected), (1, 1));
         assert!(parse_webhook(&mut b"[]".to_vec(), &mut b, 0).is_err());
         assert!(parse_webhook(&mut b"{".to_vec(), &mut b, 0).is_err());
+    }
+
+    #[test]
+    fn metric_records_beside_events() {
+        let (c, k) = setup();
+        let mut b = EventBuilder::new(&c, &k);
+        let mut body = [
+            r#"{"type":"auth.success"}"#,
+            r#"{"metric":"queue.count","type":"gauge","value":12}"#,
+            r#"{"metric":"queue.count","value":"x"}"#,
+        ]
+        .join("\n")
+        .into_bytes();
+        let p = parse_ndjson(&mut body, &mut b, 0);
+        assert_eq!((p.events.len(), p.samples.len(), p.rejected), (1, 1, 1));
+        assert_eq!(p.samples[0].0, 2);
+        assert_eq!(p.samples[0].1.name, "queue.count");
+        assert_eq!(p.errors[0].line, 3);
+        let mut body = b"[{\"metric\":\"a.b\",\"value\":1},{\"type\":\"c.d\"}]".to_vec();
+        let p = parse_ndjson(&mut body, &mut b, 0);
+        assert_eq!((p.events.len(), p.samples.len(), p.samples[0].0), (1, 1, 1));
+        // Callers that do not apply records get them as rejected lines, never silently dropped.
+        let mut body = b"{\"metric\":\"a.b\",\"value\":1}\n".to_vec();
+        let p = parse_ndjson_from(&mut body, 1, Some(1024), &mut b, 0);
+        assert_eq!((p.samples.len(), p.rejected), (0, 1));
+        assert!(p.errors[0].reason.contains("metric records"));
     }
 }

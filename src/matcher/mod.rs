@@ -13,6 +13,7 @@ pub mod plan;
 pub mod spans;
 
 use crate::event::Event;
+use crate::metrics::{EventCounter, MetricsRegistry};
 use crate::ring::{Consumer, Ring};
 use crate::subscriber::Registry;
 use index::{CompiledIndex, Scratch};
@@ -80,13 +81,15 @@ pub struct MatcherPool {
 }
 
 impl MatcherPool {
-    /// Starts one thread per consumer; thread `i` serves the registry's shard `i`.
+    /// Starts one thread per consumer; thread `i` serves the registry's shard `i` and counts
+    /// its share of the events into `metrics`.
     pub fn start(
         ring: Arc<Ring<Arc<Event>>>,
         consumers: Vec<Consumer<Arc<Event>>>,
         registry: &Registry,
         config: MatcherConfig,
         clock: Clock,
+        metrics: &Arc<MetricsRegistry>,
     ) -> std::io::Result<MatcherPool> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -97,9 +100,10 @@ impl MatcherPool {
             stats.push(st.clone());
             let stop = stop.clone();
             let config = config.clone();
+            let counter = metrics.event_counter(i);
             let t = std::thread::Builder::new()
                 .name(format!("livetap-match-{i}"))
-                .spawn(move || run(consumer, shard, config, clock, st, stop))?;
+                .spawn(move || run(consumer, shard, config, clock, st, stop, counter))?;
             threads.push(t);
         }
         Ok(MatcherPool { threads, stop, ring, stats })
@@ -142,6 +146,7 @@ fn run(
     clock: Clock,
     stats: Arc<MatcherStats>,
     stop: Arc<AtomicBool>,
+    mut counter: EventCounter,
 ) {
     let mut scratch = Scratch::default();
     let mut spans = SpanTable::new(config.max_spans, config.span_ttl.as_millis() as u64);
@@ -152,6 +157,8 @@ fn run(
         let mut deliveries = 0u64;
         let mut drops = 0u64;
         let n = consumer.consume(limit, config.batch, |seq, ev| {
+            // Live metrics: this thread counts its sequence-number share of the events.
+            counter.observe(seq, ev);
             idx.begin(&mut scratch);
             idx.match_event(ev, &mut scratch);
             if let Some(span) = ev.span_id {

@@ -1,80 +1,28 @@
-//! livetap's own operating counters (ingest, rejections, backpressure), read by `/api/livetap/stats`.
+//! Metrics: livetap's operating counters and the live metrics registry behind
+//! `/api/telemetry/metrics/live` and `/metrics`.
 //!
-//! Updated once per ingest batch, never per event per subscriber. The metrics registry that
-//! streams mail-server metrics (`/api/telemetry/metrics/live`) grows here in a later issue.
+//! - [`stats`]: the counters of `/api/livetap/stats` (ingest, rejections, backpressure).
+//! - [`registry`]: the registry of event-type counters, gauges and histograms, with the
+//!   per-matcher-thread counting handle ([`registry::EventCounter`]).
+//! - [`histogram`]: log-linear atomic histograms (documented error ±3.125 %).
+//! - [`derive`]: which events feed which catalogue histogram.
+//! - [`push`]: metric records in the ingest body.
+//! - [`scrape`]: scraping upstream Prometheus endpoints.
+//! - [`prometheus`]: the text exposition format, written and read.
+//! - [`own`]: livetap's own samples (memory, ingest rate, subscribers, lag, ring).
+//! - [`query`]: the live request's parameters and the name filter.
+//! - [`stream`]: the `event: metrics` SSE body.
 
-use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod derive;
+pub mod histogram;
+pub mod own;
+pub mod prometheus;
+pub mod push;
+pub mod query;
+pub mod registry;
+pub mod scrape;
+pub mod stats;
+pub mod stream;
 
-/// Counters of the ingest side.
-#[derive(Debug, Default)]
-pub struct IngestStats {
-    /// Events accepted into the ring.
-    pub accepted: AtomicU64,
-    /// Events rejected as malformed.
-    pub rejected: AtomicU64,
-    /// Batches refused because the ring was full (HTTP 503).
-    pub refused_batches: AtomicU64,
-    /// Webhook or ingest requests refused for authentication.
-    pub auth_failures: AtomicU64,
-}
-
-impl IngestStats {
-    /// Adds to a counter.
-    #[inline]
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// A point-in-time view of the hub, serialised as the stats endpoint's JSON.
-#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Events accepted into the ring since start.
-    pub accepted: u64,
-    /// Events rejected as malformed since start.
-    pub rejected: u64,
-    /// Ingest batches refused for backpressure.
-    pub refused_batches: u64,
-    /// Authentication failures.
-    pub auth_failures: u64,
-    /// Events matched by every matcher thread (the ring's tail).
-    pub matched: u64,
-    /// Events queued to subscribers (summed over subscribers).
-    pub deliveries: u64,
-    /// Events dropped for lagging subscribers.
-    pub dropped: u64,
-    /// Live subscribers.
-    pub subscribers: usize,
-    /// Ring capacity in events.
-    pub ring_capacity: u64,
-    /// Events in the ring not yet read by every matcher thread.
-    pub ring_occupancy: u64,
-    /// Next sequence number to be assigned.
-    pub ring_head: u64,
-    /// Span-follow entries held (summed over threads).
-    pub followed_spans: u64,
-    /// What the compiled subscription indexes hold, summed over matcher shards; `fallback`
-    /// counts the subscribers evaluated on every event because nothing in their query could
-    /// be indexed.
-    pub index: crate::matcher::index::IndexStats,
-    /// Shard index rebuilds since start (one per changed shard per batch of connects).
-    pub index_rebuilds: u64,
-    /// Duration of the longest batch of index rebuilds, in microseconds.
-    pub index_rebuild_max_micros: u64,
-    /// Per live subscriber: id, delivered, dropped, queued.
-    pub subscriber_detail: Vec<SubscriberStats>,
-}
-
-/// Counters of one subscriber.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct SubscriberStats {
-    /// Subscriber id.
-    pub id: u64,
-    /// Events queued to it.
-    pub delivered: u64,
-    /// Events dropped because it lagged.
-    pub dropped: u64,
-    /// Events waiting in its queue.
-    pub queued: usize,
-}
+pub use registry::{EventCounter, Kind, MetricValue, MetricsRegistry, Reading};
+pub use stats::{IngestStats, StatsSnapshot, SubscriberStats};

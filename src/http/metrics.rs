@@ -1,0 +1,90 @@
+//! The metrics endpoints: the live metrics stream, the Prometheus exposition, and applying
+//! producers' metric records from an ingest body.
+
+use super::{HttpError, LiveBody};
+use crate::hub::Hub;
+use crate::ingest::ParsedBatch;
+use crate::metrics::prometheus;
+use crate::metrics::query::parse_live;
+use crate::metrics::stream::{frame, MetricsBody};
+use crate::subscriber::registry::RegistryError;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// `GET /api/telemetry/metrics/live?metrics=a,b&interval=N`: Stalwart's `event: metrics`
+/// frames, the first at once, then one per interval, until the client leaves or shutdown.
+pub(super) fn live_metrics(hub: Arc<Hub>, req: Request<Incoming>) -> Result<Response<LiveBody>, HttpError> {
+    let c = &hub.config;
+    let q = parse_live(
+        req.uri().query().unwrap_or(""),
+        c.metrics_max_interval_secs,
+        c.max_query_terms,
+        c.max_query_bytes,
+    )?;
+    if !hub.is_accepting() {
+        return Err(HttpError::Subscribers(RegistryError::Closed));
+    }
+    // Metrics streams are bounded like trace subscribers: each holds a connection and a timer.
+    if hub.metrics.streams() >= c.max_subscribers {
+        return Err(HttpError::Subscribers(RegistryError::Full(c.max_subscribers)));
+    }
+    let guard = hub.metrics.open_stream();
+    let mut closed = hub.streams_closed_signal();
+    let closed = Box::pin(async move {
+        // Ends when shutdown has matched everything accepted, or when the hub is gone.
+        while !*closed.borrow_and_update() {
+            if closed.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let ping = c.ping_interval();
+    let source_hub = hub.clone();
+    let filter = q.filter;
+    let source = Box::new(move || frame(&source_hub.metric_values(&filter)));
+    let body = MetricsBody::new(source, q.interval, ping, closed, guard);
+    let mut r = Response::new(LiveBody::Metrics(Box::new(body)));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Tells nginx-style reverse proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+/// `GET /metrics`: every metric in the Prometheus text exposition format.
+pub(super) fn prometheus(hub: &Hub) -> Response<LiveBody> {
+    let values = hub.metric_values(&crate::metrics::query::NameFilter::all());
+    let mut text = String::with_capacity(64 * 1024);
+    prometheus::write_text(&values, &mut text);
+    let mut r = Response::new(LiveBody::Full(Some(Bytes::from(text))));
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::CONTENT_TYPE));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Applies the metric records of an accepted ingest body; a record the registry refuses (a
+/// kind conflict, a reserved name, the cap) becomes a rejected line. Returns how many applied.
+pub(super) fn apply_records(hub: &Hub, parsed: &mut ParsedBatch) -> usize {
+    let mut applied = 0;
+    let mut refused = false;
+    for (line, rec) in std::mem::take(&mut parsed.samples) {
+        match hub.metrics.apply(&rec) {
+            Ok(()) => applied += 1,
+            Err(e) => {
+                parsed.reject(line, e.to_string());
+                refused = true;
+            }
+        }
+    }
+    if refused {
+        // Keep the answer's errors in line order, as for events.
+        parsed.errors.sort_by_key(|e| e.line);
+    }
+    applied
+}

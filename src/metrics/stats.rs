@@ -1,0 +1,82 @@
+//! livetap's own operating counters (ingest, rejections, backpressure), read by `/api/livetap/stats`.
+//!
+//! Updated once per ingest batch, never per event per subscriber. The same snapshot also feeds
+//! livetap's own samples in the live metrics (`livetap.*`, see `metrics::own`).
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of the ingest side.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Events accepted into the ring.
+    pub accepted: AtomicU64,
+    /// Events rejected as malformed.
+    pub rejected: AtomicU64,
+    /// Batches refused because the ring was full (HTTP 503).
+    pub refused_batches: AtomicU64,
+    /// Webhook or ingest requests refused for authentication.
+    pub auth_failures: AtomicU64,
+}
+
+impl IngestStats {
+    /// Adds to a counter.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A point-in-time view of the hub, serialised as the stats endpoint's JSON.
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Events accepted into the ring since start.
+    pub accepted: u64,
+    /// Events rejected as malformed since start.
+    pub rejected: u64,
+    /// Ingest batches refused for backpressure.
+    pub refused_batches: u64,
+    /// Authentication failures.
+    pub auth_failures: u64,
+    /// Events matched by every matcher thread (the ring's tail).
+    pub matched: u64,
+    /// Events queued to subscribers (summed over subscribers).
+    pub deliveries: u64,
+    /// Events dropped for lagging subscribers.
+    pub dropped: u64,
+    /// Live subscribers.
+    pub subscribers: usize,
+    /// Open live metrics streams (`/api/telemetry/metrics/live`).
+    pub metric_streams: usize,
+    /// Ring capacity in events.
+    pub ring_capacity: u64,
+    /// Events in the ring not yet read by every matcher thread.
+    pub ring_occupancy: u64,
+    /// Next sequence number to be assigned.
+    pub ring_head: u64,
+    /// Span-follow entries held (summed over threads).
+    pub followed_spans: u64,
+    /// What the compiled subscription indexes hold, summed over matcher shards; `fallback`
+    /// counts the subscribers evaluated on every event because nothing in their query could
+    /// be indexed.
+    pub index: crate::matcher::index::IndexStats,
+    /// Shard index rebuilds since start (one per changed shard per batch of connects).
+    pub index_rebuilds: u64,
+    /// Duration of the longest batch of index rebuilds, in microseconds.
+    pub index_rebuild_max_micros: u64,
+    /// Per live subscriber: id, delivered, dropped, queued.
+    pub subscriber_detail: Vec<SubscriberStats>,
+}
+
+/// Counters of one subscriber.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SubscriberStats {
+    /// Subscriber id.
+    pub id: u64,
+    /// Events queued to it.
+    pub delivered: u64,
+    /// Events dropped because it lagged.
+    pub dropped: u64,
+    /// Events waiting in its queue.
+    pub queued: usize,
+}
