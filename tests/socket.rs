@@ -120,3 +120,32 @@ async fn long_line_within_one_read_is_rejected() {
     assert_eq!(field(&got, "n"), [json!(1), json!(3)]);
     server.shutdown().await;
 }
+
+/// Large writes are parsed in parallel chunks on the blocking pool; events must still be
+/// published in the producer's order, none lost or duplicated, and a rejected line deep inside
+/// a later chunk must carry its true line number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_chunks_keep_order_and_line_numbers() {
+    let (_dir, sock, _server, mut sub) = socket_server(None).await;
+    const LINES: usize = 20_000;
+    const BAD: usize = 15_001;
+    let mut text = String::new();
+    for n in 1..=LINES {
+        if n == BAD {
+            text.push_str("{\"type\": 7}\n");
+        } else {
+            text.push_str(&line(n));
+        }
+    }
+    // Writes of 256 KB: each read the hub makes is far above its inline-parse threshold.
+    let parts: Vec<Vec<u8>> = text.as_bytes().chunks(256 * 1024).map(<[u8]>::to_vec).collect();
+    assert!(parts.len() >= 4, "the body spans several chunks");
+    let reports = produce(&sock, &parts).await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["line"], BAD);
+    let events = sub.collect_events(LINES - 1, DEADLINE).await;
+    let ns: Vec<u64> = field(&events, "n").iter().map(|v| v.as_u64().unwrap()).collect();
+    let want: Vec<u64> = (1..=LINES as u64).filter(|&n| n != BAD as u64).collect();
+    assert_eq!(ns.len(), want.len(), "every accepted event arrives once");
+    assert!(ns == want, "events arrive in the producer's order");
+}

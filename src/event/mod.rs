@@ -73,8 +73,10 @@ pub struct Event {
     /// The event's JSON object in the live stream's shape, serialised once at ingest.
     pub json: Bytes,
     fields: SmallVec<[(KeyId, u32, u32); 8]>,
-    canon: Box<str>,
-    search: Box<str>,
+    /// The canonical key values (ranges in `fields`) followed by the search haystack from
+    /// `search_at` on: one allocation per event instead of two.
+    text: Box<str>,
+    search_at: u32,
 }
 
 impl Event {
@@ -82,14 +84,14 @@ impl Event {
     /// per element.
     #[inline]
     pub fn fields(&self) -> impl Iterator<Item = (KeyId, &str)> + '_ {
-        self.fields.iter().map(move |&(k, a, b)| (k, &self.canon[a as usize..b as usize]))
+        self.fields.iter().map(move |&(k, a, b)| (k, &self.text[a as usize..b as usize]))
     }
 
     /// The lowercase haystack for `filter=`: the type, then every string-like value,
     /// separated by `\u{1}` so a needle cannot match across two values.
     #[inline]
     pub fn search_text(&self) -> &str {
-        &self.search
+        &self.text[self.search_at as usize..]
     }
 
     /// Canonical values of one key (a list value yields several).
@@ -279,8 +281,13 @@ impl<'c> EventBuilder<'c> {
             created_at,
             json: Bytes::copy_from_slice(&self.json),
             fields: self.fields.clone(),
-            canon: Box::from(self.canon.as_str()),
-            search: Box::from(self.search.as_str()),
+            text: {
+                let mut t = String::with_capacity(self.canon.len() + self.search.len());
+                t.push_str(&self.canon);
+                t.push_str(&self.search);
+                t.into_boxed_str()
+            },
+            search_at: self.canon.len() as u32,
         })
     }
 }

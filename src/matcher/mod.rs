@@ -15,7 +15,7 @@ pub mod spans;
 use crate::event::Event;
 use crate::metrics::{EventCounter, MetricsRegistry};
 use crate::ring::{Consumer, Ring};
-use crate::subscriber::Registry;
+use crate::subscriber::{Push, Registry};
 use index::{CompiledIndex, Scratch};
 use spans::SpanTable;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,6 +151,7 @@ fn run(
     let mut scratch = Scratch::default();
     let mut spans = SpanTable::new(config.max_spans, config.span_ttl.as_millis() as u64);
     let mut last_sweep = 0u64;
+    let mut to_wake: Vec<u32> = Vec::new();
     loop {
         let (idx, limit) = load_consistent(&shard, consumer.ring());
         let now = clock.now_ms();
@@ -169,13 +170,23 @@ fn run(
                 if sub.is_closed() {
                     continue;
                 }
-                if sub.push(seq, &ev.json, now) {
-                    deliveries += 1;
-                } else {
-                    drops += 1;
+                match sub.push_quiet(seq, &ev.json, now) {
+                    Push::Queued { wake } => {
+                        deliveries += 1;
+                        if wake {
+                            to_wake.push(d);
+                        }
+                    }
+                    Push::Dropped => drops += 1,
                 }
             }
         });
+        // One wake per subscriber per batch, after the batch: a subscriber matched by several
+        // events of the batch costs one cross-thread notification, and its writer finds all of
+        // them queued when it runs.
+        for d in to_wake.drain(..) {
+            idx.sub(d).wake();
+        }
         if n > 0 {
             stats.events.fetch_add(n as u64, Ordering::Relaxed);
             stats.deliveries.fetch_add(deliveries, Ordering::Relaxed);

@@ -70,6 +70,18 @@ impl ConnHandle {
     }
 }
 
+/// What [`Subscriber::push_quiet`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued; `wake` is true when the queue was empty, so the writer may be asleep.
+    Queued {
+        /// The writer must be woken.
+        wake: bool,
+    },
+    /// Refused because the queue is full (counted as dropped, reported in-band later).
+    Dropped,
+}
+
 /// A live subscriber.
 pub struct Subscriber {
     /// Unique id (also selects the matcher thread that owns it).
@@ -120,10 +132,27 @@ impl Subscriber {
         }
     }
 
-    /// Queues one event (called by the owning matcher thread). Returns false if it was dropped
-    /// because the queue is full. `now_ms` is the hub's coarse clock.
+    /// Queues one event (called by the owning matcher thread) and wakes the writer if the
+    /// queue was empty. Returns false if it was dropped because the queue is full. `now_ms` is
+    /// the hub's coarse clock.
     #[inline]
     pub fn push(&self, seq: u64, json: &Bytes, now_ms: u64) -> bool {
+        match self.push_quiet(seq, json, now_ms) {
+            Push::Dropped => false,
+            Push::Queued { wake } => {
+                if wake {
+                    self.wake();
+                }
+                true
+            }
+        }
+    }
+
+    /// Queues one event without waking the writer; the caller must call [`Subscriber::wake`]
+    /// when the result says so (the matcher threads wake once per batch rather than once per
+    /// event: a wake is a cross-thread notification, the most expensive part of a delivery).
+    #[inline]
+    pub fn push_quiet(&self, seq: u64, json: &Bytes, now_ms: u64) -> Push {
         let was_empty;
         {
             let mut q = self.queue.lock();
@@ -132,7 +161,7 @@ impl Subscriber {
                 q.full_since.get_or_insert(now_ms);
                 drop(q);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                return false;
+                return Push::Dropped;
             }
             was_empty = q.items.is_empty();
             if q.pending_drop > 0 {
@@ -142,10 +171,7 @@ impl Subscriber {
             q.items.push_back(Item::Event { seq, json: json.clone() });
         }
         self.delivered.fetch_add(1, Ordering::Relaxed);
-        if was_empty {
-            self.waker.wake();
-        }
-        true
+        Push::Queued { wake: was_empty }
     }
 
     /// Moves everything queued into `out` (called by the writer). A lag that happened after

@@ -174,16 +174,16 @@ async fn stream(
     let mut raw = vec![0u8; 1 << 16];
     let mut last_n: Option<u64> = None;
     let mut event_name: Vec<u8> = Vec::new();
-    let mut pending = first;
-    loop {
-        if !pending.is_empty() {
-            if chunked {
-                dechunk.feed(&pending, &mut body);
-            } else {
-                body.extend_from_slice(&pending);
-            }
-            pending.clear();
+    // Bytes go from the socket buffer straight into the de-chunked body: one copy.
+    let mut feed = |input: &[u8], body: &mut Vec<u8>| {
+        if chunked {
+            dechunk.feed(input, body);
+        } else {
+            body.extend_from_slice(input);
         }
+    };
+    feed(&first, &mut body);
+    loop {
         // Handle every complete line in the body buffer.
         let mut start = 0;
         let mut received = 0u64;
@@ -233,13 +233,14 @@ async fn stream(
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
+        // The stop flag is checked at least every 200 ms even on a silent stream.
         let read = tokio::time::timeout(std::time::Duration::from_millis(200), s.read(&mut raw)).await;
         match read {
             Err(_) => continue,
             Ok(Ok(0)) => anyhow::bail!("stream closed by the hub"),
             Ok(Ok(n)) => {
                 progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                pending.extend_from_slice(&raw[..n]);
+                feed(&raw[..n], &mut body);
             }
             Ok(Err(e)) => return Err(e.into()),
         }

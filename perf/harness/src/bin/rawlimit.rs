@@ -67,9 +67,12 @@ fn main() -> std::io::Result<()> {
         writers.push(s);
     }
     let f = frame(o.frame_bytes);
+    // Separate flags: the reader must outlive the writer, or closing the reading ends resets
+    // connections the writer is still writing to.
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_reader = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
-    let (stop_r, recv_r) = (stop.clone(), received.clone());
+    let (stop_r, recv_r) = (stop_reader.clone(), received.clone());
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 20];
         while !stop_r.load(Ordering::Relaxed) {
@@ -110,6 +113,7 @@ fn main() -> std::io::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     let calls = writer.join().expect("writer");
+    stop_reader.store(true, Ordering::SeqCst);
     reader.join().expect("reader");
     let rate = bytes as f64 / secs;
     if o.json {
