@@ -43,9 +43,12 @@ struct Cli {
     /// Events queued per subscriber before it lags (default 8192).
     #[arg(long, value_name = "N")]
     subscriber_queue: Option<usize>,
-    /// Matcher threads (default: one per core).
+    /// Matcher threads (default: half the cores, at least one).
     #[arg(long, value_name = "N")]
     matcher_threads: Option<usize>,
+    /// Async I/O threads for connections and streams (default: one per core).
+    #[arg(long, value_name = "N")]
+    io_threads: Option<usize>,
     /// Largest ingest request body in bytes (default 8388608).
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<usize>,
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         ring_capacity: cli.ring_capacity,
         subscriber_queue: cli.subscriber_queue,
         matcher_threads: cli.matcher_threads,
+        io_threads: cli.io_threads,
         max_body_bytes: cli.max_body_bytes,
         ping_interval_secs: cli.ping_interval_secs,
         stall_timeout_secs: cli.stall_timeout_secs,
@@ -86,6 +90,7 @@ fn main() -> anyhow::Result<()> {
     let (token, origin) = resolve_admin_token(config.admin_token.as_deref(), config.data_dir.as_deref())
         .context("cannot create or read the admin token")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.effective_io_threads())
         .enable_all()
         .thread_name("livetap-io")
         .build()

@@ -149,3 +149,24 @@ async fn parallel_chunks_keep_order_and_line_numbers() {
     assert_eq!(ns.len(), want.len(), "every accepted event arrives once");
     assert!(ns == want, "events arrive in the producer's order");
 }
+
+/// Metric records work over the socket as over HTTP: applied once the chunk is accepted, and
+/// a refused record is reported back with its line number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_records_over_the_socket() {
+    let (_dir, sock, server, mut sub) = socket_server(None).await;
+    let text = format!(
+        "{}{}\n{}\n{}",
+        line(1),
+        r#"{"metric":"queue.count","type":"gauge","value":7}"#,
+        r#"{"metric":"queue.count","type":"counter","value":1}"#,
+        line(4).trim_end()
+    );
+    let reports = produce(&sock, &[text.into_bytes()]).await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["line"], 3);
+    assert_eq!(field(&sub.collect_events(2, DEADLINE).await, "n"), [json!(1), json!(4)]);
+    let r = request_auth(server.addr, "GET", "/metrics", b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().lines().any(|l| l == "queue_count 7"), "{}", r.text());
+}

@@ -68,23 +68,7 @@ pub(super) fn prometheus(hub: &Hub) -> Response<LiveBody> {
     r
 }
 
-/// Applies the metric records of an accepted ingest body; a record the registry refuses (a
-/// kind conflict, a reserved name, the cap) becomes a rejected line. Returns how many applied.
+/// Applies the metric records of an accepted ingest body (see [`ParsedBatch::apply_samples`]).
 pub(super) fn apply_records(hub: &Hub, parsed: &mut ParsedBatch) -> usize {
-    let mut applied = 0;
-    let mut refused = false;
-    for (line, rec) in std::mem::take(&mut parsed.samples) {
-        match hub.metrics.apply(&rec) {
-            Ok(()) => applied += 1,
-            Err(e) => {
-                parsed.reject(line, e.to_string());
-                refused = true;
-            }
-        }
-    }
-    if refused {
-        // Keep the answer's errors in line order, as for events.
-        parsed.errors.sort_by_key(|e| e.line);
-    }
-    applied
+    parsed.apply_samples(&hub.metrics)
 }

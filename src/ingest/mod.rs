@@ -61,6 +61,29 @@ impl ParsedBatch {
         }
     }
 
+    /// Applies the metric records of an accepted batch to `registry`; a record the registry
+    /// refuses (a kind conflict, a reserved name, the cap) becomes a rejected line. Returns
+    /// how many were applied. Call it only once the batch's events were accepted, so a
+    /// refused batch that the producer sends again does not count its increments twice.
+    pub fn apply_samples(&mut self, registry: &crate::metrics::MetricsRegistry) -> usize {
+        let mut applied = 0;
+        let mut refused = false;
+        for (line, rec) in std::mem::take(&mut self.samples) {
+            match registry.apply(&rec) {
+                Ok(()) => applied += 1,
+                Err(e) => {
+                    self.reject(line, e.to_string());
+                    refused = true;
+                }
+            }
+        }
+        if refused {
+            // Keep the errors in line order, as for events.
+            self.errors.sort_by_key(|e| e.line);
+        }
+        applied
+    }
+
     /// Adds the event (or events, for a `{"events":[...]}` object) in `raw`.
     fn add(&mut self, raw: &RawValue<'_>, line: usize, b: &mut EventBuilder<'_>, now: i64) {
         if push::is_record(raw) {

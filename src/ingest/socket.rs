@@ -7,7 +7,7 @@
 //! the socket as NDJSON (`{"line":N,"error":"..."}`) when the producer reads them; a producer
 //! that never reads loses only the reports, never events.
 
-use super::{parse_ndjson_from, ParsedBatch, Source};
+use super::{parse_ndjson_records, ParsedBatch, Source};
 use crate::event::encode::now_secs;
 use crate::hub::Hub;
 use crate::metrics::IngestStats;
@@ -181,7 +181,7 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
             let first_line = line_no;
             line_no += lines;
             if end - start <= INLINE_PARSE_BYTES && inflight.is_empty() {
-                let parsed = parse_ndjson_from(
+                let parsed = parse_ndjson_records(
                     &mut buf[start..end],
                     first_line,
                     Some(max_line),
@@ -198,7 +198,13 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
                 chunk.truncate(end);
                 let h = hub.clone();
                 inflight.push_back(Pending::Running(tokio::task::spawn_blocking(move || {
-                    parse_ndjson_from(&mut chunk[start..], first_line, Some(max_line), &mut h.builder(), now_secs())
+                    parse_ndjson_records(
+                        &mut chunk[start..],
+                        first_line,
+                        Some(max_line),
+                        &mut h.builder(),
+                        now_secs(),
+                    )
                 })));
             }
         } else if skipping {
@@ -223,6 +229,8 @@ async fn publish(hub: &Hub, stream: &UnixStream, mut parsed: ParsedBatch) -> boo
     if !parsed.events.is_empty() && hub.publish(&parsed.events, None).await.is_err() {
         return false;
     }
+    // Metric records (`{"metric":...}` lines) count once their chunk is accepted.
+    parsed.apply_samples(&hub.metrics);
     if parsed.rejected > 0 {
         IngestStats::add(&hub.ingest.rejected, parsed.rejected as u64);
         report(stream, &mut parsed.errors);
