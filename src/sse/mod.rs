@@ -56,6 +56,10 @@ impl SseChunk {
     /// Appends the frames for `items` (events and lag markers, in queue order). Returns the
     /// sequence number of the last event added, if any.
     pub fn append_items(&mut self, items: &[Item], head: &mut BytesMut) -> Option<u64> {
+        // Reserve the parts once: a frame of n events has about 2n parts (each event and its
+        // separator), and growing the vector by doubling from 8 cost ~18 % of the hub's CPU in
+        // `firehose-100` (perf: `reserve_one_unchecked` and fresh pages from the allocator).
+        self.parts.reserve(2 * items.len() + 2 * (items.len() / MAX_EVENTS_PER_FRAME + 1));
         let mut last = None;
         let mut i = 0;
         while i < items.len() {
