@@ -14,6 +14,7 @@ use crate::metrics::query::NameFilter;
 use crate::metrics::{IngestStats, MetricValue, MetricsRegistry, StatsSnapshot, SubscriberStats};
 use crate::ring::{Ring, RingError};
 use crate::sse::Closing;
+use crate::subscriber::replay::ReplayLog;
 use crate::subscriber::Registry;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,8 @@ pub struct Hub {
     pub ring: Arc<Ring<Arc<Event>>>,
     /// Live subscribers and their indexes.
     pub registry: Registry,
+    /// The most recent events, for streams that resume (`Last-Event-ID`, `since=`).
+    pub replay: Arc<ReplayLog>,
     /// Ingest counters.
     pub ingest: IngestStats,
     /// The hub's millisecond clock.
@@ -76,6 +79,7 @@ impl Hub {
             keys.register(&k.name, kind);
         }
         let clock = Clock::new();
+        let replay = Arc::new(ReplayLog::new(config.replay_limits()));
         let metrics = MetricsRegistry::new(&catalogue, &keys, threads, config.max_metrics);
         let pool = MatcherPool::start(
             ring.clone(),
@@ -85,6 +89,7 @@ impl Hub {
                 batch: 256,
                 max_spans: config.max_spans,
                 span_ttl: Duration::from_secs(config.span_ttl_secs),
+                replay: Some(replay.clone()),
             },
             clock,
             &metrics,
@@ -100,6 +105,7 @@ impl Hub {
             keys,
             ring,
             registry,
+            replay,
             ingest: IngestStats::default(),
             clock,
             closing: Arc::new(Closing::default()),
@@ -184,6 +190,13 @@ impl Hub {
             rejected: self.ingest.rejected.load(Ordering::Relaxed),
             refused_batches: self.ingest.refused_batches.load(Ordering::Relaxed),
             auth_failures: self.ingest.auth_failures.load(Ordering::Relaxed),
+            auth_locked: self.ingest.auth_locked.load(Ordering::Relaxed),
+            rate_limited: self.ingest.rate_limited.load(Ordering::Relaxed),
+            limit_refusals: self.ingest.limit_refusals.load(Ordering::Relaxed),
+            request_timeouts: self.ingest.request_timeouts.load(Ordering::Relaxed),
+            write_timeouts: self.ingest.write_timeouts.load(Ordering::Relaxed),
+            connections: self.ingest.connections.load(Ordering::Relaxed),
+            connections_refused: self.ingest.connections_refused.load(Ordering::Relaxed),
             subscribers: subs.len(),
             metric_streams: self.metrics.streams(),
             ring_capacity: self.ring.capacity(),

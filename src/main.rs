@@ -1,7 +1,9 @@
-//! The `livetap` command line: parse flags, load the config, run the server until a signal.
+//! The `livetap` command line: parse flags, load the config, run the server until a signal
+//! (SIGHUP reloads the TLS files and the live-token key); `livetap hash-password` prints the
+//! Argon2 hash of a password for a `[[principal]]`.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use livetap::auth::{resolve_admin_token, TokenOrigin};
 use livetap::config::{Config, Overrides};
 use livetap::Server;
@@ -13,6 +15,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "livetap", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file; flags override its values.
     #[arg(long, short = 'c', value_name = "PATH")]
     config: Option<PathBuf>,
@@ -61,10 +65,70 @@ struct Cli {
     /// Log filter for livetap's own logs (default warn).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Serve plain HTTP on a non-loopback --listen address (prefer [tls] in the config).
+    #[arg(long)]
+    allow_plain_http: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the Argon2 hash of a password (read from standard input, or asked for on a
+    /// terminal) for `password-hash` in a `[[principal]]`.
+    HashPassword,
+}
+
+/// Reads the password: one line from standard input, or twice from the terminal with echo off.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    let first = prompt("Password: ")?;
+    let second = prompt("Again: ")?;
+    anyhow::ensure!(first == second, "the passwords differ");
+    Ok(first)
+}
+
+/// Asks for one line on the terminal with echo turned off (and back on afterwards).
+fn prompt(label: &str) -> anyhow::Result<String> {
+    use std::io::BufRead;
+    eprint!("{label}");
+    std::io::stderr().flush()?;
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: tcgetattr/tcsetattr only read and write the termios struct passed by pointer.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) != 0 {
+            None
+        } else {
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+            Some(saved)
+        }
+    };
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: as above; restores the settings read before.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+    }
+    eprintln!();
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        let password = read_password()?;
+        let hash = livetap::auth::password::hash_password(&password)?;
+        println!("{hash}");
+        return Ok(());
+    }
     let overrides = Overrides {
         listen: cli.listen,
         admin_token: cli.admin_token,
@@ -81,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         ping_interval_secs: cli.ping_interval_secs,
         stall_timeout_secs: cli.stall_timeout_secs,
         log_level: cli.log_level,
+        allow_plain_http: cli.allow_plain_http.then_some(true),
     };
     let config = Config::load(cli.config.as_deref(), overrides)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -104,7 +169,8 @@ async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Resu
     let listen = config.listen;
     let server =
         Server::start(config, token.clone()).await.with_context(|| format!("cannot start on {listen}"))?;
-    let base = format!("http://{}", server.addr);
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", server.addr);
     let shown = match origin {
         TokenOrigin::Generated => {
             format!("{token}  (generated for this run; set admin-token or --data-dir to keep one)")
@@ -130,19 +196,30 @@ async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Resu
     out.flush()?;
     drop(out);
 
-    shutdown_signal().await?;
+    wait_for_signals(&server).await?;
     eprintln!("livetap: shutting down, draining accepted events to subscribers");
     server.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Returns at SIGINT or SIGTERM; reloads at SIGHUP.
+async fn wait_for_signals(server: &Server) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match server.reload() {
+                Ok(r) => eprintln!(
+                    "livetap: reloaded (TLS certificate: {}, live-token key changed: {})",
+                    if r.tls { "re-read" } else { "none" },
+                    r.token_key_changed
+                ),
+                Err(e) => eprintln!("livetap: reload failed, keeping the previous settings: {e}"),
+            },
+        }
     }
-    Ok(())
 }

@@ -1,18 +1,29 @@
-//! Authentication: the admin bearer token and Stalwart's webhook `X-Signature`.
+//! Authentication: principals (API keys, password users, the admin token), live tokens,
+//! Stalwart's webhook `X-Signature`, and the per-source limit on failed attempts.
 //!
 //! Secrets are compared in constant time so response timing reveals nothing about them.
-//! (Principals, permissions and live tokens arrive with the security issue.)
+//! [`Security`] bundles what the HTTP layer needs to decide who is calling; the mapping of
+//! permissions onto routes lives with the routes (`src/http/mod.rs`).
+
+pub mod password;
+pub mod principal;
+pub mod ratelimit;
+pub mod token;
+
+pub use principal::{Permission, Principal, Principals};
+pub use token::{Grant, LiveTokens};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// Why a request was not authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No credentials were sent.
-    #[error("missing credentials: send `Authorization: Bearer <token>`")]
+    #[error("missing credentials: send `Authorization: Bearer <token>` (or Basic, or a live `?token=`)")]
     Missing,
     /// The credentials are wrong.
     #[error("invalid credentials")]
@@ -23,6 +34,106 @@ pub enum AuthError {
     /// The webhook signature does not match the body.
     #[error("X-Signature does not match the body")]
     BadSignature,
+    /// The live token is malformed, forged, or signed with a key that was rotated since.
+    #[error("invalid live token")]
+    BadToken,
+    /// The live token expired.
+    #[error("live token expired: fetch a new one from /api/telemetry/live/tracing-token or metrics-token")]
+    Expired,
+    /// The live token was issued for the other live endpoint.
+    #[error("live token not valid for this endpoint (it was issued for the other live stream)")]
+    WrongGrant,
+}
+
+/// Everything that decides who a caller is.
+#[derive(Debug)]
+pub struct Security {
+    /// The admin principal and the configured ones.
+    pub principals: Principals,
+    /// Live token issuing and checking.
+    pub tokens: LiveTokens,
+    /// Failed authentications per source address.
+    pub failures: ratelimit::FailureLimiter,
+    /// Password verification (bounded, cached).
+    pub passwords: password::PasswordVerifier,
+}
+
+/// A live token presented as `?token=`.
+#[derive(Debug, Clone, Copy)]
+pub struct PresentedToken<'a> {
+    /// The token text.
+    pub token: &'a str,
+    /// What the endpoint it was presented on grants.
+    pub grant: Grant,
+    /// The request is an `EventSource` reconnect (numeric `Last-Event-ID`).
+    pub reconnect: bool,
+}
+
+impl Security {
+    /// Builds the principals (the admin token's and `config.principal`), the live-token key and
+    /// the limiters. Errors are configuration mistakes or an unusable data directory.
+    pub fn build(
+        config: &crate::config::Config,
+        admin_token: &str,
+        keys: &crate::event::KeyRegistry,
+    ) -> std::io::Result<Security> {
+        let bad = |e: crate::config::ConfigError| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+        };
+        let principals = Principals::build(
+            admin_token,
+            &config.principal,
+            keys,
+            &config.query_limits(),
+            config.max_subscribers_per_principal,
+            config.ingest_rate_per_principal,
+        )
+        .map_err(bad)?;
+        let tokens = LiveTokens::new(
+            config.token_key.as_deref(),
+            config.data_dir.as_deref(),
+            config.live_token_ttl_secs,
+            config.live_token_grace_secs,
+        )?;
+        Ok(Security {
+            principals,
+            tokens,
+            failures: ratelimit::FailureLimiter::new(
+                config.max_auth_failures,
+                std::time::Duration::from_secs(config.auth_failure_window_secs),
+            ),
+            passwords: password::PasswordVerifier::new()?,
+        })
+    }
+
+    /// Who sent the request: from its `Authorization` header if it has one, else from a live
+    /// token. Permissions are checked by the caller.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        token: Option<PresentedToken<'_>>,
+        now_secs: u64,
+    ) -> Result<Arc<Principal>, AuthError> {
+        if let Some(h) = authorization {
+            return match principal::parse_authorization(h)? {
+                principal::Credentials::Bearer(secret) => self.principals.by_api_key(secret).cloned(),
+                principal::Credentials::Basic { user, password } => {
+                    let p = self.principals.by_name(&user).filter(|p| p.password_hash.is_some());
+                    let phc = p.and_then(|p| p.password_hash.as_deref());
+                    if self.passwords.verify(&user, phc, &password).await {
+                        p.cloned().ok_or(AuthError::Invalid)
+                    } else {
+                        Err(AuthError::Invalid)
+                    }
+                }
+            };
+        }
+        let Some(t) = token else { return Err(AuthError::Missing) };
+        let name = self.tokens.verify(t.token, t.grant, now_secs, t.reconnect)?;
+        // The principal is looked up again, so one removed from the config (and a restart)
+        // cannot use tokens it was issued before.
+        self.principals.by_name(&name).cloned().ok_or(AuthError::BadToken)
+    }
 }
 
 /// Checks an `Authorization` header value against the admin token.

@@ -2,6 +2,9 @@
 //!
 //! Every setting has a safe default so `livetap` runs with no file at all (bound to loopback,
 //! with a generated admin token). Flags override the file; the README documents each key.
+//! `memory.rs` turns the limits into the worst-case memory bound documented in SECURITY.md.
+
+pub mod memory;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -117,6 +120,36 @@ impl ScrapeTarget {
     }
 }
 
+/// A principal (`[[principal]]`): an API key, a password user, or both.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Unique name (the Basic user name); `admin` is the admin token's.
+    pub name: String,
+    /// Bearer secret, at least 16 characters.
+    pub api_key: Option<String>,
+    /// Argon2 PHC hash of the Basic password (`livetap hash-password`).
+    pub password_hash: Option<String>,
+    /// Permissions: `tracing-live`, `metrics-live`, `ingest`, `history`, `admin`.
+    pub permissions: Vec<String>,
+    /// A live query (pair form, e.g. `domain=example.org`) restricting the events it sees.
+    pub filter: Option<String>,
+    /// Most live streams at once (default `max-subscribers-per-principal`).
+    pub max_subscribers: Option<usize>,
+    /// Ingest events per second (default `ingest-rate-per-principal`; 0: unlimited).
+    pub ingest_rate: Option<u64>,
+}
+
+/// TLS settings (`[tls]`): PEM files, re-read on SIGHUP.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
 /// The settings of a running hub. Field names are the TOML keys in kebab-case.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -139,6 +172,11 @@ pub struct Config {
     pub ring_capacity: usize,
     /// Events queued per subscriber before it is marked lagged.
     pub subscriber_queue: usize,
+    /// Bytes of recent events kept in memory for streams that resume (`Last-Event-ID`,
+    /// `since=`); 0 turns resuming off.
+    pub replay_bytes: usize,
+    /// Seconds a recent event stays resumable at most.
+    pub replay_age_secs: u64,
     /// Matcher threads; 0 means half the CPU cores, at least one.
     pub matcher_threads: usize,
     /// Async I/O threads (HTTP connections, SSE writers, socket readers); 0 means one per
@@ -180,6 +218,50 @@ pub struct Config {
     pub max_metrics: usize,
     /// Upstream Prometheus endpoints scraped into the live metrics.
     pub scrape: Vec<ScrapeTarget>,
+    /// Principals besides the admin token (`[[principal]]`).
+    pub principal: Vec<PrincipalConfig>,
+    /// TLS for the listener (`[tls]`); without it, plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// Allow plain HTTP on a non-loopback address (logged as a warning).
+    pub allow_plain_http: bool,
+    /// Secret the live-token key is derived from (at least 32 characters); default: a random
+    /// key kept in `data-dir/token-key`, or in memory without a data directory.
+    pub token_key: Option<String>,
+    /// Seconds a live token is valid.
+    pub live_token_ttl_secs: u64,
+    /// Seconds after expiry during which an `EventSource` reconnect may still use a token.
+    pub live_token_grace_secs: u64,
+    /// Origins allowed to call the API from a browser (CORS); `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// Seconds a browser may cache a CORS preflight answer.
+    pub cors_max_age_secs: u64,
+    /// Largest total size of a request's header fields, in bytes.
+    pub max_header_bytes: usize,
+    /// Longest request target (path and query), in bytes.
+    pub max_url_bytes: usize,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most open connections from one source address (an IPv6 /64 counts as one).
+    pub max_connections_per_ip: usize,
+    /// Networks exempt from the per-address connection cap (a local reverse proxy).
+    pub per_ip_exempt: Vec<String>,
+    /// Most live streams per configured principal (the admin token has only the global cap).
+    pub max_subscribers_per_principal: usize,
+    /// Ingest events per second per configured principal; 0: unlimited.
+    pub ingest_rate_per_principal: u64,
+    /// Ingest request bodies read and parsed at once; more wait (`ingest-wait-ms`), then 503.
+    pub max_concurrent_ingest: usize,
+    /// Failed authentications per source address per window before it is refused (0: off).
+    pub max_auth_failures: u32,
+    /// The window of `max-auth-failures`, in seconds.
+    pub auth_failure_window_secs: u64,
+    /// Seconds a client has to send a request's head (also the idle keep-alive timeout and
+    /// the TLS handshake timeout).
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a whole ingest body.
+    pub body_timeout_secs: u64,
+    /// Seconds a write to a client may stay blocked before the connection is dropped.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -194,6 +276,8 @@ impl Default for Config {
             demo_rate: 200,
             ring_capacity: 65_536,
             subscriber_queue: 8192,
+            replay_bytes: 64 << 20,
+            replay_age_secs: 3600,
             matcher_threads: 0,
             io_threads: 0,
             max_subscribers: 10_000,
@@ -214,6 +298,27 @@ impl Default for Config {
             metrics_max_interval_secs: 3600,
             max_metrics: 4096,
             scrape: Vec::new(),
+            principal: Vec::new(),
+            tls: None,
+            allow_plain_http: false,
+            token_key: None,
+            live_token_ttl_secs: 60,
+            live_token_grace_secs: 120,
+            cors_origins: Vec::new(),
+            cors_max_age_secs: 600,
+            max_header_bytes: 16 * 1024,
+            max_url_bytes: 16 * 1024,
+            max_connections: 16_384,
+            max_connections_per_ip: 256,
+            per_ip_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
+            max_subscribers_per_principal: 1000,
+            ingest_rate_per_principal: 100_000,
+            max_concurrent_ingest: 8,
+            max_auth_failures: 20,
+            auth_failure_window_secs: 60,
+            header_timeout_secs: 30,
+            body_timeout_secs: 30,
+            write_timeout_secs: 60,
         }
     }
 }
@@ -251,6 +356,8 @@ pub struct Overrides {
     pub stall_timeout_secs: Option<u64>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--allow-plain-http`.
+    pub allow_plain_http: Option<bool>,
 }
 
 impl Config {
@@ -268,7 +375,7 @@ impl Config {
             ($($f:ident),*) => { $( if let Some(v) = overrides.$f { c.$f = v; } )* };
         }
         over!(listen, demo, demo_rate, ring_capacity, subscriber_queue, matcher_threads, io_threads);
-        over!(max_body_bytes, ping_interval_secs, stall_timeout_secs, log_level);
+        over!(max_body_bytes, ping_interval_secs, stall_timeout_secs, log_level, allow_plain_http);
         if overrides.admin_token.is_some() {
             c.admin_token = overrides.admin_token;
         }
@@ -351,7 +458,98 @@ impl Config {
         for t in &self.scrape {
             t.validate().map_err(|m| ConfigError::Invalid { key: "scrape", message: m.into() })?;
         }
+        self.validate_security()
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.allow_plain_http {
+            return bad(
+                "listen",
+                format!(
+                    "{} is not a loopback address: configure [tls], or set allow-plain-http = true \
+                     (--allow-plain-http) to serve plain HTTP there",
+                    self.listen
+                ),
+            );
+        }
+        if let Some(k) = &self.token_key {
+            if k.len() < 32 {
+                return bad("token-key", "must be at least 32 characters".into());
+            }
+        }
+        let ranges: [(&'static str, u64, u64, u64); 14] = [
+            ("live-token-ttl-secs", self.live_token_ttl_secs, 1, 86_400),
+            ("live-token-grace-secs", self.live_token_grace_secs, 0, 86_400),
+            ("cors-max-age-secs", self.cors_max_age_secs, 0, 86_400),
+            ("max-header-bytes", self.max_header_bytes as u64, 1024, 1 << 20),
+            ("max-url-bytes", self.max_url_bytes as u64, 256, 1 << 20),
+            ("max-connections", self.max_connections as u64, 1, 1 << 24),
+            ("max-connections-per-ip", self.max_connections_per_ip as u64, 1, 1 << 24),
+            ("max-subscribers-per-principal", self.max_subscribers_per_principal as u64, 1, 1 << 24),
+            ("max-concurrent-ingest", self.max_concurrent_ingest as u64, 1, 4096),
+            ("max-auth-failures", self.max_auth_failures as u64, 0, 1 << 20),
+            ("auth-failure-window-secs", self.auth_failure_window_secs, 1, 86_400),
+            ("header-timeout-secs", self.header_timeout_secs, 1, 3600),
+            ("body-timeout-secs", self.body_timeout_secs, 1, 3600),
+            ("write-timeout-secs", self.write_timeout_secs, 1, 3600),
+        ];
+        for (key, v, lo, hi) in ranges {
+            if !(lo..=hi).contains(&v) {
+                return bad(key, format!("must be between {lo} and {hi}"));
+            }
+        }
+        for net in &self.per_ip_exempt {
+            if crate::auth::ratelimit::parse_net(net).is_none() {
+                return bad("per-ip-exempt", format!("`{net}` is not an address or address/prefix-length"));
+            }
+        }
+        for o in &self.cors_origins {
+            let ok = o == "*"
+                || (o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.ends_with('/')
+                    && http::HeaderValue::from_str(o).is_ok();
+            if !ok {
+                return bad(
+                    "cors-origins",
+                    format!("`{o}` is not `*` or an origin like https://dash.example.org"),
+                );
+            }
+        }
+        for p in &self.principal {
+            let key = "principal";
+            let name_ok = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+            if !name_ok {
+                return bad(
+                    key,
+                    format!("name `{}`: 1 to 64 of letters, digits, `.`, `_`, `-`, `@`", p.name),
+                );
+            }
+            if p.api_key.is_none() && p.password_hash.is_none() {
+                return bad(key, format!("`{}` needs an api-key or a password-hash", p.name));
+            }
+            if p.api_key.as_ref().is_some_and(|k| k.len() < 16 || k.trim() != k) {
+                return bad(
+                    key,
+                    format!("`{}`: api-key must be at least 16 characters, no spaces around", p.name),
+                );
+            }
+            if let Some(h) = &p.password_hash {
+                crate::auth::password::check_hash(h)
+                    .map_err(|e| ConfigError::Invalid { key, message: format!("`{}`: {e}", p.name) })?;
+            }
+            if p.max_subscribers == Some(0) {
+                return bad(key, format!("`{}`: max-subscribers must be at least 1", p.name));
+            }
+        }
         Ok(())
+    }
+
+    /// The per-address exemptions, parsed (validated by [`Config::validate`]).
+    pub fn exempt_networks(&self) -> Vec<(std::net::IpAddr, u8)> {
+        self.per_ip_exempt.iter().filter_map(|n| crate::auth::ratelimit::parse_net(n)).collect()
     }
 
     /// Matcher threads to start (resolving 0 to the number of cores).
@@ -373,6 +571,14 @@ impl Config {
             self.io_threads
         } else {
             std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+
+    /// What the replay log retains.
+    pub fn replay_limits(&self) -> crate::subscriber::replay::ReplayLimits {
+        crate::subscriber::replay::ReplayLimits {
+            max_bytes: self.replay_bytes,
+            max_age_ms: self.replay_age_secs.saturating_mul(1000),
         }
     }
 

@@ -94,6 +94,11 @@ impl Event {
         &self.text[self.search_at as usize..]
     }
 
+    /// Bytes of the match view (canonical values and search text), for memory accounting.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
     /// Canonical values of one key (a list value yields several).
     pub fn values_of(&self, key: KeyId) -> impl Iterator<Item = &str> + '_ {
         self.fields().filter(move |(k, _)| *k == key).map(|(_, v)| v)

@@ -2,6 +2,7 @@
 //! producers' metric records from an ingest body.
 
 use super::{HttpError, LiveBody};
+use crate::auth::principal::StreamSlot;
 use crate::hub::Hub;
 use crate::ingest::ParsedBatch;
 use crate::metrics::prometheus;
@@ -16,7 +17,11 @@ use std::sync::Arc;
 
 /// `GET /api/telemetry/metrics/live?metrics=a,b&interval=N`: Stalwart's `event: metrics`
 /// frames, the first at once, then one per interval, until the client leaves or shutdown.
-pub(super) fn live_metrics(hub: Arc<Hub>, req: Request<Incoming>) -> Result<Response<LiveBody>, HttpError> {
+pub(super) fn live_metrics(
+    hub: Arc<Hub>,
+    req: Request<Incoming>,
+    slot: StreamSlot,
+) -> Result<Response<LiveBody>, HttpError> {
     let c = &hub.config;
     let q = parse_live(
         req.uri().query().unwrap_or(""),
@@ -46,7 +51,7 @@ pub(super) fn live_metrics(hub: Arc<Hub>, req: Request<Incoming>) -> Result<Resp
     let filter = q.filter;
     let source = Box::new(move || frame(&source_hub.metric_values(&filter)));
     let body = MetricsBody::new(source, q.interval, ping, closed, guard);
-    let mut r = Response::new(LiveBody::Metrics(Box::new(body)));
+    let mut r = Response::new(LiveBody::Metrics(Box::new(body), slot));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -1,19 +1,29 @@
-//! The HTTP surface: routing, authentication, ingest endpoints and the live SSE endpoints.
+//! The HTTP surface: routing, the permission each route needs, request limits, ingest
+//! endpoints, live tokens and the live SSE endpoints.
 //!
 //! Every failure is an [`HttpError`] that knows its status and renders the JSON body
 //! `{"error": "...", "detail": "..."}`; nothing a client sends can make a handler panic.
+//! Who the caller is comes from [`crate::auth::Security`]; which permission a route needs is
+//! decided here, in [`route`]. `server.rs` owns the listener and the connection-level limits,
+//! `limits.rs` the connection caps and the write timeout, `tls.rs` the certificates and `cors.rs`
+//! the browser-origin rules.
 
+pub mod cors;
+pub mod limits;
 mod metrics;
 pub mod server;
+pub mod tls;
 
-use crate::auth::{self, AuthError};
+use crate::auth::principal::{acquire_stream, StreamSlot};
+use crate::auth::{self, AuthError, Grant, Permission, PresentedToken, Principal, Security};
 use crate::event::encode::now_secs;
 use crate::hub::{Hub, PublishError};
 use crate::ingest::{self, LineError, ParsedBatch};
 use crate::metrics::stream::MetricsBody;
-use crate::query::{parse_pairs, ParseError};
+use crate::query::{parse_pairs, Expr, ParseError};
 use crate::sse::{SseBody, SseChunk};
 use crate::subscriber::registry::RegistryError;
+use crate::subscriber::replay::{self, ResumeFrom};
 use crate::subscriber::ConnHandle;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -22,7 +32,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use serde::Serialize;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +45,12 @@ pub enum HttpError {
     /// Authentication failed (401).
     #[error("unauthorized")]
     Unauthorized(#[from] AuthError),
+    /// Authenticated, but without the permission the route needs (403).
+    #[error("forbidden")]
+    Forbidden(Permission),
+    /// The request's `Origin` may not call the API (403).
+    #[error("origin not allowed")]
+    OriginNotAllowed,
     /// A bad query parameter (400).
     #[error("invalid query")]
     BadQuery(#[from] ParseError),
@@ -45,9 +63,26 @@ pub enum HttpError {
     /// The endpoint exists for another method (405).
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
+    /// The body did not arrive within `body-timeout-secs` (408).
+    #[error("request timeout")]
+    Timeout(u64),
     /// The body is larger than the configured cap (413).
     #[error("payload too large")]
     PayloadTooLarge(usize),
+    /// The request target is longer than `max-url-bytes` (414).
+    #[error("URI too long")]
+    UriTooLong(usize),
+    /// The header fields are larger than `max-header-bytes` (431).
+    #[error("headers too large")]
+    HeadersTooLarge(usize),
+    /// A rate or count limit; retry after the given seconds (429).
+    #[error("too many requests")]
+    TooMany {
+        /// What was limited.
+        detail: String,
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
     /// The ring is full; retry later (503 with Retry-After).
     #[error("busy")]
     Busy(PublishError),
@@ -57,6 +92,9 @@ pub enum HttpError {
     /// Reading the request failed.
     #[error("bad request")]
     Io(String),
+    /// Something on livetap's side failed (500).
+    #[error("internal error")]
+    Internal(String),
 }
 
 #[derive(Serialize)]
@@ -76,12 +114,18 @@ impl HttpError {
     pub fn status(&self) -> StatusCode {
         match self {
             HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HttpError::Forbidden(_) | HttpError::OriginNotAllowed => StatusCode::FORBIDDEN,
             HttpError::BadQuery(_) | HttpError::BadBody(_) | HttpError::Io(_) => StatusCode::BAD_REQUEST,
             HttpError::NotFound => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            HttpError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HttpError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             HttpError::Busy(PublishError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Busy(_) | HttpError::Subscribers(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -89,14 +133,25 @@ impl HttpError {
     pub fn into_response(self) -> Response<LiveBody> {
         let (error, detail) = match &self {
             HttpError::Unauthorized(e) => ("unauthorized", e.to_string()),
+            HttpError::Forbidden(p) => {
+                ("forbidden", format!("this principal lacks the `{}` permission", p.name()))
+            }
+            HttpError::OriginNotAllowed => ("forbidden", "this origin is not in cors-origins".to_string()),
             HttpError::BadQuery(e) => ("invalid query parameter", e.to_string()),
             HttpError::BadBody(d) => ("invalid body", d.clone()),
             HttpError::NotFound => ("not found", "no such endpoint".into()),
             HttpError::MethodNotAllowed(allow) => ("method not allowed", format!("use {allow}")),
+            HttpError::Timeout(s) => ("request timeout", format!("the body must arrive within {s} s")),
             HttpError::PayloadTooLarge(n) => ("payload too large", format!("the limit is {n} bytes")),
+            HttpError::UriTooLong(n) => ("URI too long", format!("the limit is {n} bytes of path and query")),
+            HttpError::HeadersTooLarge(n) => {
+                ("headers too large", format!("the limit is {n} bytes of header fields"))
+            }
+            HttpError::TooMany { detail, .. } => ("too many requests", detail.clone()),
             HttpError::Busy(e) => ("unavailable", e.to_string()),
             HttpError::Subscribers(e) => ("unavailable", e.to_string()),
             HttpError::Io(d) => ("bad request", d.clone()),
+            HttpError::Internal(d) => ("internal error", d.clone()),
         };
         // Query errors also say where in the parameter's value the problem is and what was
         // expected there, so a dashboard can point at it.
@@ -118,6 +173,9 @@ impl HttpError {
             HttpError::Busy(PublishError::Busy | PublishError::ShuttingDown) | HttpError::Subscribers(_) => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            HttpError::TooMany { retry_after, .. } => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
             HttpError::MethodNotAllowed(allow) => {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
             }
@@ -131,10 +189,10 @@ impl HttpError {
 pub enum LiveBody {
     /// A complete body, sent once.
     Full(Option<Bytes>),
-    /// A live stream.
-    Sse(Box<SseBody>),
-    /// A live metrics stream.
-    Metrics(Box<MetricsBody>),
+    /// A live stream, holding its principal's stream place while it lasts.
+    Sse(Box<SseBody>, StreamSlot),
+    /// A live metrics stream, holding its principal's stream place while it lasts.
+    Metrics(Box<MetricsBody>, StreamSlot),
 }
 
 impl Body for LiveBody {
@@ -147,16 +205,16 @@ impl Body for LiveBody {
     ) -> Poll<Option<Result<Frame<SseChunk>, Infallible>>> {
         match self.get_mut() {
             LiveBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(SseChunk::single(b))))),
-            LiveBody::Sse(s) => Pin::new(s.as_mut()).poll_frame(cx),
-            LiveBody::Metrics(m) => Pin::new(m.as_mut()).poll_frame(cx),
+            LiveBody::Sse(s, _) => Pin::new(s.as_mut()).poll_frame(cx),
+            LiveBody::Metrics(m, _) => Pin::new(m.as_mut()).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             LiveBody::Full(b) => b.is_none(),
-            LiveBody::Sse(s) => s.is_end_stream(),
-            LiveBody::Metrics(m) => m.is_end_stream(),
+            LiveBody::Sse(s, _) => s.is_end_stream(),
+            LiveBody::Metrics(m, _) => m.is_end_stream(),
         }
     }
 
@@ -164,7 +222,7 @@ impl Body for LiveBody {
         match self {
             LiveBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             LiveBody::Full(None) => SizeHint::with_exact(0),
-            LiveBody::Sse(_) | LiveBody::Metrics(_) => SizeHint::default(),
+            LiveBody::Sse(..) | LiveBody::Metrics(..) => SizeHint::default(),
         }
     }
 }
@@ -181,85 +239,281 @@ fn json_ok<T: Serialize>(status: StatusCode, v: &T) -> Response<LiveBody> {
     json_response(status, serde_json::to_vec(v).unwrap_or_default())
 }
 
-/// Routes one request. Never fails: errors become JSON responses.
+/// What every request handler shares: the pipeline, the access rules and the ingest gate.
+pub struct Ctx {
+    /// The pipeline.
+    pub hub: Arc<Hub>,
+    /// Who may do what.
+    pub security: Arc<Security>,
+    /// Which browser origins may call.
+    pub cors: cors::Cors,
+    /// Ingest bodies read and parsed at once (`max-concurrent-ingest`).
+    ingest_permits: tokio::sync::Semaphore,
+}
+
+impl Ctx {
+    /// The shared state of the handlers of one server.
+    pub fn new(hub: Arc<Hub>, security: Arc<Security>) -> Ctx {
+        let cors = cors::Cors::new(&hub.config);
+        let ingest_permits = tokio::sync::Semaphore::new(hub.config.max_concurrent_ingest);
+        Ctx { hub, security, cors, ingest_permits }
+    }
+}
+
+/// The connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Lets the hub close the connection (stalled subscribers).
+    pub handle: Arc<ConnHandle>,
+}
+
+/// Routes one request. Never fails: errors become JSON responses, with the CORS headers the
+/// request's origin is entitled to.
 pub async fn handle(
-    hub: Arc<Hub>,
-    conn: Arc<ConnHandle>,
+    ctx: Arc<Ctx>,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<LiveBody>, Infallible> {
-    Ok(route(hub, conn, req).await.unwrap_or_else(HttpError::into_response))
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut resp = route(&ctx, &conn, req).await.unwrap_or_else(HttpError::into_response);
+    if resp.status() == StatusCode::UNAUTHORIZED && ctx.security.principals.has_passwords() {
+        resp.headers_mut()
+            .append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"livetap\""));
+    }
+    ctx.cors.decorate(origin.as_ref(), resp.headers_mut());
+    Ok(resp)
+}
+
+/// What a route needs: a permission, and the grant of the live tokens it accepts (if any).
+type Access = Option<(Permission, Option<Grant>)>;
+
+/// The routes: path, method, and the access each needs.
+const ROUTES: &[(&str, Method, Access)] = &[
+    ("/healthz", Method::GET, None),
+    ("/api/telemetry/traces/live", Method::GET, Some((Permission::TracingLive, Some(Grant::Tracing)))),
+    ("/api/tracing/live", Method::GET, Some((Permission::TracingLive, Some(Grant::Tracing)))),
+    ("/api/telemetry/metrics/live", Method::GET, Some((Permission::MetricsLive, Some(Grant::Metrics)))),
+    ("/api/telemetry/live/tracing-token", Method::GET, Some((Permission::TracingLive, None))),
+    ("/api/telemetry/live/metrics-token", Method::GET, Some((Permission::MetricsLive, None))),
+    ("/metrics", Method::GET, Some((Permission::MetricsLive, None))),
+    ("/api/telemetry/ingest", Method::POST, Some((Permission::Ingest, None))),
+    // The webhook's permission applies only when no webhook key is set (else: X-Signature).
+    ("/api/telemetry/webhook", Method::POST, Some((Permission::Ingest, None))),
+    ("/api/livetap/stats", Method::GET, Some((Permission::Admin, None))),
+];
+
+fn allow_header(m: &Method) -> &'static str {
+    if m == Method::POST {
+        "POST"
+    } else {
+        "GET"
+    }
 }
 
 async fn route(
-    hub: Arc<Hub>,
-    conn: Arc<ConnHandle>,
+    ctx: &Arc<Ctx>,
+    conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<LiveBody>, HttpError> {
+    check_head(ctx, &req)?;
     let path = req.uri().path();
+    let Some((path, method, access)) = ROUTES.iter().find(|r| r.0 == path).cloned() else {
+        return Err(HttpError::NotFound);
+    };
+    if req.method() == Method::OPTIONS {
+        return ctx.cors.preflight(&req, allow_header(&method));
+    }
+    if !(req.method() == method || (method == Method::GET && req.method() == Method::HEAD)) {
+        return Err(HttpError::MethodNotAllowed(allow_header(&method)));
+    }
+    if let Some(o) = req.headers().get(header::ORIGIN) {
+        // A browser on an origin that is not allowed gets nothing, not even with credentials
+        // it may have been tricked into sending.
+        if !ctx.cors.is_empty() && !ctx.cors.allows(o) {
+            return Err(HttpError::OriginNotAllowed);
+        }
+    }
+    let hub = &ctx.hub;
+    if path == "/api/telemetry/webhook" && hub.config.webhook_key.is_some() {
+        return webhook(ctx, conn, req, None).await;
+    }
+    let principal = match access {
+        None => None,
+        Some((perm, grant)) => Some(authorize(ctx, conn, &req, perm, grant).await?),
+    };
+    let principal = || principal.clone().expect("routes with a permission are authorized");
     match path {
-        "/healthz" => {
-            expect_method(&req, &Method::GET, "GET")?;
-            Ok(json_ok(StatusCode::OK, &serde_json::json!({"status": "ok"})))
-        }
-        "/api/telemetry/traces/live" | "/api/tracing/live" => {
-            expect_method(&req, &Method::GET, "GET")?;
-            admin(&hub, &req)?;
-            live_traces(hub, conn, req).await
-        }
-        "/api/telemetry/webhook" => {
-            expect_method(&req, &Method::POST, "POST")?;
-            webhook(hub, req).await
-        }
-        "/api/telemetry/ingest" => {
-            expect_method(&req, &Method::POST, "POST")?;
-            admin(&hub, &req)?;
-            ingest_ndjson(hub, req).await
-        }
+        "/healthz" => Ok(json_ok(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        "/api/telemetry/traces/live" | "/api/tracing/live" => live_traces(ctx, conn, principal(), req).await,
         "/api/telemetry/metrics/live" => {
-            expect_method(&req, &Method::GET, "GET")?;
-            admin(&hub, &req)?;
-            metrics::live_metrics(hub, req)
+            let slot = stream_slot(&principal())?;
+            metrics::live_metrics(hub.clone(), req, slot)
         }
-        "/metrics" => {
-            expect_method(&req, &Method::GET, "GET")?;
-            admin(&hub, &req)?;
-            Ok(metrics::prometheus(&hub))
-        }
-        "/api/livetap/stats" => {
-            expect_method(&req, &Method::GET, "GET")?;
-            admin(&hub, &req)?;
-            Ok(json_ok(StatusCode::OK, &hub.stats()))
-        }
+        "/api/telemetry/live/tracing-token" => live_token(ctx, &principal(), Grant::Tracing),
+        "/api/telemetry/live/metrics-token" => live_token(ctx, &principal(), Grant::Metrics),
+        "/metrics" => Ok(metrics::prometheus(hub)),
+        "/api/telemetry/ingest" => ingest_ndjson(ctx, principal(), req).await,
+        "/api/telemetry/webhook" => webhook(ctx, conn, req, Some(principal())).await,
+        "/api/livetap/stats" => Ok(json_ok(StatusCode::OK, &hub.stats())),
         _ => Err(HttpError::NotFound),
     }
 }
 
-fn expect_method(req: &Request<Incoming>, m: &Method, allow: &'static str) -> Result<(), HttpError> {
-    if req.method() == m || (m == Method::GET && req.method() == Method::HEAD) {
-        Ok(())
-    } else {
-        Err(HttpError::MethodNotAllowed(allow))
+/// Refuses request targets and header sections over their caps, with a JSON answer (hyper's
+/// own buffer cap, which answers without a body, sits well above these).
+fn check_head(ctx: &Ctx, req: &Request<Incoming>) -> Result<(), HttpError> {
+    let c = &ctx.hub.config;
+    let url = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if url > c.max_url_bytes {
+        bump(&ctx.hub.ingest.limit_refusals);
+        return Err(HttpError::UriTooLong(c.max_url_bytes));
+    }
+    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if headers > c.max_header_bytes {
+        bump(&ctx.hub.ingest.limit_refusals);
+        return Err(HttpError::HeadersTooLarge(c.max_header_bytes));
+    }
+    Ok(())
+}
+
+/// Adds one to a counter of the hub's statistics.
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The single `token` parameter of a query, if any (twice is an error: which one would count?).
+pub fn query_token(query: &str) -> Result<Option<String>, HttpError> {
+    let mut found = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == "token" {
+            if found.is_some() {
+                return Err(HttpError::BadQuery(ParseError {
+                    parameter: "token".into(),
+                    position: 0,
+                    expected: "one token parameter".into(),
+                }));
+            }
+            found = Some(v.into_owned());
+        }
+    }
+    Ok(found)
+}
+
+/// Authenticates the request and checks `perm`. Live tokens count only on the live endpoint of
+/// their `grant`. A source address with too many recent failures is refused before anything
+/// is checked, so it cannot keep guessing.
+async fn authorize(
+    ctx: &Ctx,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+    perm: Permission,
+    grant: Option<Grant>,
+) -> Result<Arc<Principal>, HttpError> {
+    let sec = &ctx.security;
+    let ip = conn.peer.ip();
+    if let Some(wait) = sec.failures.locked(ip) {
+        bump(&ctx.hub.ingest.auth_locked);
+        return Err(HttpError::TooMany {
+            detail: "too many failed authentications from this address".into(),
+            retry_after: wait.as_secs().max(1),
+        });
+    }
+    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let token = match (grant, authorization) {
+        (Some(_), None) => query_token(req.uri().query().unwrap_or(""))?,
+        _ => None,
+    };
+    let reconnect = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.is_empty() && v.len() <= 20 && v.parse::<u64>().is_ok());
+    let presented = match (&token, grant) {
+        (Some(t), Some(g)) => Some(PresentedToken { token: t, grant: g, reconnect }),
+        _ => None,
+    };
+    match sec.authenticate(authorization, presented, now_secs().max(0) as u64).await {
+        Ok(p) if p.can(perm) => Ok(p),
+        Ok(_) => Err(HttpError::Forbidden(perm)),
+        Err(e) => {
+            bump(&ctx.hub.ingest.auth_failures);
+            sec.failures.fail(ip);
+            Err(HttpError::Unauthorized(e))
+        }
     }
 }
 
-fn admin(hub: &Hub, req: &Request<Incoming>) -> Result<(), HttpError> {
-    let h = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    auth::check_bearer(h, &hub.admin_token).map_err(|e| {
-        hub.ingest.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        HttpError::Unauthorized(e)
+/// Takes one of the principal's live-stream places.
+fn stream_slot(p: &Arc<Principal>) -> Result<StreamSlot, HttpError> {
+    acquire_stream(p).map_err(|cap| HttpError::TooMany {
+        detail: format!("principal `{}` holds its maximum of {cap} live streams", p.name),
+        retry_after: 5,
     })
 }
 
+/// `GET /api/telemetry/live/{tracing,metrics}-token`: `{"data":"<token>"}`.
+fn live_token(ctx: &Ctx, p: &Principal, grant: Grant) -> Result<Response<LiveBody>, HttpError> {
+    let token = ctx
+        .security
+        .tokens
+        .issue(&p.name, grant, now_secs().max(0) as u64)
+        .map_err(|e| HttpError::Internal(e.to_string()))?;
+    Ok(json_ok(StatusCode::OK, &serde_json::json!({ "data": token })))
+}
+
+/// The principal's filter ANDed with the client's query: the index only ever sees both.
+fn restrict(client: Expr, filter: Option<&Expr>) -> Expr {
+    match (client, filter) {
+        (c, None) => c,
+        (Expr::True, Some(f)) => f.clone(),
+        (Expr::And(mut items), Some(f)) => {
+            items.push(f.clone());
+            Expr::And(items)
+        }
+        (c, Some(f)) => Expr::And(vec![c, f.clone()]),
+    }
+}
+
 async fn live_traces(
-    hub: Arc<Hub>,
-    conn: Arc<ConnHandle>,
+    ctx: &Ctx,
+    conn: &ConnInfo,
+    principal: Arc<Principal>,
     req: Request<Incoming>,
 ) -> Result<Response<LiveBody>, HttpError> {
+    let hub = &ctx.hub;
     let q = parse_pairs(req.uri().query().unwrap_or(""), &hub.keys, &hub.config.query_limits())?;
-    let subscription =
-        hub.registry.subscribe(q.expr, q.follow, Some(conn)).await.map_err(HttpError::Subscribers)?;
-    let body = SseBody::new(subscription, hub.closing.clone(), hub.config.ping_interval());
-    let mut r = Response::new(LiveBody::Sse(Box::new(body)));
+    // An EventSource reconnect carries the last `id:` it saw as a header; it wins over the
+    // parameter form. A header that is not one of our ids (another server's) is ignored
+    // rather than refused, since a browser would retry with it forever.
+    let header_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let resume_from =
+        header_id.or(q.last_event_id).map(ResumeFrom::AfterId).or(q.since.map(ResumeFrom::Since));
+    drop(req);
+    let slot = stream_slot(&principal)?;
+    // A restricted principal does not follow spans: the rest of a span would reach it
+    // unfiltered, including events its filter excludes.
+    let follow = q.follow && principal.filter.is_none();
+    let expr = restrict(q.expr, principal.filter.as_ref());
+    let subscription = hub
+        .registry
+        .subscribe(expr, follow, Some(conn.handle.clone()))
+        .await
+        .map_err(HttpError::Subscribers)?;
+    let resume = match resume_from {
+        Some(from) => Some(replay::prepare(&hub.replay, &subscription.sub, from, subscription.start).await),
+        None => None,
+    };
+    let mut body = SseBody::new(subscription, hub.closing.clone(), hub.config.ping_interval());
+    if let Some(resume) = resume {
+        body = body.with_resume(resume);
+    }
+    let mut r = Response::new(LiveBody::Sse(Box::new(body), slot));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -268,18 +522,28 @@ async fn live_traces(
     Ok(r)
 }
 
+/// Reads the whole body under the size cap and the body timeout.
 async fn read_body(hub: &Hub, req: Request<Incoming>) -> Result<Vec<u8>, HttpError> {
     let limit = hub.config.max_body_bytes;
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         if len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_some_and(|n| n > limit as u64) {
+            bump(&hub.ingest.limit_refusals);
             return Err(HttpError::PayloadTooLarge(limit));
         }
     }
     let body = http_body_util::Limited::new(req.into_body(), limit);
-    match body.collect().await {
-        Ok(c) => Ok(c.to_bytes().into()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError::PayloadTooLarge(limit)),
-        Err(e) => Err(HttpError::Io(e.to_string())),
+    let secs = hub.config.body_timeout_secs;
+    match tokio::time::timeout(Duration::from_secs(secs), body.collect()).await {
+        Err(_) => {
+            bump(&hub.ingest.request_timeouts);
+            Err(HttpError::Timeout(secs))
+        }
+        Ok(Ok(c)) => Ok(c.to_bytes().into()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            bump(&hub.ingest.limit_refusals);
+            Err(HttpError::PayloadTooLarge(limit))
+        }
+        Ok(Err(e)) => Err(HttpError::Io(e.to_string())),
     }
 }
 
@@ -319,7 +583,7 @@ async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<Li
     // producer sends again does not add its counter increments twice.
     let had_records = !parsed.samples.is_empty();
     let applied = metrics::apply_records(hub, &mut parsed);
-    hub.ingest.rejected.fetch_add(parsed.rejected as u64, std::sync::atomic::Ordering::Relaxed);
+    hub.ingest.rejected.fetch_add(parsed.rejected as u64, Ordering::Relaxed);
     let all_bad = parsed.events.is_empty() && applied == 0 && parsed.rejected > 0;
     let answer = IngestAnswer {
         accepted: parsed.events.len(),
@@ -334,34 +598,92 @@ async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<Li
     Ok(json_ok(status, &answer))
 }
 
-async fn ingest_ndjson(hub: Arc<Hub>, req: Request<Incoming>) -> Result<Response<LiveBody>, HttpError> {
-    if !hub.is_accepting() {
+/// Waits (up to `ingest-wait-ms`) for one of the `max-concurrent-ingest` places, so the bodies
+/// held in memory at once stay bounded.
+async fn ingest_permit(ctx: &Ctx) -> Result<tokio::sync::SemaphorePermit<'_>, HttpError> {
+    if !ctx.hub.is_accepting() {
         return Err(HttpError::Busy(PublishError::ShuttingDown));
     }
-    let mut body = read_body(&hub, req).await?;
-    let parsed = ingest::parse_ndjson(&mut body, &mut hub.builder(), now_secs());
-    publish_batch(&hub, parsed).await
+    let wait = Duration::from_millis(ctx.hub.config.ingest_wait_ms);
+    match tokio::time::timeout(wait, ctx.ingest_permits.acquire()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => {
+            bump(&ctx.hub.ingest.refused_batches);
+            Err(HttpError::Busy(PublishError::Busy))
+        }
+    }
 }
 
-async fn webhook(hub: Arc<Hub>, req: Request<Incoming>) -> Result<Response<LiveBody>, HttpError> {
-    // With a key configured, the signature authenticates Stalwart; without one, the admin
-    // bearer token is required like everywhere else.
+/// Refuses a principal that is over its ingest rate (before its body is read).
+fn check_rate(ctx: &Ctx, p: Option<&Principal>) -> Result<(), HttpError> {
+    let Some(limiter) = p.and_then(|p| p.ingest_rate.as_ref()) else { return Ok(()) };
+    limiter.take(0).map_err(|wait| {
+        bump(&ctx.hub.ingest.rate_limited);
+        HttpError::TooMany {
+            detail: format!(
+                "principal `{}` is over its ingest rate; send again after Retry-After",
+                p.map_or("", |p| p.name.as_str())
+            ),
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    })
+}
+
+/// Charges what a body brought to its principal's ingest rate.
+fn charge(p: Option<&Principal>, parsed: &ParsedBatch) {
+    if let Some(limiter) = p.and_then(|p| p.ingest_rate.as_ref()) {
+        let _ = limiter.take((parsed.events.len() + parsed.samples.len()) as u64);
+    }
+}
+
+async fn ingest_ndjson(
+    ctx: &Ctx,
+    principal: Arc<Principal>,
+    req: Request<Incoming>,
+) -> Result<Response<LiveBody>, HttpError> {
+    check_rate(ctx, Some(&principal))?;
+    let _permit = ingest_permit(ctx).await?;
+    let hub = &ctx.hub;
+    let mut body = read_body(hub, req).await?;
+    let parsed = ingest::parse_ndjson(&mut body, &mut hub.builder(), now_secs());
+    drop(body);
+    charge(Some(&principal), &parsed);
+    publish_batch(hub, parsed).await
+}
+
+/// `POST /api/telemetry/webhook`. With `webhook-key` set, the signature authenticates
+/// Stalwart (and `principal` is `None`); without one, the caller was authorized for `ingest`.
+async fn webhook(
+    ctx: &Ctx,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    principal: Option<Arc<Principal>>,
+) -> Result<Response<LiveBody>, HttpError> {
+    let hub = &ctx.hub;
+    let ip = conn.peer.ip();
+    if principal.is_none() {
+        if let Some(wait) = ctx.security.failures.locked(ip) {
+            bump(&hub.ingest.auth_locked);
+            return Err(HttpError::TooMany {
+                detail: "too many failed authentications from this address".into(),
+                retry_after: wait.as_secs().max(1),
+            });
+        }
+    }
+    check_rate(ctx, principal.as_deref())?;
     let sig = req.headers().get("x-signature").map(|v| v.as_bytes().to_vec());
-    let key = hub.config.webhook_key.clone();
-    if key.is_none() {
-        admin(&hub, &req)?;
-    }
-    if !hub.is_accepting() {
-        return Err(HttpError::Busy(PublishError::ShuttingDown));
-    }
-    let mut body = read_body(&hub, req).await?;
-    if let Some(key) = key {
-        auth::verify_signature(sig.as_deref(), &key, &body).map_err(|e| {
-            hub.ingest.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _permit = ingest_permit(ctx).await?;
+    let mut body = read_body(hub, req).await?;
+    if let Some(key) = &hub.config.webhook_key {
+        auth::verify_signature(sig.as_deref(), key, &body).map_err(|e| {
+            bump(&hub.ingest.auth_failures);
+            ctx.security.failures.fail(ip);
             HttpError::Unauthorized(e)
         })?;
     }
     let parsed =
         ingest::parse_webhook(&mut body, &mut hub.builder(), now_secs()).map_err(HttpError::BadBody)?;
-    publish_batch(&hub, parsed).await
+    drop(body);
+    charge(principal.as_deref(), &parsed);
+    publish_batch(hub, parsed).await
 }

@@ -1,9 +1,16 @@
-//! The listener: accepts TCP connections, serves HTTP/1.1 and h2c with hyper, and runs a hub.
+//! The listener: accepts TCP connections (plain or TLS), applies the connection-level limits,
+//! serves HTTP/1.1 and HTTP/2 with hyper, and runs a hub.
 //!
-//! [`Server::start`] is what `main` and the integration tests call: it builds the hub, binds,
-//! starts the event sources, the stalled-subscriber reaper, the metrics scrapers and the
-//! ingest-rate tick, and returns the bound address.
+//! [`Server::start`] is what `main` and the integration tests call: it builds the hub and the
+//! access rules, binds, starts the event sources, the stalled-subscriber reaper, the metrics
+//! scrapers and the ingest-rate tick, and returns the bound address. [`Server::reload`] is what
+//! SIGHUP does: re-read the TLS files and the live-token key file.
 
+use super::limits::{first_bytes, ConnLimiter, ConnRefused, TimedIo};
+use super::tls::TlsReloader;
+use super::{ConnInfo, Ctx};
+use crate::auth::Security;
+use crate::config::memory::{H2_CONN_WINDOW, H2_SEND_BUF, H2_STREAMS, H2_STREAM_WINDOW};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ingest::{demo::DemoSource, socket::SocketSource, Source};
@@ -11,27 +18,49 @@ use crate::subscriber::ConnHandle;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// A running livetap server.
 pub struct Server {
     /// The pipeline.
     pub hub: Arc<Hub>,
-    /// The address the HTTP listener is bound to.
+    /// Principals, live tokens, failure limiter.
+    pub security: Arc<Security>,
+    /// The address the listener is bound to.
     pub addr: SocketAddr,
+    tls: Option<Arc<TlsReloader>>,
     accept: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The TLS certificate and key were read again.
+    pub tls: bool,
+    /// The live-token key changed (every token issued before is now invalid).
+    pub token_key_changed: bool,
 }
 
 impl Server {
     /// Builds the hub from `config`, binds the listener and starts serving.
     pub async fn start(config: Config, admin_token: String) -> std::io::Result<Server> {
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(TlsReloader::new(files)?)),
+            None => None,
+        };
+        if tls.is_none() && !config.listen.ip().is_loopback() {
+            tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address (allow-plain-http)");
+        }
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let hub = Hub::start(config, admin_token)?;
+        let hub = Hub::start(config, admin_token.clone())?;
+        let security = Arc::new(Security::build(&hub.config, &admin_token, &hub.keys)?);
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         if let Some(path) = &hub.config.ingest_socket {
             sources.push(Box::new(SocketSource::bind(path)?));
@@ -50,8 +79,26 @@ impl Server {
             tracing::info!(url = %hub.config.scrape[i].url, "scraping into the live metrics");
             tasks.push(tokio::spawn(crate::metrics::scrape::run(hub.clone(), i)));
         }
-        let accept = tokio::spawn(accept_loop(hub.clone(), listener));
-        Ok(Server { hub, addr, accept, tasks })
+        let ctx = Arc::new(Ctx::new(hub.clone(), security.clone()));
+        let accept = tokio::spawn(accept_loop(ctx, listener, tls.clone()));
+        Ok(Server { hub, security, addr, tls, accept, tasks })
+    }
+
+    /// True when the listener speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Re-reads the TLS certificate and key (new connections use them) and the live-token key
+    /// file. On error nothing of the failing part changes.
+    pub fn reload(&self) -> std::io::Result<Reloaded> {
+        let mut r = Reloaded { tls: false, token_key_changed: false };
+        if let Some(tls) = &self.tls {
+            tls.reload()?;
+            r.tls = true;
+        }
+        r.token_key_changed = self.security.tokens.reload()?;
+        Ok(r)
     }
 
     /// Graceful shutdown (see [`Hub::shutdown`]); returns once streams are closed.
@@ -92,8 +139,16 @@ async fn rate_tick(hub: Arc<Hub>) {
     }
 }
 
-async fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
+/// Connections being refused at once, at most; past this, refused sockets are closed without
+/// an answer, so a flood cannot pile up refusal tasks.
+const MAX_REFUSING: usize = 256;
+
+async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, tls: Option<Arc<TlsReloader>>) {
+    let hub = ctx.hub.clone();
     let mut shutdown = hub.shutdown_signal();
+    let c = &hub.config;
+    let limiter = ConnLimiter::new(c.max_connections, c.max_connections_per_ip, c.exempt_networks());
+    let refusing = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -107,33 +162,127 @@ async fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
             },
             _ = shutdown.changed() => return,
         };
-        let _ = stream.set_nodelay(true);
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            let conn_handle = Arc::new(ConnHandle::default());
-            let svc = {
-                let hub = hub.clone();
-                let conn_handle = conn_handle.clone();
-                service_fn(move |req| super::handle(hub.clone(), conn_handle.clone(), req))
-            };
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .writev(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .max_buf_size(64 * 1024);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let guard = match limiter.acquire(peer.ip()) {
+            Ok(g) => g,
+            Err(why) => {
+                hub.ingest.connections_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, %why, "connection refused");
+                if tls.is_none() {
+                    if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                        tokio::spawn(async move {
+                            refuse(stream, why).await;
+                            drop(permit);
+                        });
                     }
                 }
-                _ = conn_handle.killed() => {
-                    tracing::info!(%peer, "connection closed by the hub");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let hub = &ctx.hub;
+            hub.ingest.connections.fetch_add(1, Ordering::Relaxed);
+            let header_timeout = Duration::from_secs(hub.config.header_timeout_secs);
+            let write_timeout = Duration::from_secs(hub.config.write_timeout_secs);
+            match tls {
+                Some(tls) => {
+                    let acceptor = tls.acceptor();
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve(&ctx, TimedIo::new(s, write_timeout, hub.clone()), peer, Some(h2)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => {
+                    if first_bytes(&stream, header_timeout).await.is_ok() {
+                        serve(&ctx, TimedIo::new(stream, write_timeout, hub.clone()), peer, None).await;
+                    }
                 }
             }
+            hub.ingest.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(guard);
         });
+    }
+}
+
+/// Answers a refused connection with a JSON `503`, then reads (and drops) what the client sent
+/// for a moment so that closing does not reset the connection before the answer is read.
+async fn refuse(mut stream: TcpStream, why: ConnRefused) {
+    let (status, retry) = match why {
+        ConnRefused::Total(_) => ("503 Service Unavailable", 1),
+        ConnRefused::PerIp(_) => ("429 Too Many Requests", 5),
+    };
+    let body = serde_json::json!({"error": "too many connections", "detail": why.to_string()}).to_string();
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: {retry}\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let work = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => total += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
+}
+
+/// Serves one connection with hyper; `h2` is the protocol ALPN chose (`None`: detect it).
+async fn serve<I>(ctx: &Arc<Ctx>, io: I, peer: SocketAddr, h2: Option<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let c = &ctx.hub.config;
+    let handle = Arc::new(ConnHandle::default());
+    let conn = Arc::new(ConnInfo { peer, handle: handle.clone() });
+    let svc = {
+        let ctx = ctx.clone();
+        service_fn(move |req| super::handle(ctx.clone(), conn.clone(), req))
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .writev(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(c.header_timeout_secs))
+        .max_buf_size(c.http1_buffer())
+        .max_headers(128);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_STREAMS)
+        .max_header_list_size((c.max_header_bytes + c.max_url_bytes) as u32)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .max_send_buf_size(H2_SEND_BUF)
+        .keep_alive_interval(Some(Duration::from_secs(c.ping_interval_secs)))
+        .keep_alive_timeout(Duration::from_secs(c.write_timeout_secs));
+    let builder = match h2 {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = handle.killed() => {
+            tracing::info!(%peer, "connection closed by the hub");
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod spans;
 use crate::event::Event;
 use crate::metrics::{EventCounter, MetricsRegistry};
 use crate::ring::{Consumer, Ring};
+use crate::subscriber::replay::ReplayLog;
 use crate::subscriber::{Push, Registry};
 use index::{CompiledIndex, Scratch};
 use spans::SpanTable;
@@ -56,6 +57,8 @@ pub struct MatcherConfig {
     pub max_spans: usize,
     /// Span-follow entries idle longer than this expire.
     pub span_ttl: Duration,
+    /// The replay log that thread 0 appends every event to, in order (for resuming streams).
+    pub replay: Option<Arc<ReplayLog>>,
 }
 
 /// Counters of one matcher thread.
@@ -99,7 +102,11 @@ impl MatcherPool {
             let st = Arc::new(MatcherStats::default());
             stats.push(st.clone());
             let stop = stop.clone();
-            let config = config.clone();
+            let mut config = config.clone();
+            if i != 0 {
+                // One writer keeps the log in sequence order without coordination.
+                config.replay = None;
+            }
             let counter = metrics.event_counter(i);
             let t = std::thread::Builder::new()
                 .name(format!("livetap-match-{i}"))
@@ -152,12 +159,17 @@ fn run(
     let mut spans = SpanTable::new(config.max_spans, config.span_ttl.as_millis() as u64);
     let mut last_sweep = 0u64;
     let mut to_wake: Vec<u32> = Vec::new();
+    let mut kept: Vec<Arc<Event>> = Vec::new();
     loop {
         let (idx, limit) = load_consistent(&shard, consumer.ring());
         let now = clock.now_ms();
         let mut deliveries = 0u64;
         let mut drops = 0u64;
+        let first = consumer.cursor();
         let n = consumer.consume(limit, config.batch, |seq, ev| {
+            if config.replay.is_some() {
+                kept.push(ev.clone());
+            }
             // Live metrics: this thread counts its sequence-number share of the events.
             counter.observe(seq, ev);
             idx.begin(&mut scratch);
@@ -181,6 +193,12 @@ fn run(
                 }
             }
         });
+        if let Some(log) = &config.replay {
+            // Appended once per batch, before the wakes: a resuming subscriber waits until the
+            // log has reached its start position, so it never waits on a sleeping writer.
+            log.append(first, &kept, now);
+            kept.clear();
+        }
         // One wake per subscriber per batch, after the batch: a subscriber matched by several
         // events of the batch costs one cross-thread notification, and its writer finds all of
         // them queued when it runs.

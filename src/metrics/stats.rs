@@ -15,8 +15,22 @@ pub struct IngestStats {
     pub rejected: AtomicU64,
     /// Batches refused because the ring was full (HTTP 503).
     pub refused_batches: AtomicU64,
-    /// Webhook or ingest requests refused for authentication.
+    /// Requests refused for authentication (bad or missing credentials, tokens, signatures).
     pub auth_failures: AtomicU64,
+    /// Requests refused because their source address had too many failed authentications.
+    pub auth_locked: AtomicU64,
+    /// Ingest requests refused for their principal's ingest rate (429).
+    pub rate_limited: AtomicU64,
+    /// Requests refused for a size cap (URL, header fields, body).
+    pub limit_refusals: AtomicU64,
+    /// Ingest bodies that did not arrive within `body-timeout-secs`.
+    pub request_timeouts: AtomicU64,
+    /// Connections dropped because a write stayed blocked for `write-timeout-secs`.
+    pub write_timeouts: AtomicU64,
+    /// Connections open now.
+    pub connections: AtomicU64,
+    /// Connections refused by `max-connections` or `max-connections-per-ip`.
+    pub connections_refused: AtomicU64,
 }
 
 impl IngestStats {
@@ -38,6 +52,20 @@ pub struct StatsSnapshot {
     pub refused_batches: u64,
     /// Authentication failures.
     pub auth_failures: u64,
+    /// Requests refused while their source address was locked out for failed authentications.
+    pub auth_locked: u64,
+    /// Ingest requests refused for their principal's rate (429).
+    pub rate_limited: u64,
+    /// Requests refused for a size cap (URL, header fields, body).
+    pub limit_refusals: u64,
+    /// Ingest bodies not received within the body timeout.
+    pub request_timeouts: u64,
+    /// Connections dropped for a blocked write.
+    pub write_timeouts: u64,
+    /// Open connections.
+    pub connections: u64,
+    /// Connections refused by the connection caps.
+    pub connections_refused: u64,
     /// Events matched by every matcher thread (the ring's tail).
     pub matched: u64,
     /// Events queued to subscribers (summed over subscribers).

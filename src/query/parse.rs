@@ -130,6 +130,12 @@ pub struct ParsedQuery {
     pub follow: bool,
     /// A live token (`?token=`), for browsers that cannot send headers.
     pub token: Option<String>,
+    /// `last-event-id=`: resume after this event id, for clients that cannot send the
+    /// `Last-Event-ID` header.
+    pub last_event_id: Option<u64>,
+    /// `since=`: start the stream with the retained events created at or after this time
+    /// (Unix seconds, from an RFC 3339 value or a number).
+    pub since: Option<i64>,
 }
 
 /// Shared state of one parse: where to look keys up, the limits, and the terms counted so far.
@@ -184,7 +190,8 @@ pub fn parse_pairs(query: &str, keys: &KeyRegistry, limits: &Limits) -> Result<P
         return Err(err("", limits.max_query_bytes, format!("at most {} bytes", limits.max_query_bytes)));
     }
     let mut ctx = Ctx { keys, limits, terms: 0 };
-    let mut out = ParsedQuery { expr: Expr::True, follow: true, token: None };
+    let mut out =
+        ParsedQuery { expr: Expr::True, follow: true, token: None, last_event_id: None, since: None };
     // Per field, in order of first appearance: positive terms (ORed) and negated ones (ANDed).
     let mut groups: Vec<(Field, Vec<Expr>, Vec<Expr>)> = Vec::new();
     let mut exprs = Vec::new();
@@ -205,6 +212,21 @@ pub fn parse_pairs(query: &str, keys: &KeyRegistry, limits: &Limits) -> Result<P
                 out.token = Some(value.into_owned());
                 continue;
             }
+            "last-event-id" => {
+                out.last_event_id = Some(value.parse().map_err(|_| err(&name, 0, "an event id (digits)"))?);
+                continue;
+            }
+            "since" => {
+                let raw = match value.parse::<i64>() {
+                    Ok(n) => crate::event::RawValue::Int(n),
+                    Err(_) => crate::event::RawValue::Str(value.clone()),
+                };
+                out.since = Some(
+                    crate::event::encode::parse_timestamp(&raw)
+                        .ok_or_else(|| err(&name, 0, "an RFC 3339 time such as 2026-11-21T10:00:00Z"))?,
+                );
+                continue;
+            }
             "q" => {
                 let e = parse_q(&mut ctx, "q", &value)?;
                 if e != Expr::True {
@@ -220,7 +242,7 @@ pub fn parse_pairs(query: &str, keys: &KeyRegistry, limits: &Limits) -> Result<P
                     return Err(err(
                         param,
                         0,
-                        "a known key (such as remote-ip) or one of filter, event, level, q, follow, token",
+                        "a known key (such as remote-ip) or one of filter, event, level, q, follow, token, last-event-id, since",
                     ));
                 };
                 if value.is_empty() {

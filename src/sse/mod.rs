@@ -10,6 +10,7 @@
 //! after the idle interval, and ends cleanly at shutdown once the queue is empty.
 
 use crate::subscriber::registry::Subscription;
+use crate::subscriber::replay::Resume;
 use crate::subscriber::Item;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
@@ -176,6 +177,8 @@ pub struct SseBody {
     items: Vec<Item>,
     head: BytesMut,
     prelude: Option<Bytes>,
+    /// Missed events (and a gap notice) of a resuming stream, sent before the live queue.
+    resume: Option<Resume>,
     done: bool,
 }
 
@@ -196,8 +199,19 @@ impl SseBody {
             head: BytesMut::new(),
             // A comment line first, so clients see the stream open before the first event.
             prelude: Some(Bytes::from_static(b": livetap stream open\nretry: 2000\n\n")),
+            resume: None,
             done: false,
         }
+    }
+
+    /// Sends `resume` (a gap notice, then the missed events) before the live events. The
+    /// live queue holds only events from the subscription's start on, and the replay only
+    /// events before it, so the stream stays in order without duplicates.
+    pub fn with_resume(mut self, resume: Resume) -> SseBody {
+        if resume.gap.is_some() || !resume.items.is_empty() {
+            self.resume = Some(resume);
+        }
+        self
     }
 }
 
@@ -215,6 +229,26 @@ impl Body for SseBody {
         }
         if let Some(p) = this.prelude.take() {
             return Poll::Ready(Some(Ok(Frame::data(SseChunk::single(p)))));
+        }
+        if let Some(resume) = &mut this.resume {
+            let mut chunk = SseChunk::default();
+            if let Some(gap) = resume.gap.take() {
+                chunk.push(Bytes::from(format!("event: gap\ndata: {gap}\n\n")));
+            }
+            let n = resume.items.len().min(MAX_EVENTS_PER_FRAME);
+            if n > 0 {
+                this.items.clear();
+                this.items.extend(resume.items.drain(..n));
+                if this.head.capacity() < 256 {
+                    this.head.reserve(4096);
+                }
+                chunk.append_items(&this.items, &mut this.head);
+                this.items.clear();
+            }
+            if resume.items.is_empty() {
+                this.resume = None;
+            }
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let sub = &this.subscription.sub;
         // Register before looking, so a push between the look and the return wakes us.

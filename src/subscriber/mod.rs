@@ -9,6 +9,7 @@
 //! Nothing here blocks: ingest and the other subscribers never wait for a slow one.
 
 pub mod registry;
+pub mod replay;
 
 use crate::matcher::plan::Plan;
 use crate::query::ast::Expr;

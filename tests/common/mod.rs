@@ -624,3 +624,87 @@ pub async fn wait_stats(addr: SocketAddr, what: &str, mut pred: impl FnMut(&Valu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Resident memory of this process (the in-process server included), from /proc/self/statm.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("resident pages");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(4096) as u64
+}
+
+/// Raises this process's open-file soft limit to its hard limit (many-connection tests);
+/// returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur
+    }
+}
+
+impl SseClient {
+    /// Like [`SseClient::connect`], with arbitrary request headers (no bearer token added).
+    pub async fn connect_with(addr: SocketAddr, pq: &str, headers: &[(&str, &str)]) -> SseClient {
+        let fut = async {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let mut req = format!("GET {pq} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+            for (k, v) in headers {
+                req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            req.push_str("\r\n");
+            stream.write_all(req.as_bytes()).await.expect("send request");
+            Self::read_answer(stream).await
+        };
+        tokio::time::timeout(DEADLINE, fut).await.expect("SSE answer within the safety deadline")
+    }
+
+    /// Reads the status and headers of an answer on `stream` (the request was sent).
+    async fn read_answer(mut stream: TcpStream) -> SseClient {
+        let mut buf = Vec::new();
+        let mut tmp = vec![0u8; 16 * 1024];
+        let (status, headers, start) = loop {
+            if let Some(h) = parse_head(&buf) {
+                break h;
+            }
+            let n = stream.read(&mut tmp).await.expect("read head");
+            assert!(n > 0, "connection closed before the response head: {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        let chunked =
+            headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        let mut c = SseClient {
+            status,
+            headers,
+            error_body: None,
+            stream,
+            chunked,
+            dechunker: Dechunker::default(),
+            data: Vec::new(),
+            eof: false,
+            comments: 0,
+        };
+        let rest = buf[start..].to_vec();
+        c.ingest_raw(&rest);
+        if status != 200 {
+            let len = c.header("content-length").and_then(|v| v.parse::<usize>().ok());
+            loop {
+                let complete =
+                    if c.chunked { c.dechunker.done } else { len.is_some_and(|l| c.data.len() >= l) };
+                if complete || c.eof {
+                    break;
+                }
+                c.read_more().await;
+            }
+            c.error_body = Some(std::mem::take(&mut c.data));
+        }
+        c
+    }
+}

@@ -1,0 +1,232 @@
+//! Connection-level limits: the caps on open connections (overall and per source address), the
+//! write timeout that drops a client that stops reading, and the deadline for a plain-TCP
+//! client's first bytes.
+//!
+//! These act below HTTP, on the socket, so they hold for every route and both HTTP versions.
+
+use crate::auth::ratelimit::{in_net, ip_key};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnRefused {
+    /// `max-connections` are open.
+    #[error("too many connections (at most {0})")]
+    Total(usize),
+    /// `max-connections-per-ip` are open from this address.
+    #[error("too many connections from this address (at most {0})")]
+    PerIp(usize),
+}
+
+/// Counts open connections, overall and per source address.
+#[derive(Debug)]
+pub struct ConnLimiter {
+    max: usize,
+    per_ip: usize,
+    exempt: Vec<(IpAddr, u8)>,
+    total: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// An open connection's place; released when dropped.
+#[derive(Debug)]
+pub struct ConnGuard {
+    limiter: Arc<ConnLimiter>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.limiter.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            let mut m = self.limiter.by_ip.lock();
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl ConnLimiter {
+    /// At most `max` connections, `per_ip` per address outside the `exempt` networks.
+    pub fn new(max: usize, per_ip: usize, exempt: Vec<(IpAddr, u8)>) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            max,
+            per_ip,
+            exempt,
+            total: AtomicUsize::new(0),
+            by_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Takes a place for a connection from `ip`.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, ConnRefused> {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(ConnRefused::Total(self.max));
+        }
+        let mut guard = ConnGuard { limiter: self.clone(), ip: None };
+        if !self.exempt.iter().any(|(net, len)| in_net(ip, *net, *len)) {
+            let key = ip_key(ip);
+            let mut m = self.by_ip.lock();
+            let n = m.entry(key).or_insert(0);
+            if *n >= self.per_ip {
+                drop(m);
+                return Err(ConnRefused::PerIp(self.per_ip));
+            }
+            *n += 1;
+            guard.ip = Some(key);
+        }
+        Ok(guard)
+    }
+}
+
+/// A stream whose writes may not stay blocked longer than `timeout`: a client that stops
+/// reading (its receive window and our send buffer full) gets a `TimedOut` error, which makes
+/// hyper drop the connection. Reads are not timed (an SSE client sends nothing for hours).
+pub struct TimedIo<T> {
+    inner: T,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    hub: Arc<crate::hub::Hub>,
+}
+
+impl<T> TimedIo<T> {
+    /// Wraps `inner`; each timeout is counted in `hub`'s statistics.
+    pub fn new(inner: T, timeout: Duration, hub: Arc<crate::hub::Hub>) -> TimedIo<T> {
+        TimedIo { inner, timeout, timer: None, armed: false, hub }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if r.is_ready() {
+            self.armed = false;
+            return r;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        if !self.armed {
+            self.armed = true;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let timer = self.timer.as_mut().expect("armed above");
+        if timer.as_mut().poll(cx).is_ready() {
+            self.armed = false;
+            self.hub.ingest.write_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")));
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, r)
+    }
+}
+
+/// Waits until a plain-TCP client has sent enough to tell HTTP/1.1 from HTTP/2 (hyper's
+/// version sniffing has no deadline of its own), or fails after `timeout`.
+pub async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> io::Result<()> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let wait = async {
+        let mut buf = [0u8; 24];
+        loop {
+            stream.readable().await?;
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            // Enough once the bytes are not the preface's beginning, or are all of it.
+            if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
+                return Ok(());
+            }
+            // A partial preface: wait a moment for the rest rather than spinning on peek.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no request")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_overall_and_per_ip() {
+        let l = ConnLimiter::new(3, 2, vec![("127.0.0.0".parse().unwrap(), 8)]);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let g1 = l.acquire(a).unwrap();
+        let _g2 = l.acquire(a).unwrap();
+        assert_eq!(l.acquire(a).unwrap_err(), ConnRefused::PerIp(2));
+        let _g3 = l.acquire("127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(l.acquire("127.0.0.1".parse().unwrap()).unwrap_err(), ConnRefused::Total(3));
+        drop(g1);
+        assert_eq!(l.open(), 2);
+        assert!(l.acquire(a).is_ok());
+    }
+}

@@ -1,0 +1,141 @@
+//! Resumable live streams over real HTTP: a reconnect with the last seen id gets exactly the
+//! missed events that match its filter, in order, then live ones; `since=` starts from a time;
+//! what is no longer retained is announced with an `event: gap` frame, never lost silently.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const LIVE: &str = "/api/telemetry/traces/live";
+
+fn ev(n: u64) -> Value {
+    let ip = if n % 2 == 1 { "10.0.0.1" } else { "10.0.0.2" };
+    json!({"type": "smtp.ehlo", "data": {"n": n, "remoteIp": ip}})
+}
+
+async fn ingest_range(addr: std::net::SocketAddr, ns: std::ops::RangeInclusive<u64>) -> Value {
+    let events: Vec<Value> = ns.map(ev).collect();
+    ingest_ok(addr, &events).await
+}
+
+fn ns(events: &[Value]) -> Vec<u64> {
+    field(events, "n").iter().map(|v| v.as_u64().expect("n is a number")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_after_id_gets_exactly_the_missed_matching_events() {
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let filter = "remote-ip=10.0.0.1";
+    let mut a = SseClient::connect(addr, &format!("{LIVE}?{filter}"), Some(TOKEN)).await;
+    ingest_range(addr, 1..=10).await;
+    let first = a.collect(5, DEADLINE).await;
+    assert_eq!(ns(&first.events), [1, 3, 5, 7, 9]);
+    let last_id = *first.ids.last().expect("frames carry ids");
+    drop(a);
+
+    // Missed while disconnected: 11..=20, of which the odd ones match.
+    ingest_range(addr, 11..=20).await;
+    let mut b =
+        SseClient::connect(addr, &format!("{LIVE}?{filter}&last-event-id={last_id}"), Some(TOKEN)).await;
+    assert_eq!(b.status, 200);
+    ingest_range(addr, 21..=24).await;
+    let got = b.collect(7, DEADLINE).await;
+    assert_eq!(ns(&got.events), [11, 13, 15, 17, 19, 21, 23], "replay then live, in order, once each");
+    assert!(got.ids.windows(2).all(|w| w[0] < w[1]), "frame ids increase: {:?}", got.ids);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_starts_from_a_time() {
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let events: Vec<Value> = (1..=6)
+        .map(|n| json!({"type": "smtp.ehlo", "createdAt": format!("2026-11-21T10:00:0{n}Z"), "data": {"n": n}}))
+        .collect();
+    ingest_ok(addr, &events).await;
+    let mut s = SseClient::connect(addr, &format!("{LIVE}?since=2026-11-21T10:00:04Z"), Some(TOKEN)).await;
+    assert_eq!(s.status, 200);
+    let got = s.collect(3, DEADLINE).await;
+    assert_eq!(ns(&got.events), [4, 5, 6]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_frame_announces_what_is_no_longer_retained() {
+    // Room for only a few events: the rest of the 50 fall out of the replay log.
+    let server = start_server(|c| c.replay_bytes = 2_000).await;
+    let addr = server.addr;
+    ingest_range(addr, 1..=50).await;
+    wait_stats(addr, "all 50 matched", |s| s["matched"] == 50).await;
+    let mut s = SseClient::connect(addr, &format!("{LIVE}?last-event-id=0"), Some(TOKEN)).await;
+    let gap = s.next_frame(DEADLINE).await.expect("a first frame");
+    assert_eq!(gap.event, "gap", "{gap:?}");
+    let g: Value = serde_json::from_str(&gap.data).unwrap();
+    let resumed_after = g["resumedAfter"].as_u64().expect("resumedAfter");
+    assert_eq!(g["lastEventId"], 0);
+    assert_eq!(g["missed"].as_u64(), Some(resumed_after));
+    assert!(resumed_after > 0 && resumed_after < 50, "{g}");
+    // Every retained event follows, exactly once: ids are sequence + 1, and n = id here.
+    let left = (50 - resumed_after) as usize;
+    let got = s.collect(left, DEADLINE).await;
+    let want: Vec<u64> = (resumed_after + 1..=50).collect();
+    assert_eq!(ns(&got.events), want);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replay_off_a_resume_is_all_gap() {
+    let server = start_server(|c| c.replay_bytes = 0).await;
+    let addr = server.addr;
+    ingest_range(addr, 1..=4).await;
+    wait_stats(addr, "matched", |s| s["matched"] == 4).await;
+    let mut s = SseClient::connect(addr, &format!("{LIVE}?last-event-id=1"), Some(TOKEN)).await;
+    let gap = s.next_frame(DEADLINE).await.expect("a first frame");
+    assert_eq!(gap.event, "gap");
+    let g: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(
+        (g["lastEventId"].as_u64(), g["resumedAfter"].as_u64(), g["missed"].as_u64()),
+        (Some(1), Some(4), Some(3))
+    );
+    // Live events still flow after the notice.
+    ingest_range(addr, 5..=5).await;
+    assert_eq!(ns(&s.collect(1, DEADLINE).await.events), [5]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_resume_parameters_are_400s() {
+    let server = start_server(|_| {}).await;
+    for (q, param) in [("last-event-id=abc", "last-event-id"), ("since=yesterday", "since")] {
+        let s = SseClient::connect(server.addr, &format!("{LIVE}?{q}"), Some(TOKEN)).await;
+        assert_eq!(s.status, 400, "{q}");
+        assert_eq!(s.error_json()["parameter"], param, "{q}");
+    }
+    server.shutdown().await;
+}
+
+/// What a browser does: `EventSource` reconnects on its own and sends the last `id:` as the
+/// `Last-Event-ID` header, which takes precedence over the parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_event_id_header_resumes_like_eventsource() {
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let answer = ingest_range(addr, 1..=6).await;
+    let third = answer["firstId"].as_u64().unwrap() + 2;
+    let auth = format!("Bearer {TOKEN}");
+    let mut s = SseClient::connect_with(
+        addr,
+        &format!("{LIVE}?last-event-id=1"),
+        &[("Authorization", &auth), ("Last-Event-ID", &third.to_string())],
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert_eq!(
+        ns(&s.collect(3, DEADLINE).await.events),
+        [4, 5, 6],
+        "after the header's id, not the parameter's"
+    );
+    server.shutdown().await;
+}
