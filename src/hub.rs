@@ -12,12 +12,16 @@ use crate::matcher::{Clock, MatcherConfig, MatcherPool, MatcherStats};
 use crate::metrics::own::own_values;
 use crate::metrics::query::NameFilter;
 use crate::metrics::{IngestStats, MetricValue, MetricsRegistry, StatsSnapshot, SubscriberStats};
+use crate::ring::lease::{SeqLease, LEASE_BLOCK};
 use crate::ring::{Ring, RingError};
 use crate::sse::Closing;
+use crate::store::sqlite::SqliteStore;
+use crate::store::writer::HistoryWriter;
+use crate::store::{History, HistoryStore};
 use crate::subscriber::replay::ReplayLog;
 use crate::subscriber::Registry;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +63,14 @@ pub struct Hub {
     pub closing: Arc<Closing>,
     /// The live metrics: event counters (fed by the matcher threads), gauges, histograms.
     pub metrics: Arc<MetricsRegistry>,
+    /// The history database, for queries (`None` when history is off or has no data dir).
+    pub history_store: Option<Arc<SqliteStore>>,
+    /// The history writer, fed by matcher thread 0 and the metric sampler.
+    pub history_writer: Option<Arc<HistoryWriter>>,
+    /// The on-disk reservation of event ids (with a data directory).
+    lease: Mutex<Option<SeqLease>>,
+    /// The first id not reserved on disk (`u64::MAX` without a data directory).
+    reserved: AtomicU64,
     accepting: AtomicBool,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
     /// Turns `true` once everything accepted was matched, when live metrics streams end.
@@ -71,13 +83,40 @@ impl Hub {
     /// Builds the pipeline and starts the matcher threads and the index builder.
     pub fn start(config: Config, admin_token: String) -> std::io::Result<Arc<Hub>> {
         let threads = config.effective_matcher_threads();
-        let (ring, consumers) = Ring::new(config.ring_capacity, threads);
-        let registry = Registry::new(threads, config.max_subscribers, config.subscriber_queue, ring.clone())?;
         let (catalogue, keys) = Catalogue::with_keys(1024);
         for k in &config.keys {
             let kind = KeyKind::from_name(&k.kind).unwrap_or(KeyKind::String);
             keys.register(&k.name, kind);
         }
+        // History first: its next sequence number is where the ring starts, so event ids stay
+        // unique and increasing across restarts and a resume can reach into what is stored.
+        let history = match config.history.resolve_path(config.data_dir.as_deref()) {
+            Some(path) => {
+                let h = History::open(&path, &config.history, &keys).map_err(std::io::Error::other)?;
+                Some(h)
+            }
+            None => None,
+        };
+        let start_seq = match &history {
+            Some(h) => h.store.next_seq().map_err(std::io::Error::other)?,
+            None => 0,
+        };
+        // With a data directory, ids are leased on disk so they stay unique across restarts
+        // and crashes, including ids of events the history did not keep.
+        let (lease, start_seq) = match config.data_dir.as_deref() {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let (mut lease, start) = SeqLease::open(dir, start_seq)?;
+                lease.extend(start)?;
+                (Some(lease), start)
+            }
+            None => (None, start_seq),
+        };
+        let reserved = AtomicU64::new(lease.as_ref().map_or(u64::MAX, |l| l.reserved()));
+        let history_store = history.as_ref().map(|h| h.store.clone());
+        let history_writer = history.map(|h| Arc::new(h.writer));
+        let (ring, consumers) = Ring::starting_at(config.ring_capacity, threads, start_seq);
+        let registry = Registry::new(threads, config.max_subscribers, config.subscriber_queue, ring.clone())?;
         let clock = Clock::new();
         let replay = Arc::new(ReplayLog::new(config.replay_limits()));
         let metrics = MetricsRegistry::new(&catalogue, &keys, threads, config.max_metrics);
@@ -90,6 +129,7 @@ impl Hub {
                 max_spans: config.max_spans,
                 span_ttl: Duration::from_secs(config.span_ttl_secs),
                 replay: Some(replay.clone()),
+                history: history_writer.clone(),
             },
             clock,
             &metrics,
@@ -106,6 +146,10 @@ impl Hub {
             ring,
             registry,
             replay,
+            history_store,
+            history_writer,
+            lease: Mutex::new(lease),
+            reserved,
             ingest: IngestStats::default(),
             clock,
             closing: Arc::new(Closing::default()),
@@ -152,6 +196,10 @@ impl Hub {
         if !self.is_accepting() {
             return Err(PublishError::ShuttingDown);
         }
+        let n = events.len() as u64;
+        if self.ring.head().saturating_add(n + LEASE_BLOCK / 2) > self.reserved.load(Ordering::Acquire) {
+            self.extend_lease(n)?;
+        }
         let mut it = events.iter();
         match self.ring.try_publish(events.len(), |_| it.next().cloned().expect("one per slot")) {
             Ok(first) => {
@@ -160,6 +208,27 @@ impl Hub {
             }
             Err(RingError::Full { .. }) => Err(PublishError::Busy),
             Err(RingError::TooLarge { wanted, .. }) => Err(PublishError::TooLarge(wanted)),
+        }
+    }
+
+    /// Moves the on-disk id reservation ahead of the ring head plus `n`: one small synced
+    /// write per half block (~500,000 events), made by whichever producer gets there first.
+    #[cold]
+    fn extend_lease(&self, n: u64) -> Result<(), PublishError> {
+        let mut g = self.lease.lock();
+        let Some(lease) = g.as_mut() else { return Ok(()) };
+        // Producers may publish concurrently: reserve past anything they could claim now.
+        let head = self.ring.head().saturating_add(n + self.ring.capacity());
+        match lease.extend(head) {
+            Ok(()) => {
+                self.reserved.store(lease.reserved(), Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                // Without a reservation an id could repeat after a restart: refuse instead.
+                tracing::error!(error = %e, "cannot reserve event ids in the data directory");
+                Err(PublishError::Busy)
+            }
         }
     }
 
@@ -249,6 +318,11 @@ impl Hub {
         }
         if let Some(pool) = self.matchers.lock().take() {
             pool.stop();
+        }
+        if let Some(w) = &self.history_writer {
+            // Everything matched was offered to the writer; write it before the process ends.
+            let w = w.clone();
+            let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
         }
     }
 }

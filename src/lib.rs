@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod query;
 pub mod ring;
 pub mod sse;
+pub mod store;
 pub mod subscriber;
 
 pub use config::Config;

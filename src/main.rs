@@ -1,6 +1,7 @@
 //! The `livetap` command line: parse flags, load the config, run the server until a signal
 //! (SIGHUP reloads the TLS files and the live-token key); `livetap hash-password` prints the
-//! Argon2 hash of a password for a `[[principal]]`.
+//! Argon2 hash of a password for a `[[principal]]`; `livetap history …` queries the stored
+//! history and prints tables or JSON.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -70,11 +71,227 @@ struct Cli {
     allow_plain_http: bool,
 }
 
+// Parsed once per process, so the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print the Argon2 hash of a password (read from standard input, or asked for on a
     /// terminal) for `password-hash` in a `[[principal]]`.
     HashPassword,
+    /// Query the history kept in the data directory (works while the server runs).
+    History {
+        /// The data directory holding `history.sqlite3` (default: `data-dir` of `--config`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The database file itself, instead of a data directory.
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        what: HistoryCommand,
+    },
+}
+
+/// What `livetap history` lists. Times are RFC 3339 (`2026-11-01T00:00:00Z`), a date
+/// (`2026-11-01`), or Unix seconds, as in the HTTP API.
+#[derive(Subcommand, Debug)]
+enum HistoryCommand {
+    /// Stored traces (spans with a queue id), newest first.
+    Traces {
+        /// First event type of the span.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Queue id.
+        #[arg(long)]
+        queue_id: Option<String>,
+        /// Keywords matched against from, to, domain, hostname and remote IP.
+        #[arg(long)]
+        filter: Option<String>,
+        /// A domain (the same keyword search as `--filter`).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only traces that started at or after this time.
+        #[arg(long)]
+        after: Option<String>,
+        /// Only traces that started before this time.
+        #[arg(long)]
+        before: Option<String>,
+        /// Page, from 1.
+        #[arg(long)]
+        page: Option<usize>,
+        /// Traces per page.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Every stored event of one trace (span id from `livetap history traces`).
+    Trace {
+        /// The span id.
+        id: u64,
+    },
+    /// Stored metric samples.
+    Metrics {
+        /// Names or globs (`queue.*`); none means all.
+        names: Vec<String>,
+        /// Samples at or after this time.
+        #[arg(long)]
+        after: Option<String>,
+        /// Samples before this time.
+        #[arg(long)]
+        before: Option<String>,
+        /// Page, from 1.
+        #[arg(long)]
+        page: Option<usize>,
+        /// Samples per page.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+/// Runs `livetap history …` against the database file directly (SQLite in WAL mode lets it
+/// read while a server writes).
+fn history(
+    config_path: Option<&std::path::Path>,
+    data_dir: Option<PathBuf>,
+    db: Option<PathBuf>,
+    json: bool,
+    what: HistoryCommand,
+) -> anyhow::Result<()> {
+    use livetap::store::{write_json_array, HistoryStore, MetricQuery, SqliteStore, TraceQuery};
+    let path = match db {
+        Some(p) => p,
+        None => {
+            let config = Config::load(config_path, Overrides { data_dir, ..Overrides::default() })?;
+            config
+                .history
+                .resolve_path(config.data_dir.as_deref())
+                .context("no history database: pass --data-dir DIR or --db FILE")?
+        }
+    };
+    anyhow::ensure!(path.exists(), "no history database at {}", path.display());
+    let store = SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // The same parameter parsing as the HTTP API, so both answer the same way.
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    let mut add = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            q.append_pair(k, &v);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match what {
+        HistoryCommand::Traces { event_type, queue_id, filter, domain, after, before, page, limit } => {
+            let keywords = [filter, domain].into_iter().flatten().collect::<Vec<_>>().join(" ");
+            add("type", event_type);
+            add("queue_id", queue_id);
+            add("filter", (!keywords.is_empty()).then_some(keywords));
+            add("after", after);
+            add("before", before);
+            add("page", page.map(|p| p.to_string()));
+            add("limit", limit.map(|l| l.to_string()));
+            let page = store.traces(&TraceQuery::from_query_string(&q.finish())?)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &livetap::store::Data { data: &page })?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            let rows = page.items.iter().map(|t| {
+                let v = serde_json::to_value(t).unwrap_or_default();
+                let s = |k: &str| v[k].as_str().map(str::to_owned).unwrap_or_else(|| v[k].to_string());
+                [s("id"), s("startedAt"), s("type"), s("queueId"), s("events")]
+            });
+            table(&mut out, ["SPAN", "STARTED", "FIRST EVENT", "QUEUE ID", "EVENTS"], rows)?;
+            writeln!(out, "{} of {} traces", page.items.len(), page.total)?;
+        }
+        HistoryCommand::Trace { id } => {
+            let events = store.trace(id)?;
+            anyhow::ensure!(!events.is_empty(), "no stored trace {id}");
+            let mut body = Vec::new();
+            write_json_array(&events, &mut body);
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "data": list }))?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            let rows = list.iter().map(|e| {
+                let data = e["data"].as_object().map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_owned)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                });
+                [
+                    e["createdAt"].as_str().unwrap_or("").to_owned(),
+                    e["level"].as_str().unwrap_or("").to_owned(),
+                    e["type"].as_str().unwrap_or("").to_owned(),
+                    data.unwrap_or_default(),
+                ]
+            });
+            table(&mut out, ["CREATED", "LEVEL", "TYPE", "DATA"], rows)?;
+        }
+        HistoryCommand::Metrics { names, after, before, page, limit } => {
+            add("metrics", (!names.is_empty()).then(|| names.join(",")));
+            add("after", after);
+            add("before", before);
+            add("page", page.map(|p| p.to_string()));
+            add("limit", limit.map(|l| l.to_string()));
+            let page = store.metrics(&MetricQuery::from_query_string(&q.finish())?)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &livetap::store::Data { data: &page })?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            let rows = page.items.iter().map(|p| {
+                let v = serde_json::to_value(p).unwrap_or_default();
+                let value = match (v.get("value"), v.get("count")) {
+                    (Some(x), _) => x.to_string(),
+                    (None, Some(c)) => format!("count={c} sum={}", v["sum"]),
+                    _ => String::new(),
+                };
+                [
+                    v["timestamp"].as_str().map_or(v["timestamp"].to_string(), str::to_owned),
+                    v["id"].as_str().unwrap_or("").to_owned(),
+                    v["type"].as_str().unwrap_or("").to_owned(),
+                    value,
+                ]
+            });
+            table(&mut out, ["TIME", "METRIC", "KIND", "VALUE"], rows)?;
+            writeln!(out, "{} of {} samples", page.items.len(), page.total)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn table<const N: usize>(
+    out: &mut impl Write,
+    header: [&str; N],
+    rows: impl Iterator<Item = [String; N]>,
+) -> std::io::Result<()> {
+    let rows: Vec<[String; N]> = rows.collect();
+    let mut width = header.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |out: &mut dyn Write, cells: &[&str]| -> std::io::Result<()> {
+        let mut text = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 < N {
+                text.push_str(&format!("{c:<w$}  ", w = width[i]));
+            } else {
+                text.push_str(c);
+            }
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(out, &header)?;
+    for r in &rows {
+        line(out, &r.iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
+    Ok(())
 }
 
 /// Reads the password: one line from standard input, or twice from the terminal with echo off.
@@ -123,11 +340,17 @@ fn prompt(label: &str) -> anyhow::Result<String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::HashPassword) = cli.command {
-        let password = read_password()?;
-        let hash = livetap::auth::password::hash_password(&password)?;
-        println!("{hash}");
-        return Ok(());
+    match cli.command {
+        Some(Command::HashPassword) => {
+            let password = read_password()?;
+            let hash = livetap::auth::password::hash_password(&password)?;
+            println!("{hash}");
+            return Ok(());
+        }
+        Some(Command::History { data_dir, db, json, what }) => {
+            return history(cli.config.as_deref(), data_dir.or(cli.data_dir), db, json, what);
+        }
+        None => {}
     }
     let overrides = Overrides {
         listen: cli.listen,

@@ -222,6 +222,8 @@ pub struct Config {
     pub principal: Vec<PrincipalConfig>,
     /// TLS for the listener (`[tls]`); without it, plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// `[history]`: the embedded event and metric history (SQLite in the data directory).
+    pub history: crate::store::HistoryConfig,
     /// Allow plain HTTP on a non-loopback address (logged as a warning).
     pub allow_plain_http: bool,
     /// Secret the live-token key is derived from (at least 32 characters); default: a random
@@ -300,6 +302,7 @@ impl Default for Config {
             scrape: Vec::new(),
             principal: Vec::new(),
             tls: None,
+            history: crate::store::HistoryConfig::default(),
             allow_plain_http: false,
             token_key: None,
             live_token_ttl_secs: 60,

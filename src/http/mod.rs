@@ -9,6 +9,7 @@
 //! the browser-origin rules.
 
 pub mod cors;
+mod history;
 pub mod limits;
 mod metrics;
 pub mod server;
@@ -95,6 +96,9 @@ pub enum HttpError {
     /// Something on livetap's side failed (500).
     #[error("internal error")]
     Internal(String),
+    /// The history API was asked for while no history store is open.
+    #[error("history is not enabled")]
+    HistoryOff,
 }
 
 #[derive(Serialize)]
@@ -126,6 +130,7 @@ impl HttpError {
             HttpError::Busy(PublishError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Busy(_) | HttpError::Subscribers(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::HistoryOff => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -152,6 +157,11 @@ impl HttpError {
             HttpError::Subscribers(e) => ("unavailable", e.to_string()),
             HttpError::Io(d) => ("bad request", d.clone()),
             HttpError::Internal(d) => ("internal error", d.clone()),
+            HttpError::HistoryOff => (
+                "unavailable",
+                "history is not enabled: start livetap with --data-dir (and keep [history] enabled)"
+                    .to_string(),
+            ),
         };
         // Query errors also say where in the parameter's value the problem is and what was
         // expected there, so a dashboard can point at it.
@@ -302,6 +312,9 @@ const ROUTES: &[(&str, Method, Access)] = &[
     // The webhook's permission applies only when no webhook key is set (else: X-Signature).
     ("/api/telemetry/webhook", Method::POST, Some((Permission::Ingest, None))),
     ("/api/livetap/stats", Method::GET, Some((Permission::Admin, None))),
+    ("/api/telemetry/traces", Method::GET, Some((Permission::History, None))),
+    ("/api/telemetry/trace/{id}", Method::GET, Some((Permission::History, None))),
+    ("/api/telemetry/metrics", Method::GET, Some((Permission::History, None))),
 ];
 
 fn allow_header(m: &Method) -> &'static str {
@@ -318,7 +331,12 @@ async fn route(
     req: Request<Incoming>,
 ) -> Result<Response<LiveBody>, HttpError> {
     check_head(ctx, &req)?;
-    let path = req.uri().path();
+    let full_path = req.uri().path().to_string();
+    // `/api/telemetry/trace/{id}` is the one route with a parameter in its path.
+    let path = match full_path.strip_prefix("/api/telemetry/trace/") {
+        Some(id) if !id.is_empty() && !id.contains('/') => "/api/telemetry/trace/{id}",
+        _ => full_path.as_str(),
+    };
     let Some((path, method, access)) = ROUTES.iter().find(|r| r.0 == path).cloned() else {
         return Err(HttpError::NotFound);
     };
@@ -357,6 +375,9 @@ async fn route(
         "/api/telemetry/ingest" => ingest_ndjson(ctx, principal(), req).await,
         "/api/telemetry/webhook" => webhook(ctx, conn, req, Some(principal())).await,
         "/api/livetap/stats" => Ok(json_ok(StatusCode::OK, &hub.stats())),
+        "/api/telemetry/traces" => history::traces(hub, req.uri().query().unwrap_or("")).await,
+        "/api/telemetry/trace/{id}" => history::trace(hub, &full_path["/api/telemetry/trace/".len()..]).await,
+        "/api/telemetry/metrics" => history::metrics(hub, req.uri().query().unwrap_or("")).await,
         _ => Err(HttpError::NotFound),
     }
 }

@@ -74,6 +74,9 @@ impl Server {
             tasks.push(tokio::spawn(s.run(hub.clone())));
         }
         tasks.push(tokio::spawn(reaper(hub.clone())));
+        if hub.history_writer.is_some() {
+            tasks.push(tokio::spawn(sample_metrics(hub.clone())));
+        }
         tasks.push(tokio::spawn(rate_tick(hub.clone())));
         for i in 0..hub.config.scrape.len() {
             tracing::info!(url = %hub.config.scrape[i].url, "scraping into the live metrics");
@@ -108,6 +111,27 @@ impl Server {
         for t in self.tasks {
             t.abort();
             let _ = t.await;
+        }
+    }
+}
+
+/// Hands every metric's current reading to the history writer every `metric-interval-secs`.
+async fn sample_metrics(hub: Arc<Hub>) {
+    let Some(writer) = hub.history_writer.clone() else { return };
+    let every = Duration::from_secs(hub.config.history.metric_interval_secs);
+    let mut shutdown = hub.shutdown_signal();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once; skip it so the first sample covers a whole interval.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let values = hub.metric_values(&crate::metrics::query::NameFilter::all());
+                let samples = values.iter().map(crate::store::MetricSample::from).collect();
+                writer.sample_metrics(crate::event::encode::now_secs(), samples);
+            }
+            _ = shutdown.changed() => return,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod spans;
 use crate::event::Event;
 use crate::metrics::{EventCounter, MetricsRegistry};
 use crate::ring::{Consumer, Ring};
+use crate::store::writer::HistoryWriter;
 use crate::subscriber::replay::ReplayLog;
 use crate::subscriber::{Push, Registry};
 use index::{CompiledIndex, Scratch};
@@ -59,6 +60,8 @@ pub struct MatcherConfig {
     pub span_ttl: Duration,
     /// The replay log that thread 0 appends every event to, in order (for resuming streams).
     pub replay: Option<Arc<ReplayLog>>,
+    /// The history writer that thread 0 offers every event to, in order (never blocking).
+    pub history: Option<Arc<HistoryWriter>>,
 }
 
 /// Counters of one matcher thread.
@@ -104,8 +107,9 @@ impl MatcherPool {
             let stop = stop.clone();
             let mut config = config.clone();
             if i != 0 {
-                // One writer keeps the log in sequence order without coordination.
+                // One writer keeps the log and the history in sequence order without coordination.
                 config.replay = None;
+                config.history = None;
             }
             let counter = metrics.event_counter(i);
             let t = std::thread::Builder::new()
@@ -167,7 +171,7 @@ fn run(
         let mut drops = 0u64;
         let first = consumer.cursor();
         let n = consumer.consume(limit, config.batch, |seq, ev| {
-            if config.replay.is_some() {
+            if config.replay.is_some() || config.history.is_some() {
                 kept.push(ev.clone());
             }
             // Live metrics: this thread counts its sequence-number share of the events.
@@ -197,8 +201,12 @@ fn run(
             // Appended once per batch, before the wakes: a resuming subscriber waits until the
             // log has reached its start position, so it never waits on a sleeping writer.
             log.append(first, &kept, now);
-            kept.clear();
         }
+        if let Some(w) = &config.history {
+            // A full history queue drops (counted by the writer); matching never waits for disk.
+            w.submit_batch(first, &kept);
+        }
+        kept.clear();
         // One wake per subscriber per batch, after the batch: a subscriber matched by several
         // events of the batch costs one cross-thread notification, and its writer finds all of
         // them queued when it runs.

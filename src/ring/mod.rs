@@ -12,6 +12,7 @@
 //! Consumers spin briefly and then park; producers unpark only consumers that said they
 //! sleep, so a busy pipeline makes no wake-up system calls.
 
+pub mod lease;
 use crossbeam_utils::CachePadded;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
@@ -70,12 +71,22 @@ unsafe impl<T: Send + Sync> Send for Ring<T> {}
 impl<T: Send + Sync> Ring<T> {
     /// A ring of `capacity` slots (rounded up to a power of two) read by `consumers` cursors.
     pub fn new(capacity: usize, consumers: usize) -> (std::sync::Arc<Ring<T>>, Vec<Consumer<T>>) {
+        Self::starting_at(capacity, consumers, 0)
+    }
+
+    /// [`Ring::new`] whose first sequence number is `start`, so ids stay unique and increasing
+    /// across restarts when earlier events were kept (the history store knows the next one).
+    pub fn starting_at(
+        capacity: usize,
+        consumers: usize,
+        start: u64,
+    ) -> (std::sync::Arc<Ring<T>>, Vec<Consumer<T>>) {
         let cap = capacity.max(2).next_power_of_two();
         let slots =
             (0..cap).map(|_| Slot { stamp: AtomicU64::new(0), value: UnsafeCell::new(None) }).collect();
         let gates = (0..consumers.max(1))
             .map(|_| Gate {
-                cursor: CachePadded::new(AtomicU64::new(0)),
+                cursor: CachePadded::new(AtomicU64::new(start)),
                 sleeping: AtomicBool::new(false),
                 thread: parking_lot::Mutex::new(None),
             })
@@ -83,12 +94,12 @@ impl<T: Send + Sync> Ring<T> {
         let ring = std::sync::Arc::new(Ring {
             slots,
             mask: cap as u64 - 1,
-            claim: CachePadded::new(AtomicU64::new(0)),
-            gate_cache: CachePadded::new(AtomicU64::new(0)),
+            claim: CachePadded::new(AtomicU64::new(start)),
+            gate_cache: CachePadded::new(AtomicU64::new(start)),
             gates,
         });
         let consumers =
-            (0..consumers.max(1)).map(|i| Consumer { ring: ring.clone(), index: i, cursor: 0 }).collect();
+            (0..consumers.max(1)).map(|i| Consumer { ring: ring.clone(), index: i, cursor: start }).collect();
         (ring, consumers)
     }
 
@@ -268,6 +279,22 @@ impl<T: Send + Sync> Consumer<T> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_ring_can_start_at_any_sequence() {
+        let start = 1_000_003;
+        let (ring, mut cons) = Ring::<u64>::starting_at(4, 1, start);
+        assert_eq!((ring.head(), ring.tail(), cons[0].cursor()), (start, start, start));
+        assert!(!cons[0].ready());
+        for round in 0..3u64 {
+            let first = ring.try_publish(4, |s| s).unwrap();
+            assert_eq!(first, start + 4 * round);
+            assert!(matches!(ring.try_publish(1, |s| s), Err(RingError::Full { .. })));
+            let mut seen = vec![];
+            cons[0].consume(ring.head(), 100, |s, v| seen.push((s, *v)));
+            assert_eq!(seen, (first..first + 4).map(|s| (s, s)).collect::<Vec<_>>());
+        }
+    }
 
     #[test]
     fn publish_consume_and_backpressure() {
