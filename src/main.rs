@@ -185,15 +185,10 @@ fn history(
             add("type", event_type);
             add("queue_id", queue_id);
             add("filter", (!keywords.is_empty()).then_some(keywords));
-            add("after", after);
-            add("before", before);
-            add("page", page.map(|p| p.to_string()));
-            add("limit", limit.map(|l| l.to_string()));
+            window(&mut add, after, before, page, limit);
             let page = store.traces(&TraceQuery::from_query_string(&q.finish())?)?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &livetap::store::Data { data: &page })?;
-                writeln!(out)?;
-                return Ok(());
+                return print_json(&mut out, &livetap::store::Data { data: &page });
             }
             let rows = page.items.iter().map(|t| {
                 let v = serde_json::to_value(t).unwrap_or_default();
@@ -210,9 +205,7 @@ fn history(
             write_json_array(&events, &mut body);
             let list: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "data": list }))?;
-                writeln!(out)?;
-                return Ok(());
+                return print_json(&mut out, &serde_json::json!({ "data": list }));
             }
             let rows = list.iter().map(|e| {
                 let data = e["data"].as_object().map(|m| {
@@ -232,15 +225,10 @@ fn history(
         }
         HistoryCommand::Metrics { names, after, before, page, limit } => {
             add("metrics", (!names.is_empty()).then(|| names.join(",")));
-            add("after", after);
-            add("before", before);
-            add("page", page.map(|p| p.to_string()));
-            add("limit", limit.map(|l| l.to_string()));
+            window(&mut add, after, before, page, limit);
             let page = store.metrics(&MetricQuery::from_query_string(&q.finish())?)?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &livetap::store::Data { data: &page })?;
-                writeln!(out)?;
-                return Ok(());
+                return print_json(&mut out, &livetap::store::Data { data: &page });
             }
             let rows = page.items.iter().map(|p| {
                 let v = serde_json::to_value(p).unwrap_or_default();
@@ -260,6 +248,27 @@ fn history(
             writeln!(out, "{} of {} samples", page.items.len(), page.total)?;
         }
     }
+    Ok(())
+}
+
+/// Adds the time window and paging parameters shared by the history lists.
+fn window(
+    add: &mut impl FnMut(&str, Option<String>),
+    after: Option<String>,
+    before: Option<String>,
+    page: Option<usize>,
+    limit: Option<usize>,
+) {
+    add("after", after);
+    add("before", before);
+    add("page", page.map(|p| p.to_string()));
+    add("limit", limit.map(|l| l.to_string()));
+}
+
+/// Prints the API's JSON answer, indented.
+fn print_json(out: &mut impl Write, v: &impl serde::Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, v)?;
+    writeln!(out)?;
     Ok(())
 }
 

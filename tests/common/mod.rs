@@ -370,45 +370,7 @@ impl SseClient {
         }
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).await.expect("send request");
-        let mut buf = Vec::new();
-        let mut tmp = vec![0u8; 16 * 1024];
-        let (status, headers, start) = loop {
-            if let Some(h) = parse_head(&buf) {
-                break h;
-            }
-            let n = stream.read(&mut tmp).await.expect("read head");
-            assert!(n > 0, "connection closed before the response head: {:?}", String::from_utf8_lossy(&buf));
-            buf.extend_from_slice(&tmp[..n]);
-        };
-        let chunked =
-            headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-        let mut c = SseClient {
-            status,
-            headers,
-            error_body: None,
-            stream,
-            chunked,
-            dechunker: Dechunker::default(),
-            data: Vec::new(),
-            eof: false,
-            comments: 0,
-        };
-        let rest = buf[start..].to_vec();
-        c.ingest_raw(&rest);
-        if status != 200 {
-            // Read the (small) error body completely.
-            let len = c.header("content-length").and_then(|v| v.parse::<usize>().ok());
-            loop {
-                let complete =
-                    if c.chunked { c.dechunker.done } else { len.is_some_and(|l| c.data.len() >= l) };
-                if complete || c.eof {
-                    break;
-                }
-                c.read_more().await;
-            }
-            c.error_body = Some(std::mem::take(&mut c.data));
-        }
-        c
+        Self::read_answer(stream).await
     }
 
     /// The first header named `name` (case-insensitive).
