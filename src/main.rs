@@ -112,18 +112,8 @@ enum HistoryCommand {
         /// A domain (the same keyword search as `--filter`).
         #[arg(long)]
         domain: Option<String>,
-        /// Only traces that started at or after this time.
-        #[arg(long)]
-        after: Option<String>,
-        /// Only traces that started before this time.
-        #[arg(long)]
-        before: Option<String>,
-        /// Page, from 1.
-        #[arg(long)]
-        page: Option<usize>,
-        /// Traces per page.
-        #[arg(long)]
-        limit: Option<usize>,
+        #[command(flatten)]
+        window: Window,
     },
     /// Every stored event of one trace (span id from `livetap history traces`).
     Trace {
@@ -134,19 +124,27 @@ enum HistoryCommand {
     Metrics {
         /// Names or globs (`queue.*`); none means all.
         names: Vec<String>,
-        /// Samples at or after this time.
-        #[arg(long)]
-        after: Option<String>,
-        /// Samples before this time.
-        #[arg(long)]
-        before: Option<String>,
-        /// Page, from 1.
-        #[arg(long)]
-        page: Option<usize>,
-        /// Samples per page.
-        #[arg(long)]
-        limit: Option<usize>,
+        #[command(flatten)]
+        window: Window,
     },
+}
+
+/// The time window and paging shared by the history lists (a trace's start, or a sample's
+/// time).
+#[derive(clap::Args, Debug)]
+struct Window {
+    /// Only items at or after this time.
+    #[arg(long)]
+    after: Option<String>,
+    /// Only items before this time.
+    #[arg(long)]
+    before: Option<String>,
+    /// Page, from 1.
+    #[arg(long)]
+    page: Option<usize>,
+    /// Items per page.
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 /// Runs `livetap history …` against the database file directly (SQLite in WAL mode lets it
@@ -180,12 +178,12 @@ fn history(
     };
     let mut out = std::io::stdout().lock();
     match what {
-        HistoryCommand::Traces { event_type, queue_id, filter, domain, after, before, page, limit } => {
+        HistoryCommand::Traces { event_type, queue_id, filter, domain, window: w } => {
             let keywords = [filter, domain].into_iter().flatten().collect::<Vec<_>>().join(" ");
             add("type", event_type);
             add("queue_id", queue_id);
             add("filter", (!keywords.is_empty()).then_some(keywords));
-            window(&mut add, after, before, page, limit);
+            window(&mut add, w);
             let page = store.traces(&TraceQuery::from_query_string(&q.finish())?)?;
             if json {
                 return print_json(&mut out, &livetap::store::Data { data: &page });
@@ -223,9 +221,9 @@ fn history(
             });
             table(&mut out, ["CREATED", "LEVEL", "TYPE", "DATA"], rows)?;
         }
-        HistoryCommand::Metrics { names, after, before, page, limit } => {
+        HistoryCommand::Metrics { names, window: w } => {
             add("metrics", (!names.is_empty()).then(|| names.join(",")));
-            window(&mut add, after, before, page, limit);
+            window(&mut add, w);
             let page = store.metrics(&MetricQuery::from_query_string(&q.finish())?)?;
             if json {
                 return print_json(&mut out, &livetap::store::Data { data: &page });
@@ -252,17 +250,11 @@ fn history(
 }
 
 /// Adds the time window and paging parameters shared by the history lists.
-fn window(
-    add: &mut impl FnMut(&str, Option<String>),
-    after: Option<String>,
-    before: Option<String>,
-    page: Option<usize>,
-    limit: Option<usize>,
-) {
-    add("after", after);
-    add("before", before);
-    add("page", page.map(|p| p.to_string()));
-    add("limit", limit.map(|l| l.to_string()));
+fn window(add: &mut impl FnMut(&str, Option<String>), w: Window) {
+    add("after", w.after);
+    add("before", w.before);
+    add("page", w.page.map(|p| p.to_string()));
+    add("limit", w.limit.map(|l| l.to_string()));
 }
 
 /// Prints the API's JSON answer, indented.

@@ -129,9 +129,7 @@ pub fn parse_ndjson_records(
     b: &mut EventBuilder<'_>,
     now: i64,
 ) -> ParsedBatch {
-    let mut out = ParsedBatch { accept_records: true, ..ParsedBatch::default() };
-    parse_into(&mut out, body, first_line, max_line, b, now);
-    out
+    parse_lines(true, body, first_line, max_line, b, now)
 }
 
 /// [`parse_ndjson`] numbering lines from `first_line` (for a stream read in pieces), and
@@ -144,7 +142,19 @@ pub fn parse_ndjson_from(
     b: &mut EventBuilder<'_>,
     now: i64,
 ) -> ParsedBatch {
-    let mut out = ParsedBatch::default();
+    parse_lines(false, body, first_line, max_line, b, now)
+}
+
+/// The two entry points above differ only in whether metric records are taken.
+fn parse_lines(
+    accept_records: bool,
+    body: &mut [u8],
+    first_line: usize,
+    max_line: Option<usize>,
+    b: &mut EventBuilder<'_>,
+    now: i64,
+) -> ParsedBatch {
+    let mut out = ParsedBatch { accept_records, ..ParsedBatch::default() };
     parse_into(&mut out, body, first_line, max_line, b, now);
     out
 }
