@@ -18,7 +18,7 @@ use crate::sse::Closing;
 use crate::store::sqlite::SqliteStore;
 use crate::store::writer::HistoryWriter;
 use crate::store::{History, HistoryStore};
-use crate::subscriber::replay::ReplayLog;
+use crate::subscriber::replay::{OlderEvents, ReplayLog};
 use crate::subscriber::Registry;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -118,7 +118,7 @@ impl Hub {
         let (ring, consumers) = Ring::starting_at(config.ring_capacity, threads, start_seq);
         let registry = Registry::new(threads, config.max_subscribers, config.subscriber_queue, ring.clone())?;
         let clock = Clock::new();
-        let replay = Arc::new(ReplayLog::new(config.replay_limits()));
+        let replay = Arc::new(ReplayLog::starting_at(config.replay_limits(), start_seq));
         let metrics = MetricsRegistry::new(&catalogue, &keys, threads, config.max_metrics);
         let pool = MatcherPool::start(
             ring.clone(),
@@ -160,9 +160,15 @@ impl Hub {
         }))
     }
 
+    /// The history store as a resume's source of events older than the replay log (`None`
+    /// without a history).
+    pub fn older_events(self: &Arc<Self>) -> Option<Arc<dyn OlderEvents>> {
+        self.history_store.is_some().then(|| self.clone() as Arc<dyn OlderEvents>)
+    }
+
     /// A builder for events, reading this hub's catalogue and keys.
     pub fn builder(&self) -> EventBuilder<'_> {
-        EventBuilder::new(&self.catalogue, &self.keys)
+        EventBuilder::new(&self.catalogue, &self.keys).with_max_bytes(self.config.max_event_bytes)
     }
 
     /// True until shutdown begins.
@@ -266,6 +272,7 @@ impl Hub {
             write_timeouts: self.ingest.write_timeouts.load(Ordering::Relaxed),
             connections: self.ingest.connections.load(Ordering::Relaxed),
             connections_refused: self.ingest.connections_refused.load(Ordering::Relaxed),
+            idle_closed: self.ingest.idle_closed.load(Ordering::Relaxed),
             subscribers: subs.len(),
             metric_streams: self.metrics.streams(),
             ring_capacity: self.ring.capacity(),
@@ -276,6 +283,7 @@ impl Hub {
             index_rebuild_max_micros: self.registry.rebuild_stats.max_micros.load(Ordering::Relaxed),
             ..Default::default()
         };
+        s.history = self.history_writer.as_ref().map(|w| w.stats());
         // Every matcher thread reads every event, so "matched" is how far the slowest got.
         s.matched = self.ring.tail();
         for m in &self.matcher_stats {
@@ -324,5 +332,48 @@ impl Hub {
             let w = w.clone();
             let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
         }
+    }
+}
+
+/// A resume reads what the replay log no longer holds from the history store: the stored
+/// bytes, rebuilt into events so the subscriber's own index matches them.
+impl OlderEvents for Hub {
+    fn page(&self, from: u64, until: u64, limit: usize) -> Vec<(u64, Event)> {
+        let Some(store) = &self.history_store else { return Vec::new() };
+        let stored = match store.events_since_seq(from, limit) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "resume: cannot read history");
+                return Vec::new();
+            }
+        };
+        let mut b = self.builder();
+        stored
+            .iter()
+            .take_while(|e| e.seq < until)
+            .filter_map(|e| match e.to_event(&mut b) {
+                Ok(ev) => Some((e.seq, ev)),
+                Err(err) => {
+                    tracing::warn!(seq = e.seq, error = %err, "resume: a stored event does not rebuild");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn floor_for_newest(&self, from: u64, until: u64, n: usize) -> Option<u64> {
+        let store = self.history_store.as_ref()?;
+        store.floor_for_newest(from, until, n).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "resume: cannot read history");
+            None
+        })
+    }
+
+    fn first_since(&self, time: i64) -> Option<u64> {
+        let store = self.history_store.as_ref()?;
+        store.first_seq_at_or_after(time).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "resume: cannot read history");
+            None
+        })
     }
 }

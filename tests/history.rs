@@ -447,6 +447,14 @@ fn resume_helpers_read_stored_events_after_a_sequence_number() {
     assert_eq!(next.iter().map(|e| e.seq).collect::<Vec<_>>(), want[4..]);
     assert!(h.store.events_since_seq(1_000, 10).unwrap().is_empty());
 
+    // The floor of a bounded resume: the oldest of the newest n stored in a range.
+    let in_range: Vec<u64> = stored.iter().copied().filter(|s| (2..40).contains(s)).collect();
+    assert!(in_range.len() > 3, "{in_range:?}");
+    let n = in_range.len() - 2;
+    assert_eq!(h.store.floor_for_newest(2, 40, n).unwrap(), Some(in_range[2]));
+    assert_eq!(h.store.floor_for_newest(2, 40, in_range.len()).unwrap(), None);
+    assert_eq!(h.store.floor_for_newest(2, 40, 0).unwrap(), None);
+
     // since=: the first stored event created at or after a time.
     let t = livetap::store::parse_time("since", "2026-11-02T00:00:00Z").unwrap();
     assert_eq!(h.store.first_seq_at_or_after(t).unwrap(), Some(seqs[1][0]));
@@ -517,6 +525,9 @@ impl HistoryStore for GatedStore {
         limit: usize,
     ) -> Result<Vec<livetap::store::StoredEvent>, StoreError> {
         self.inner.events_since_seq(from, limit)
+    }
+    fn floor_for_newest(&self, from: u64, until: u64, n: usize) -> Result<Option<u64>, StoreError> {
+        self.inner.floor_for_newest(from, until, n)
     }
     fn first_seq_at_or_after(&self, t: i64) -> Result<Option<u64>, StoreError> {
         self.inner.first_seq_at_or_after(t)

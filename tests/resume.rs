@@ -139,3 +139,103 @@ async fn the_last_event_id_header_resumes_like_eventsource() {
     );
     server.shutdown().await;
 }
+
+/// Waits until the history store holds `n` events (the writer flushes every few milliseconds).
+async fn stored(server: &livetap::http::server::Server, n: u64) {
+    let store = server.hub.history_store.as_ref().expect("history is on");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    use livetap::store::HistoryStore;
+    while store.stats().unwrap().events < n {
+        assert!(tokio::time::Instant::now() < deadline, "history did not store {n} events");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A hub with a small replay log (a few events) and a history that keeps `keep`.
+async fn with_history(dir: &std::path::Path, keep: &str) -> livetap::http::server::Server {
+    let (dir, keep) = (dir.to_path_buf(), keep.to_string());
+    start_server(move |c| {
+        c.replay_bytes = 2_000;
+        c.data_dir = Some(dir);
+        c.history.flush_interval_ms = 5;
+        c.history.keep = Some(keep);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_older_than_memory_reads_the_history_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_history(dir.path(), "event=smtp.ehlo").await;
+    let addr = server.addr;
+    ingest_range(addr, 1..=60).await;
+    stored(&server, 60).await;
+    let (mem_start, held, _) = server.hub.replay.usage();
+    assert!(mem_start > 10 && held < 20, "the log holds only the newest few: {mem_start} {held}");
+
+    // Everything is in the store, so the resume is complete: no gap frame, the 30 odd events
+    // in order (disk first, then memory, then live), each exactly once.
+    let mut s =
+        SseClient::connect(addr, &format!("{LIVE}?remote-ip=10.0.0.1&last-event-id=0"), Some(TOKEN)).await;
+    assert_eq!(s.status, 200);
+    ingest_range(addr, 61..=62).await;
+    let first = s.next_frame(DEADLINE).await.expect("a first frame");
+    assert_eq!(first.event, "trace", "no gap frame: {first:?}");
+    let mut events: Vec<Value> = serde_json::from_str(&first.data).unwrap();
+    let got = s.collect(31 - events.len(), DEADLINE).await;
+    events.extend(got.events);
+    let want: Vec<u64> = (1..=61).step_by(2).collect();
+    assert_eq!(ns(&events), want);
+    assert_increasing(&got.ids);
+
+    // since= before the memory log starts also reads the store.
+    let t0 = events[0]["createdAt"].as_str().unwrap().to_string();
+    let mut s = SseClient::connect(addr, &format!("{LIVE}?event=smtp.ehlo&since={t0}"), Some(TOKEN)).await;
+    let got = s.collect(62, DEADLINE).await;
+    assert_eq!(ns(&got.events), (1..=62).collect::<Vec<_>>());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_history_did_not_keep_is_announced_and_a_restart_resumes_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_history(dir.path(), "remote-ip=10.0.0.1").await;
+    let addr = server.addr;
+    ingest_range(addr, 1..=60).await;
+    stored(&server, 30).await;
+    let (mem_start, _, _) = server.hub.replay.usage();
+
+    // The store kept only the odd events; an unfiltered resume from 0 gets them from disk,
+    // then everything the log holds, after a gap frame counting the even ones not kept.
+    let mut s = SseClient::connect(addr, &format!("{LIVE}?last-event-id=0"), Some(TOKEN)).await;
+    let gap = s.next_frame(DEADLINE).await.expect("a first frame");
+    assert_eq!(gap.event, "gap", "{gap:?}");
+    let g: Value = serde_json::from_str(&gap.data).unwrap();
+    let odd_on_disk = (1..=mem_start).filter(|n| n % 2 == 1).count() as u64;
+    assert_eq!(g["lastEventId"], 0);
+    assert_eq!(g["resumedAfter"].as_u64(), Some(mem_start), "{g}");
+    assert_eq!(g["fromHistory"].as_u64(), Some(odd_on_disk), "{g}");
+    assert_eq!(g["missed"].as_u64(), Some(mem_start - odd_on_disk), "{g}");
+    let want: Vec<u64> = (1..=mem_start).filter(|n| n % 2 == 1).chain(mem_start + 1..=60).collect();
+    let got = s.collect(want.len(), DEADLINE).await;
+    assert_eq!(ns(&got.events), want);
+    drop(s);
+    server.shutdown().await;
+
+    // After a restart the log is empty and ids continue; a client that saw id 10 before the
+    // restart resumes from the store: every kept event after it, with the gap counted.
+    let server = with_history(dir.path(), "remote-ip=10.0.0.1").await;
+    let addr = server.addr;
+    let mut s = SseClient::connect(addr, &format!("{LIVE}?last-event-id=10"), Some(TOKEN)).await;
+    let gap = s.next_frame(DEADLINE).await.expect("a first frame");
+    assert_eq!(gap.event, "gap", "{gap:?}");
+    let g: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(g["fromHistory"].as_u64(), Some(25), "odd events 11..=59 are stored: {g}");
+    let got = s.collect(25, DEADLINE).await;
+    assert_eq!(ns(&got.events), (11..=59).step_by(2).collect::<Vec<_>>());
+    // Live events follow with ids past the old run's.
+    let next = ingest_range(addr, 61..=61).await;
+    assert!(next["lastId"].as_u64().unwrap() > 60);
+    assert_eq!(ns(&s.collect(1, DEADLINE).await.events), [61]);
+    server.shutdown().await;
+}

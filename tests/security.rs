@@ -405,6 +405,17 @@ async fn oversized_malformed_and_strange_requests() {
     let r = ingest(addr, &bad_utf8).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!((r.json()["accepted"].as_u64(), r.json()["rejected"].as_u64()), (Some(1), Some(2)));
+    // One event over `max-event-bytes` (64 KiB) among good ones: it alone is rejected, with
+    // its line and the reason, and the others are accepted.
+    let mut mixed = b"{\"type\":\"auth.success\"}\n".to_vec();
+    mixed.extend_from_slice(
+        format!("{{\"type\":\"auth.success\",\"details\":\"{}\"}}\n", "d".repeat(70_000)).as_bytes(),
+    );
+    mixed.extend_from_slice(b"{\"type\":\"auth.failed\"}\n");
+    let r = ingest(addr, &mixed).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((r.json()["accepted"].as_u64(), r.json()["rejected"].as_u64()), (Some(2), Some(1)));
+    assert!(r.text().contains("max-event-bytes"), "{}", r.text());
     let deep = format!(
         "{{\"type\":\"auth.success\",\"data\":{{\"x\":{}1{}}}}}\n",
         "[".repeat(100_000),
@@ -454,9 +465,10 @@ async fn oversized_malformed_and_strange_requests() {
         request(addr, "GET", "/api/telemetry/traces/live?%ff%fe=1", &[("Authorization", &auth)], b"").await;
     assert_eq!(r.status, 400);
 
-    // Paths outside the API, odd methods, odd request lines.
+    // Paths outside the API (`/` and `/assets/…` are the dashboard's), odd methods, odd
+    // request lines.
     for path in [
-        "/",
+        "/assets/../../etc/passwd",
         "/api",
         "/api/",
         "/../../etc/passwd",

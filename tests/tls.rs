@@ -158,3 +158,96 @@ fn plain_http_only_on_loopback_unless_allowed() {
     std::fs::write(&p, "listen = \"0.0.0.0:7443\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n").unwrap();
     assert!(Config::load(Some(&p), Overrides::default()).is_ok());
 }
+
+/// An HTTP/2 client connection over TLS: the request sender and the connection task, which
+/// ends when the server closes the connection.
+async fn h2_client(
+    addr: SocketAddr,
+    ca: &[u8],
+) -> (hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>, tokio::task::JoinHandle<()>)
+{
+    let s = connect(addr, ca, &[b"h2"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(std::time::Duration::from_millis(200))
+        .handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    (
+        send,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    )
+}
+
+fn h2_get(path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get(format!("https://localhost{path}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connection_caps_answer_and_idle_http2_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_cert(dir.path());
+    let tls = TlsConfig { cert: dir.path().join("cert.pem"), key: dir.path().join("key.pem") };
+    let server = start_server(|c| {
+        c.tls = Some(tls.clone());
+        c.header_timeout_secs = 1;
+        c.max_connections_per_ip = 2;
+        c.per_ip_exempt = Vec::new();
+    })
+    .await;
+    let addr = server.addr;
+
+    // Two connections hold the address's two places with live streams (requests in flight).
+    let (mut send_a, conn_a) = h2_client(addr, &ca).await;
+    let live_a = send_a.send_request(h2_get("/api/telemetry/traces/live?event=auth.success")).await.unwrap();
+    assert_eq!(live_a.status(), 200);
+    let mut body_a = live_a.into_body();
+    let (mut send_b, _conn_b) = h2_client(addr, &ca).await;
+    let live_b = send_b.send_request(h2_get("/api/telemetry/traces/live")).await.unwrap();
+    assert_eq!(live_b.status(), 200);
+
+    // A third connection is refused with an answer, in the HTTP version ALPN chose.
+    let answer = http1_get(connect(addr, &ca, &[b"http/1.1"]).await, "/healthz").await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 5"), "{answer}");
+    assert!(answer.contains("\"error\":\"too many connections\""), "{answer}");
+    let (mut send_c, _conn_c) = h2_client(addr, &ca).await;
+    let refused = send_c.send_request(h2_get("/healthz")).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("too many connections from this address"));
+    assert!(server.hub.stats().connections_refused >= 2);
+
+    // Free one place; the stream on the other connection outlives the idle limit (1 s) because
+    // its request is in flight, and still carries events.
+    drop(live_b);
+    drop(send_b);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(!conn_a.is_finished(), "a connection with a live stream was closed as idle");
+    ingest_https(addr, &ca, &[json!({"type": "auth.success", "data": {"accountName": "kept"}})]).await;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !text.contains("kept") {
+        let frame =
+            tokio::time::timeout_at(deadline, body_a.frame()).await.expect("a frame").unwrap().unwrap();
+        if let Ok(d) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+
+    // An HTTP/2 connection with nothing in flight is closed after the idle limit, although its
+    // client answers pings (hyper's client does).
+    let (mut send_d, conn_d) = h2_client(addr, &ca).await;
+    assert_eq!(send_d.send_request(h2_get("/healthz")).await.unwrap().status(), 200);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), conn_d).await;
+    assert!(closed.is_ok(), "an idle HTTP/2 connection stayed open");
+    assert!(server.hub.stats().idle_closed >= 1);
+    drop(body_a);
+    server.shutdown().await;
+}

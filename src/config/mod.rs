@@ -188,6 +188,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Longest accepted NDJSON line on the Unix socket, in bytes.
     pub max_line_bytes: usize,
+    /// Largest event accepted, measured as its serialised JSON; larger ones are rejected one by
+    /// one with a reason, whatever path they came in by. It bounds the `E` of the memory
+    /// formula (`Config::memory_bound`).
+    pub max_event_bytes: usize,
     /// How long an HTTP ingest waits for ring space before answering 503.
     pub ingest_wait_ms: u64,
     /// Seconds without traffic before a `ping` frame.
@@ -285,6 +289,7 @@ impl Default for Config {
             max_subscribers: 10_000,
             max_body_bytes: 8 << 20,
             max_line_bytes: 1 << 20,
+            max_event_bytes: 64 << 10,
             ingest_wait_ms: 250,
             ping_interval_secs: 30,
             stall_timeout_secs: 30,
@@ -420,6 +425,9 @@ impl Config {
         }
         if self.max_line_bytes < 256 {
             return bad("max-line-bytes", "must be at least 256");
+        }
+        if self.max_event_bytes < 512 {
+            return bad("max-event-bytes", "must be at least 512");
         }
         if self.ping_interval_secs == 0 {
             return bad("ping-interval-secs", "must be at least 1");

@@ -132,6 +132,9 @@ pub enum BuildError {
     /// The JSON text itself is malformed.
     #[error("malformed JSON: {0}")]
     Json(String),
+    /// The event's serialised JSON is longer than `max-event-bytes`.
+    #[error("event larger than {0} bytes (max-event-bytes)")]
+    TooLarge(usize),
 }
 
 /// Most keys accepted in one event's `data`.
@@ -149,6 +152,8 @@ pub struct EventBuilder<'c> {
     /// A snapshot of the key registry and its version: one atomic load per event checks it,
     /// instead of an `arc-swap` load per key.
     key_table: (Arc<keys::KeyTable>, u64),
+    /// Largest serialised event accepted (`max-event-bytes`).
+    max_bytes: usize,
 }
 
 impl<'c> EventBuilder<'c> {
@@ -163,7 +168,15 @@ impl<'c> EventBuilder<'c> {
             fields: SmallVec::new(),
             ts_cache: (i64::MIN, [0; 20]),
             key_table: keys.snapshot(),
+            max_bytes: usize::MAX,
         }
+    }
+
+    /// Rejects events whose serialised JSON is longer than `max` bytes
+    /// ([`BuildError::TooLarge`]).
+    pub fn with_max_bytes(mut self, max: usize) -> Self {
+        self.max_bytes = max;
+        self
     }
 
     /// Builds one event from a producer object (`{"type", "createdAt"?, "level"?, "text"?,
@@ -277,6 +290,11 @@ impl<'c> EventBuilder<'c> {
             collect_match(v, key, &mut self.canon, &mut self.fields, &mut self.search, 0);
         }
         out.extend_from_slice(b"}}");
+        if out.len() > self.max_bytes {
+            // Checked on the output because that is what every later stage holds in memory
+            // (ring, queues, replay log, history), whatever the input's whitespace or escapes.
+            return Err(BuildError::TooLarge(self.max_bytes));
+        }
 
         Ok(Event {
             kind: info.name,
@@ -439,6 +457,22 @@ mod tests {
             let raw = RawValue::parse_serde(text.as_bytes()).unwrap();
             assert_eq!(&b.build(&raw, 0).unwrap_err(), want, "{text}");
         }
+    }
+
+    #[test]
+    fn the_size_cap_counts_the_serialised_json() {
+        let (c, k) = setup();
+        let mut b = EventBuilder::new(&c, &k).with_max_bytes(600);
+        let fits = format!(r#"{{"type":"auth.success","details":"{}"}}"#, "x".repeat(400));
+        let raw = RawValue::parse_serde(fits.as_bytes()).unwrap();
+        let ev = b.build(&raw, 0).unwrap();
+        assert!(ev.json.len() <= 600);
+        // 400 bytes of details fit; 600 do not once the envelope livetap writes is added.
+        let big = format!(r#"{{"type":"auth.success","details":"{}"}}"#, "x".repeat(600));
+        let raw = RawValue::parse_serde(big.as_bytes()).unwrap();
+        assert_eq!(b.build(&raw, 0).unwrap_err(), BuildError::TooLarge(600));
+        // The builder is reusable after a rejection.
+        assert!(b.build(&RawValue::parse_serde(br#"{"type":"a"}"#).unwrap(), 0).is_ok());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Connection-level limits: the caps on open connections (overall and per source address), the
-//! write timeout that drops a client that stops reading, and the deadline for a plain-TCP
-//! client's first bytes.
+//! write timeout that drops a client that stops reading, the deadline for a plain-TCP
+//! client's first bytes, and the idle timeout of a connection with no request in flight.
 //!
 //! These act below HTTP, on the socket, so they hold for every route and both HTTP versions.
 
@@ -212,6 +212,111 @@ pub async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> i
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no request")))
 }
 
+/// Requests in flight on one connection, and since when it has had none. HTTP/2 keeps a
+/// connection open as long as the client answers pings, so without this a client could hold a
+/// connection place forever by opening it and sending nothing; HTTP/1 keep-alive is closed by
+/// the same rule.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds after `epoch` when `in_flight` last fell to zero.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Activity {
+    /// Counts a request until the returned guard is dropped (its handler was dropped, or its
+    /// response body was sent or abandoned).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// How long the connection has had no request in flight (`None` while it has one).
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight() > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst));
+        Some(self.epoch.elapsed().saturating_sub(since))
+    }
+
+    /// Resolves once the connection has had no request in flight for `limit`.
+    pub async fn idle_past(&self, limit: Duration) {
+        loop {
+            let wait = match self.idle_for() {
+                Some(idle) if idle >= limit => return,
+                Some(idle) => limit - idle,
+                // A request in flight (a live stream, typically): look again later; a
+                // stream ending resets the idle clock, so this only delays the check.
+                None => limit,
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+        }
+    }
+}
+
+/// One request's place in its connection's [`Activity`].
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        // Stamp before the count falls, so a watcher that sees zero never reads an old stamp.
+        a.idle_since_ms.store(a.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] place until it is dropped.
+pub struct Tracked<B> {
+    body: B,
+    _flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    /// Wraps `body`, keeping `flight` alive as long as it.
+    pub fn new(body: B, flight: InFlight) -> Self {
+        Tracked { body, _flight: flight }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +333,21 @@ mod tests {
         drop(g1);
         assert_eq!(l.open(), 2);
         assert!(l.acquire(a).is_ok());
+    }
+
+    #[tokio::test]
+    async fn idle_clock_runs_only_without_requests_in_flight() {
+        let a = Arc::new(Activity::default());
+        let limit = Duration::from_millis(60);
+        let flight = a.begin();
+        assert_eq!(a.idle_for(), None);
+        // With a request in flight the watcher must not fire, however long it waits.
+        assert!(tokio::time::timeout(Duration::from_millis(150), a.idle_past(limit)).await.is_err());
+        drop(flight);
+        let idle = a.idle_for().unwrap();
+        assert!(idle < limit, "the idle clock restarts when the last request ends: {idle:?}");
+        let started = std::time::Instant::now();
+        a.idle_past(limit).await;
+        assert!(started.elapsed() >= limit - Duration::from_millis(5));
     }
 }

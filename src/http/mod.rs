@@ -527,7 +527,10 @@ async fn live_traces(
         .await
         .map_err(HttpError::Subscribers)?;
     let resume = match resume_from {
-        Some(from) => Some(replay::prepare(&hub.replay, &subscription.sub, from, subscription.start).await),
+        Some(from) => {
+            let older = hub.older_events();
+            Some(replay::prepare(&hub.replay, older, &subscription.sub, from, subscription.start).await)
+        }
         None => None,
     };
     let mut body = SseBody::new(subscription, hub.closing.clone(), hub.config.ping_interval());

@@ -6,7 +6,7 @@
 //! scrapers and the ingest-rate tick, and returns the bound address. [`Server::reload`] is what
 //! SIGHUP does: re-read the TLS files and the live-token key file.
 
-use super::limits::{first_bytes, ConnLimiter, ConnRefused, TimedIo};
+use super::limits::{first_bytes, Activity, ConnLimiter, ConnRefused, TimedIo, Tracked};
 use super::tls::TlsReloader;
 use super::{ConnInfo, Ctx};
 use crate::auth::Security;
@@ -191,13 +191,17 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, tls: Option<Arc<TlsRe
             Err(why) => {
                 hub.ingest.connections_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, %why, "connection refused");
-                if tls.is_none() {
-                    if let Ok(permit) = refusing.clone().try_acquire_owned() {
-                        tokio::spawn(async move {
-                            refuse(stream, why).await;
-                            drop(permit);
-                        });
-                    }
+                // Past MAX_REFUSING refusals at once the socket is closed without an answer.
+                if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                    let tls = tls.clone();
+                    let handshake = Duration::from_secs(c.header_timeout_secs.min(5));
+                    tokio::spawn(async move {
+                        match tls {
+                            None => refuse(stream, why).await,
+                            Some(tls) => refuse_tls(&tls, stream, why, handshake).await,
+                        }
+                        drop(permit);
+                    });
                 }
                 continue;
             }
@@ -234,17 +238,25 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, tls: Option<Arc<TlsRe
     }
 }
 
+/// The status, `Retry-After` seconds and JSON body of a refused connection's answer.
+fn refusal(why: ConnRefused) -> (hyper::StatusCode, u32, String) {
+    let (status, retry) = match why {
+        ConnRefused::Total(_) => (hyper::StatusCode::SERVICE_UNAVAILABLE, 1),
+        ConnRefused::PerIp(_) => (hyper::StatusCode::TOO_MANY_REQUESTS, 5),
+    };
+    let body = serde_json::json!({"error": "too many connections", "detail": why.to_string()}).to_string();
+    (status, retry, body)
+}
+
 /// Answers a refused connection with a JSON `503`, then reads (and drops) what the client sent
 /// for a moment so that closing does not reset the connection before the answer is read.
 async fn refuse(mut stream: TcpStream, why: ConnRefused) {
-    let (status, retry) = match why {
-        ConnRefused::Total(_) => ("503 Service Unavailable", 1),
-        ConnRefused::PerIp(_) => ("429 Too Many Requests", 5),
-    };
-    let body = serde_json::json!({"error": "too many connections", "detail": why.to_string()}).to_string();
+    let (status, retry, body) = refusal(why);
     let answer = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: {retry}\r\n\
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nretry-after: {retry}\r\n\
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
         body.len()
     );
     let work = async {
@@ -263,6 +275,35 @@ async fn refuse(mut stream: TcpStream, why: ConnRefused) {
     let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
 }
 
+/// Answers a refused TLS connection the same way, in whichever HTTP version ALPN chose: the
+/// handshake runs (bounded by `handshake` and by `MAX_REFUSING` at once), then every request
+/// on the connection gets the refusal, and the connection closes after at most two seconds.
+async fn refuse_tls(tls: &TlsReloader, stream: TcpStream, why: ConnRefused, handshake: Duration) {
+    let Ok(Ok(s)) = tokio::time::timeout(handshake, tls.acceptor().accept(stream)).await else { return };
+    let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+    let svc = service_fn(move |_req| async move {
+        let (status, retry, body) = refusal(why);
+        let mut resp = hyper::Response::new(super::LiveBody::Full(Some(bytes::Bytes::from(body))));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+        h.insert(hyper::header::RETRY_AFTER, retry.into());
+        if !h2 {
+            h.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        }
+        Ok::<_, std::convert::Infallible>(resp)
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let io = TokioIo::new(s);
+    let _ = if h2 {
+        tokio::time::timeout(Duration::from_secs(2), builder.http2_only().serve_connection(io, svc)).await
+    } else {
+        let mut builder = builder.http1_only();
+        builder.http1().keep_alive(false);
+        tokio::time::timeout(Duration::from_secs(2), builder.serve_connection(io, svc)).await
+    };
+}
+
 /// Serves one connection with hyper; `h2` is the protocol ALPN chose (`None`: detect it).
 async fn serve<I>(ctx: &Arc<Ctx>, io: I, peer: SocketAddr, h2: Option<bool>)
 where
@@ -271,9 +312,15 @@ where
     let c = &ctx.hub.config;
     let handle = Arc::new(ConnHandle::default());
     let conn = Arc::new(ConnInfo { peer, handle: handle.clone() });
+    let activity = Arc::new(Activity::default());
     let svc = {
         let ctx = ctx.clone();
-        service_fn(move |req| super::handle(ctx.clone(), conn.clone(), req))
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let flight = activity.begin();
+            let handled = super::handle(ctx.clone(), conn.clone(), req);
+            async move { Ok::<_, std::convert::Infallible>(handled.await?.map(|b| Tracked::new(b, flight))) }
+        })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -299,14 +346,26 @@ where
         None => builder,
     };
     let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle_limit = Duration::from_secs(c.header_timeout_secs);
     tokio::select! {
-        r = conn => {
+        r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
         _ = handle.killed() => {
             tracing::info!(%peer, "connection closed by the hub");
+        }
+        _ = activity.idle_past(idle_limit) => {
+            // No request in flight for the idle limit. hyper closes an idle HTTP/1 keep-alive
+            // connection by itself, but an HTTP/2 client that answers pings would keep its
+            // place forever. A graceful shutdown sends GOAWAY (HTTP/2) or closes at once
+            // (HTTP/1); a request that slipped in meanwhile gets a moment to finish.
+            ctx.hub.ingest.idle_closed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "idle connection closed");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.as_mut()).await;
         }
     }
 }

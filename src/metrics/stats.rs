@@ -31,6 +31,9 @@ pub struct IngestStats {
     pub connections: AtomicU64,
     /// Connections refused by `max-connections` or `max-connections-per-ip`.
     pub connections_refused: AtomicU64,
+    /// Connections closed after `header-timeout-secs` with no request in flight (HTTP/1
+    /// keep-alive and HTTP/2 alike).
+    pub idle_closed: AtomicU64,
 }
 
 impl IngestStats {
@@ -66,6 +69,8 @@ pub struct StatsSnapshot {
     pub connections: u64,
     /// Connections refused by the connection caps.
     pub connections_refused: u64,
+    /// Connections closed for being idle (no request in flight for `header-timeout-secs`).
+    pub idle_closed: u64,
     /// Events matched by every matcher thread (the ring's tail).
     pub matched: u64,
     /// Events queued to subscribers (summed over subscribers).
@@ -94,6 +99,10 @@ pub struct StatsSnapshot {
     pub index_rebuild_max_micros: u64,
     /// Per live subscriber: id, delivered, dropped, queued.
     pub subscriber_detail: Vec<SubscriberStats>,
+    /// The history writer's counters (written, dropped for a full queue, pruned, ...), when
+    /// history is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::store::WriterStats>,
 }
 
 /// Counters of one subscriber.

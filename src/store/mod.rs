@@ -730,6 +730,11 @@ pub trait HistoryStore: Send + Sync {
     /// stored, so the answer has holes where events were not kept.
     fn events_since_seq(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// When more than `n` stored events have `from <= seq < until`: the `seq` of the oldest of
+    /// the newest `n` of them, where a bounded resume starts reading; `None` when `n` or fewer
+    /// are stored there.
+    fn floor_for_newest(&self, from: u64, until: u64, n: usize) -> Result<Option<u64>, StoreError>;
+
     /// The lowest stored `seq` among events created at or after `time` (Unix seconds), for
     /// `since=`; `None` when no stored event is that recent.
     fn first_seq_at_or_after(&self, time: i64) -> Result<Option<u64>, StoreError>;

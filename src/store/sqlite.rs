@@ -792,6 +792,25 @@ impl HistoryStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn floor_for_newest(&self, from: u64, until: u64, n: usize) -> Result<Option<u64>, StoreError> {
+        let (Ok(from), Ok(until)) = (i64::try_from(from), i64::try_from(until.min(i64::MAX as u64))) else {
+            return Ok(None);
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        let r = self.reader()?;
+        // The n-th and (n+1)-th newest in the range: when the second exists, the first is the
+        // floor. Walking the primary key backwards makes this O(n), not a scan of the table.
+        let mut st = r.prepare_cached(
+            "SELECT seq FROM events WHERE seq >= ?1 AND seq < ?2 ORDER BY seq DESC LIMIT 2 OFFSET ?3",
+        )?;
+        let seqs: Vec<i64> = st
+            .query_map(params![from, until, i64::try_from(n - 1).unwrap_or(i64::MAX)], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok((seqs.len() == 2).then(|| seq_from_sql(seqs[0])))
+    }
+
     fn first_seq_at_or_after(&self, time: i64) -> Result<Option<u64>, StoreError> {
         let r = self.reader()?;
         let seq: Option<i64> = r

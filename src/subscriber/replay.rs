@@ -6,6 +6,10 @@
 //! A resuming subscriber copies the handles of the range it missed under the lock, then matches
 //! them outside it with its own compiled index, the same code as live matching, and receives the
 //! same pre-serialised bytes.
+//!
+//! When the range reaches back past the log, the older part is read from the history store
+//! through [`OlderEvents`] (stored bytes, rebuilt for matching, matched by the same index), and
+//! whatever neither kept is announced with an `event: gap` frame.
 
 use super::{Item, Subscriber};
 use crate::event::Event;
@@ -74,6 +78,12 @@ impl ReplayLog {
     /// An empty log.
     pub fn new(limits: ReplayLimits) -> ReplayLog {
         ReplayLog { limits, inner: Mutex::new(Inner { entries: VecDeque::new(), start: 0, bytes: 0 }) }
+    }
+
+    /// An empty log whose first event will be `start` (the ring's first sequence number, which
+    /// after a restart continues from the last run's ids).
+    pub fn starting_at(limits: ReplayLimits, start: u64) -> ReplayLog {
+        ReplayLog { limits, inner: Mutex::new(Inner { entries: VecDeque::new(), start, bytes: 0 }) }
     }
 
     /// Whether the log retains anything at all.
@@ -153,6 +163,21 @@ impl ReplayLog {
     }
 }
 
+/// Events older than the in-memory log, kept elsewhere (the history store), as a resume reads
+/// them. A trait so the replay does not care which store holds them; `Hub` implements it over
+/// its SQLite history. Calls block (disk reads), so [`prepare`] makes them off the async
+/// threads. A store error reads as "nothing kept", which the gap frame then reports.
+pub trait OlderEvents: Send + Sync {
+    /// Up to `limit` kept events with `from <= seq < until`, oldest first, each with its
+    /// `seq` and rebuilt for matching (carrying the stored bytes unchanged).
+    fn page(&self, from: u64, until: u64, limit: usize) -> Vec<(u64, Event)>;
+    /// When more than `n` kept events lie in `from..until`: the `seq` of the oldest of the
+    /// newest `n` of them (where a bounded scan starts); `None` when `n` or fewer lie there.
+    fn floor_for_newest(&self, from: u64, until: u64, n: usize) -> Option<u64>;
+    /// The lowest kept `seq` of an event created at or after `time` (Unix seconds).
+    fn first_since(&self, time: i64) -> Option<u64>;
+}
+
 /// Where a resuming stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeFrom {
@@ -175,55 +200,227 @@ pub struct Resume {
 /// is a matcher thread, normally microseconds behind the ring head).
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Most stored events one resume reads from disk. Rebuilding an event for matching costs about
+/// as much as ingesting it (a few microseconds), so this bounds a resume's work to about a
+/// second; older stored events are reported in the gap frame instead.
+pub const DISK_SCAN_MAX: usize = 250_000;
+
+/// Most matching events one resume takes from disk (their bytes wait in the resume until the
+/// client reads them: about 30 MB of typical events). Past it the oldest are dropped and counted
+/// in the gap frame, so the replay always joins the live stream without a hole.
+pub const DISK_MATCH_MAX: usize = 100_000;
+
+/// Stored events read per disk query.
+const DISK_PAGE: usize = 4096;
+
+/// The bounds of one resume's disk phase ([`DISK_SCAN_MAX`], [`DISK_MATCH_MAX`]; smaller in
+/// tests).
+#[derive(Debug, Clone, Copy)]
+struct DiskBounds {
+    scan: usize,
+    matches: usize,
+}
+
+const DISK_BOUNDS: DiskBounds = DiskBounds { scan: DISK_SCAN_MAX, matches: DISK_MATCH_MAX };
+
 /// Builds the replay of a new subscriber that receives live events from ring position `live`:
-/// the retained events from `from` up to `live` that match its filter (with the same compiled
-/// index code and span following as live matching, and the same pre-serialised bytes), and a
-/// gap notice when the log no longer reaches back that far.
-pub async fn prepare(log: &ReplayLog, sub: &Arc<Subscriber>, from: ResumeFrom, live: u64) -> Resume {
-    let mut out = Resume::default();
+/// the kept events from `from` up to `live` that match its filter (with the same compiled index
+/// code and span following as live matching, and the same pre-serialised bytes), taken from the
+/// in-memory log and, for what the log no longer holds, from `older` (the history store); and a
+/// gap notice when neither kept everything in the range.
+pub async fn prepare(
+    log: &Arc<ReplayLog>,
+    older: Option<Arc<dyn OlderEvents>>,
+    sub: &Arc<Subscriber>,
+    from: ResumeFrom,
+    live: u64,
+) -> Resume {
     let deadline = tokio::time::Instant::now() + CATCH_UP;
     while log.enabled() && log.end() < live && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    let start = match from {
+    let (log, sub) = (log.clone(), sub.clone());
+    // Matching a whole log (64 MiB by default) or reading the store is too long for an async
+    // thread: it runs on the blocking pool.
+    let job =
+        tokio::task::spawn_blocking(move || replay(&log, older.as_deref(), &sub, from, live, DISK_BOUNDS));
+    job.await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "resume failed; the stream starts live");
+        let missed = live - resume_start(from, live);
+        Resume { gap: Some(gap_json(from, live, Some(missed), 0, "resume failed")), ..Default::default() }
+    })
+}
+
+/// The requested start as a sequence number, before looking at what is kept.
+fn resume_start(from: ResumeFrom, live: u64) -> u64 {
+    match from {
         // Ids are sequence numbers plus one: after id N comes sequence N.
         ResumeFrom::AfterId(id) => id.min(live),
-        ResumeFrom::Since(t) => {
-            let oldest = log.oldest();
-            match oldest {
-                // Something older was retained once but is gone, and may have been after `t`.
-                Some((first, created)) if first > 0 && created > t => {
-                    out.gap = Some(format!(
-                        r#"{{"since":{t},"resumedAfter":{first},"reason":"older events are no longer retained"}}"#
-                    ));
-                    first
+        ResumeFrom::Since(_) => live,
+    }
+}
+
+/// The `event: gap` frame's JSON: where the client asked to start, after which id the stream
+/// is complete, how many of the hub's events in between are not kept (whether or not the filter
+/// would have matched them; unknown for a `since=` start), and how many came from the history
+/// store.
+fn gap_json(
+    from: ResumeFrom,
+    resumed_after: u64,
+    missed: Option<u64>,
+    from_history: u64,
+    reason: &str,
+) -> String {
+    let asked = match from {
+        ResumeFrom::AfterId(id) => format!(r#""lastEventId":{id}"#),
+        ResumeFrom::Since(t) => format!(r#""since":{t}"#),
+    };
+    let missed = missed.map(|n| format!(r#","missed":{n}"#)).unwrap_or_default();
+    let history = if from_history > 0 { format!(r#","fromHistory":{from_history}"#) } else { String::new() };
+    format!(r#"{{{asked},"resumedAfter":{resumed_after}{missed}{history},"reason":"{reason}"}}"#)
+}
+
+/// Matches events for one subscriber exactly as its live matcher thread would.
+struct ReplayMatcher {
+    idx: CompiledIndex,
+    scratch: Scratch,
+    spans: SpanTable,
+}
+
+impl ReplayMatcher {
+    fn new(sub: &Arc<Subscriber>) -> Self {
+        ReplayMatcher {
+            idx: CompiledIndex::build(vec![sub.clone()], u64::MAX),
+            scratch: Scratch::default(),
+            spans: SpanTable::new(4096, u64::MAX / 2),
+        }
+    }
+
+    fn matches(&mut self, ev: &Event) -> bool {
+        self.idx.begin(&mut self.scratch);
+        self.idx.match_event(ev, &mut self.scratch);
+        if let Some(span) = ev.span_id {
+            self.spans.follow(span, ev.span_end, 0, &self.idx, &mut self.scratch);
+        }
+        !self.scratch.out.is_empty()
+    }
+}
+
+/// What the history store gave a resume.
+#[derive(Default)]
+struct FromDisk {
+    /// Matching events, oldest first.
+    items: VecDeque<Item>,
+    /// Stored events read (matching or not).
+    read: u64,
+    /// Matching events dropped past the match bound (the oldest).
+    dropped: u64,
+}
+
+/// Reads and matches the kept events `from..until` from the store, oldest first, within the
+/// scan and match bounds. Positions it does not read (older than the scan bound, or never
+/// stored) are what the caller reports as missed.
+fn read_older(
+    older: &dyn OlderEvents,
+    m: &mut ReplayMatcher,
+    from: u64,
+    until: u64,
+    bounds: DiskBounds,
+) -> FromDisk {
+    let mut out = FromDisk::default();
+    let mut next = older.floor_for_newest(from, until, bounds.scan).unwrap_or(from);
+    while next < until {
+        let page = older.page(next, until, DISK_PAGE);
+        let Some(last) = page.last().map(|(seq, _)| *seq) else { break };
+        for (seq, ev) in page {
+            out.read += 1;
+            if m.matches(&ev) {
+                if out.items.len() == bounds.matches {
+                    out.items.pop_front();
+                    out.dropped += 1;
                 }
-                _ => log.first_since(t, live).unwrap_or(live),
+                out.items.push_back(Item::Event { seq, json: ev.json });
+            }
+        }
+        next = last + 1;
+    }
+    out
+}
+
+fn replay(
+    log: &ReplayLog,
+    older: Option<&dyn OlderEvents>,
+    sub: &Arc<Subscriber>,
+    from: ResumeFrom,
+    live: u64,
+    bounds: DiskBounds,
+) -> Resume {
+    let mut out = Resume::default();
+    // Where the in-memory log's events start (all of `mem_first..live` is held).
+    let mem_first = match log.oldest() {
+        _ if !log.enabled() => live,
+        Some((first, _)) => first.min(live),
+        None => log.end().min(live),
+    };
+    let start = match from {
+        ResumeFrom::AfterId(_) => resume_start(from, live),
+        ResumeFrom::Since(t) => {
+            let in_memory = log.first_since(t, live);
+            // The log reaches back to `t` when the ring never held anything before it or its
+            // oldest event is older than `t`; otherwise events created at or after `t` may be
+            // gone (creation times are in seconds, so an equal one does not prove it).
+            let reaches = mem_first == 0 || log.oldest().is_some_and(|(_, created)| created < t);
+            match older.and_then(|o| o.first_since(t)) {
+                _ if reaches => in_memory.unwrap_or(live),
+                Some(s) if s < mem_first => s,
+                _ => {
+                    out.gap = Some(gap_json(from, mem_first, None, 0, "older events are no longer retained"));
+                    in_memory.unwrap_or(live)
+                }
             }
         }
     };
     if start >= live {
         return out;
     }
-    let range = log.range(start, live.min(log.end()));
-    if let Some(held_from) = range.gap_until.or((range.events.is_empty()).then_some(live)) {
-        if out.gap.is_none() && held_from > start {
-            out.gap = Some(format!(
-                r#"{{"lastEventId":{start},"resumedAfter":{held_from},"missed":{},"reason":"older events are no longer retained"}}"#,
-                held_from - start
-            ));
+    let mut m = ReplayMatcher::new(sub);
+    let mem_from = mem_first.max(start);
+    // Positions of the hub's events in `start..live` that the client will not get, and the id
+    // after which it gets everything.
+    let mut missed = 0;
+    let mut complete_after = start;
+    let mut from_history = 0;
+    if start < mem_from {
+        if let Some(o) = older {
+            let disk = read_older(o, &mut m, start, mem_from, bounds);
+            from_history = disk.read;
+            missed += (mem_from - start) - disk.read.min(mem_from - start) + disk.dropped;
+            out.items = disk.items;
+        } else {
+            missed += mem_from - start;
+        }
+        if missed > 0 {
+            complete_after = mem_from;
         }
     }
-    let idx = CompiledIndex::build(vec![sub.clone()], u64::MAX);
-    let mut scratch = Scratch::default();
-    let mut spans = SpanTable::new(4096, u64::MAX / 2);
+    let range = log.range(mem_from, live.min(log.end()));
+    // Usually `range.first == mem_from`. It is later when the log evicted events while the
+    // store was read, and the range is empty when the log did not catch up with `live`.
+    let held_until = if range.events.is_empty() { live } else { range.first };
+    if held_until > mem_from {
+        missed += held_until - mem_from;
+        complete_after = held_until;
+    }
+    if missed > 0 && out.gap.is_none() {
+        let reason = if from_history > 0 {
+            "older events are kept only in part (history keeps selected events)"
+        } else {
+            "older events are no longer retained"
+        };
+        out.gap = Some(gap_json(from, complete_after, Some(missed), from_history, reason));
+    }
     for (i, ev) in range.events.iter().enumerate() {
-        idx.begin(&mut scratch);
-        idx.match_event(ev, &mut scratch);
-        if let Some(span) = ev.span_id {
-            spans.follow(span, ev.span_end, 0, &idx, &mut scratch);
-        }
-        if !scratch.out.is_empty() {
+        if m.matches(ev) {
             out.items.push_back(Item::Event { seq: range.first + i as u64, json: ev.json.clone() });
         }
     }
@@ -235,17 +432,18 @@ mod tests {
     use super::*;
     use crate::event::{testing, Catalogue};
 
+    /// Event `i` of a test run: created at second `1000 + i`.
+    fn event(c: &Catalogue, k: &crate::event::KeyRegistry, i: usize) -> Event {
+        testing::event(
+            c,
+            k,
+            &format!(r#"{{"type":"smtp.ehlo","createdAt":{},"data":{{"n":{i}}}}}"#, 1_000 + i),
+        )
+    }
+
     fn events(n: usize) -> Vec<Arc<Event>> {
         let (c, k) = Catalogue::with_keys(64);
-        (0..n)
-            .map(|i| {
-                Arc::new(testing::event(
-                    &c,
-                    &k,
-                    &format!(r#"{{"type":"smtp.ehlo","createdAt":{},"data":{{"n":{i}}}}}"#, 1_000 + i),
-                ))
-            })
-            .collect()
+        (0..n).map(|i| Arc::new(event(&c, &k, i))).collect()
     }
 
     #[test]
@@ -282,5 +480,76 @@ mod tests {
         assert_eq!(log.first_since(1_007, 10), Some(7));
         assert_eq!(log.first_since(5_000, 10), None);
         assert_eq!(ReplayLog::new(ReplayLimits { max_bytes: 0, max_age_ms: 1 }).end(), 0);
+    }
+
+    /// A store holding every third position of `0..n`, as the history holds selected events.
+    struct EveryThird(Vec<Arc<Event>>, Catalogue, crate::event::KeyRegistry);
+
+    impl OlderEvents for EveryThird {
+        fn page(&self, from: u64, until: u64, limit: usize) -> Vec<(u64, Event)> {
+            (from..until.min(self.0.len() as u64))
+                .filter(|s| s % 3 == 0)
+                .take(limit)
+                .map(|s| (s, event(&self.1, &self.2, s as usize)))
+                .collect()
+        }
+        fn floor_for_newest(&self, from: u64, until: u64, n: usize) -> Option<u64> {
+            let kept: Vec<u64> = (from..until.min(self.0.len() as u64)).filter(|s| s % 3 == 0).collect();
+            (kept.len() > n && n > 0).then(|| kept[kept.len() - n])
+        }
+        fn first_since(&self, time: i64) -> Option<u64> {
+            (0..self.0.len() as u64).find(|&s| s % 3 == 0 && self.0[s as usize].created_at >= time)
+        }
+    }
+
+    fn seqs(r: &Resume) -> Vec<u64> {
+        r.items
+            .iter()
+            .map(|i| match i {
+                Item::Event { seq, .. } => *seq,
+                _ => panic!("only events"),
+            })
+            .collect()
+    }
+
+    fn everything() -> Arc<Subscriber> {
+        Arc::new(Subscriber::new(1, crate::query::ast::Expr::True, false, 16, None))
+    }
+
+    #[test]
+    fn disk_fills_in_before_memory_and_the_gap_counts_what_neither_kept() {
+        let evs = events(40);
+        // The log holds 30..40 only, as if 0..30 had been evicted.
+        let log = ReplayLog::starting_at(ReplayLimits { max_bytes: usize::MAX, max_age_ms: u64::MAX }, 30);
+        log.append(30, &evs[30..], 0);
+        let (c, k) = Catalogue::with_keys(64);
+        let disk = EveryThird(evs.clone(), c, k);
+        let big = DiskBounds { scan: 1000, matches: 1000 };
+        let r = replay(&log, Some(&disk), &everything(), ResumeFrom::AfterId(5), 40, big);
+        let want: Vec<u64> = (5..30).filter(|s| s % 3 == 0).chain(30..40).collect();
+        assert_eq!(seqs(&r), want);
+        let gap: serde_json::Value = serde_json::from_str(r.gap.as_deref().unwrap()).unwrap();
+        // 25 positions before memory, 8 of them kept on disk.
+        assert_eq!(gap["missed"], 17);
+        assert_eq!(gap["fromHistory"], 8);
+        assert_eq!(gap["resumedAfter"], 30);
+
+        // Without a store the same resume is memory only, with all 25 missed.
+        let r = replay(&log, None, &everything(), ResumeFrom::AfterId(5), 40, big);
+        assert_eq!(seqs(&r), (30..40).collect::<Vec<_>>());
+        let gap: serde_json::Value = serde_json::from_str(r.gap.as_deref().unwrap()).unwrap();
+        assert_eq!((gap["missed"].as_u64(), gap.get("fromHistory")), (Some(25), None));
+
+        // Scan bound: only the newest 3 kept events (21, 24, 27) are read; match bound: of
+        // those, only the newest 2 are kept, the older counted as missed.
+        let small = DiskBounds { scan: 3, matches: 2 };
+        let r = replay(&log, Some(&disk), &everything(), ResumeFrom::AfterId(5), 40, small);
+        assert_eq!(seqs(&r), [24, 27].into_iter().chain(30..40).collect::<Vec<_>>());
+        let gap: serde_json::Value = serde_json::from_str(r.gap.as_deref().unwrap()).unwrap();
+        assert_eq!((gap["fromHistory"].as_u64(), gap["missed"].as_u64()), (Some(3), Some(25 - 3 + 1)));
+
+        // since= older than the log finds its start on disk.
+        let r = replay(&log, Some(&disk), &everything(), ResumeFrom::Since(1_010), 40, big);
+        assert_eq!(seqs(&r)[0], 12, "the first kept event created at or after 1010");
     }
 }
