@@ -411,6 +411,7 @@ async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Resu
     if let Some(p) = socket {
         writeln!(out, "  NDJSON socket: {}", p.display())?;
     }
+    writeln!(out, "  dashboard:   {base}/")?;
     writeln!(out, "  watch live:  {base}/api/telemetry/traces/live")?;
     writeln!(
         out,

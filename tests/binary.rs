@@ -1,6 +1,8 @@
 //! The real `livetap` binary: startup banner, NDJSON over the Unix socket with an error report
 //! written back, HTTP ingest, graceful SIGTERM shutdown that delivers every accepted event and
-//! ends streams cleanly with exit status 0, and the `--demo` generator feeding a subscriber.
+//! ends streams cleanly with exit status 0, the `--demo` generator feeding a subscriber, and
+//! 10,000 idle connections held by the binary (the client ends in this process, the server
+//! ends in the child, so each side stays within the machine's open-file limit).
 
 mod common;
 
@@ -213,4 +215,69 @@ async fn demo_generator_feeds_subscribers() {
     smtp.expect_end(DEADLINE).await;
     let status = lt.wait_exit().await;
     assert!(status.success(), "exit status {status:?}; stderr: {}", lt.stderr());
+}
+
+/// Resident memory of another process, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("statm");
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("resident pages");
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections() {
+    let limit = raise_nofile();
+    let n = 10_000.min(limit.saturating_sub(500) as usize);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("livetap.toml");
+    std::fs::write(
+        &config,
+        "max-connections = 12000\nheader-timeout-secs = 8\nring-capacity = 8192\nsubscriber-queue = 1024\n",
+    )
+    .unwrap();
+    let lt = Livetap::start(&["--config", config.to_str().unwrap()]);
+    let addr = lt.addr;
+    let pid = lt.child.id();
+    let mut witness = SseClient::connect(addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    assert_eq!(witness.status, 200);
+    let before = rss_of(pid);
+
+    let t0 = std::time::Instant::now();
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    let connect_time = t0.elapsed();
+    let s = wait_stats(addr, "idle connections counted", |s| s["connections"].as_u64().unwrap() as usize > n)
+        .await;
+    let held = rss_of(pid);
+    eprintln!(
+        "{} connections open after {connect_time:?}; hub rss {} MiB before, {} MiB with them ({} bytes each)",
+        s["connections"],
+        before >> 20,
+        held >> 20,
+        held.saturating_sub(before) / n as u64
+    );
+    // The server still serves meanwhile, and the subscriber gets every event.
+    assert_eq!(request(addr, "GET", "/healthz", &[], b"").await.status, 200);
+    let events: Vec<Value> = (0..100).map(|i| json!({"type": "auth.success", "data": {"n": i}})).collect();
+    ingest_ok(addr, &events).await;
+    let got = witness.collect_events(100, DEADLINE).await;
+    assert_eq!(got.len(), 100);
+    // The documented bound for this configuration holds with every connection open.
+    let cfg = livetap::config::Config::load(Some(&config), Default::default()).unwrap();
+    let bound = cfg.memory_bound(512).total();
+    assert!(held < bound, "rss {held} over the bound {bound}");
+
+    // Connections that never send a request are closed after header-timeout-secs.
+    wait_stats(addr, "idle connections dropped", |s| s["connections"].as_u64().unwrap() <= 3).await;
+    let mut buf = [0u8; 16];
+    for s in idle.iter_mut().step_by(97) {
+        use tokio::io::AsyncReadExt;
+        let r = tokio::time::timeout(DEADLINE, s.read(&mut buf)).await.expect("closed by the server");
+        assert!(matches!(r, Ok(0) | Err(_)), "an idle connection got bytes");
+    }
+    drop(idle);
+    ingest_ok(addr, &events[..10]).await;
+    assert_eq!(witness.collect_events(10, DEADLINE).await.len(), 10, "the witness outlived the timeout");
 }

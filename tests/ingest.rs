@@ -202,7 +202,8 @@ async fn routing_errors_and_health() {
     let j: Value = r.json();
     assert_eq!(j["error"], "not found", "{j}");
     assert!(j["detail"].is_string());
-    assert_eq!(request(addr, "GET", "/", &[], b"").await.status, 404);
+    // `/` is the dashboard's page (tests/dashboard_browser.rs); other paths outside the API are 404.
+    assert_eq!(request(addr, "GET", "/index.html", &[], b"").await.status, 404);
 
     let r = request_auth(addr, "GET", "/api/telemetry/ingest", b"").await;
     assert_eq!(r.status, 405, "{}", r.text());

@@ -347,7 +347,13 @@ async fn scrapes_an_upstream_prometheus_endpoint() {
     let deadline = Instant::now() + DEADLINE;
     let m = loop {
         let m = by_id(&next_metrics(&mut s, DEADLINE).await.expect("frames every second"));
-        if m.contains_key("queue.count") {
+        // A scrape's values are applied one by one, so a frame can fall between two of them;
+        // wait for a frame after the whole first scrape: every mapped family present, and the
+        // upstream's counter in place of livetap's own count of 1.
+        let whole =
+            ["queue.count", "queue.backlog", "delivery.total-time"].iter().all(|k| m.contains_key(*k))
+                && m.get("smtp.connection-start").is_some_and(|c| c["value"] != 1);
+        if whole {
             break m;
         }
         assert!(Instant::now() < deadline, "the scrape never reached the stream: {m:?}");

@@ -9,6 +9,7 @@
 //! the browser-origin rules.
 
 pub mod cors;
+mod dashboard;
 mod history;
 pub mod limits;
 mod metrics;
@@ -302,6 +303,11 @@ type Access = Option<(Permission, Option<Grant>)>;
 /// The routes: path, method, and the access each needs.
 const ROUTES: &[(&str, Method, Access)] = &[
     ("/healthz", Method::GET, None),
+    // The dashboard's files hold no data, so they need no credentials (see dashboard.rs).
+    ("/", Method::GET, None),
+    ("/assets/{path}", Method::GET, None),
+    ("/api/livetap/query-check", Method::GET, Some((Permission::TracingLive, None))),
+    ("/api/livetap/span", Method::POST, Some((Permission::TracingLive, None))),
     ("/api/telemetry/traces/live", Method::GET, Some((Permission::TracingLive, Some(Grant::Tracing)))),
     ("/api/tracing/live", Method::GET, Some((Permission::TracingLive, Some(Grant::Tracing)))),
     ("/api/telemetry/metrics/live", Method::GET, Some((Permission::MetricsLive, Some(Grant::Metrics)))),
@@ -332,9 +338,10 @@ async fn route(
 ) -> Result<Response<LiveBody>, HttpError> {
     check_head(ctx, &req)?;
     let full_path = req.uri().path().to_string();
-    // `/api/telemetry/trace/{id}` is the one route with a parameter in its path.
+    // `/api/telemetry/trace/{id}` and `/assets/{path}` are the routes with a parameter in their path.
     let path = match full_path.strip_prefix("/api/telemetry/trace/") {
         Some(id) if !id.is_empty() && !id.contains('/') => "/api/telemetry/trace/{id}",
+        _ if full_path.starts_with("/assets/") => "/assets/{path}",
         _ => full_path.as_str(),
     };
     let Some((path, method, access)) = ROUTES.iter().find(|r| r.0 == path).cloned() else {
@@ -364,6 +371,10 @@ async fn route(
     let principal = || principal.clone().expect("routes with a permission are authorized");
     match path {
         "/healthz" => Ok(json_ok(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        "/" => Ok(dashboard::index(req.headers())),
+        "/assets/{path}" => Ok(dashboard::asset(&full_path["/assets/".len()..], req.headers())),
+        "/api/livetap/query-check" => dashboard::query_check(hub, req.uri().query().unwrap_or("")),
+        "/api/livetap/span" => dashboard::span_lookup(hub, &principal(), req).await,
         "/api/telemetry/traces/live" | "/api/tracing/live" => live_traces(ctx, conn, principal(), req).await,
         "/api/telemetry/metrics/live" => {
             let slot = stream_slot(&principal())?;

@@ -57,7 +57,7 @@ impl Server {
         if tls.is_none() && !config.listen.ip().is_loopback() {
             tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address (allow-plain-http)");
         }
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = bind(config.listen)?;
         let addr = listener.local_addr()?;
         let hub = Hub::start(config, admin_token.clone())?;
         let security = Arc::new(Security::build(&hub.config, &admin_token, &hub.keys)?);
@@ -113,6 +113,21 @@ impl Server {
             let _ = t.await;
         }
     }
+}
+
+/// The accept queue's length. The standard library's 128 overflows when hundreds of clients
+/// connect at once (a restart that every dashboard and script reconnects to), and the kernel
+/// then drops SYNs that clients retry only after a second; the kernel caps it at `somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As the standard library does: a restarted livetap can rebind while old connections of
+    // the previous process linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Hands every metric's current reading to the history writer every `metric-interval-secs`.

@@ -20,6 +20,7 @@
 use super::Source;
 use crate::event::{encode, Catalogue, Event, Level, RawValue};
 use crate::hub::Hub;
+use crate::metrics::push::MetricRecord;
 use crate::metrics::IngestStats;
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -328,6 +329,16 @@ impl DemoGenerator {
             event.push(m("data", RawValue::Object(data)));
         }
         RawValue::Object(event)
+    }
+
+    /// What the simulated server would report as gauges now: `(queue.count,
+    /// smtp.active-connections)`. Messages count as queued until their delivery story ends;
+    /// a session is open until its `smtp.connection-end` is out.
+    pub fn gauges(&self) -> (usize, usize) {
+        let pending = |story: &VecDeque<Step>, prefix: &str| story.iter().any(|st| st.ty.starts_with(prefix));
+        let delivering = self.stories.iter().filter(|st| pending(st, "delivery.")).count();
+        let sessions = self.stories.iter().filter(|st| pending(st, "smtp.connection-end")).count();
+        (self.outbox.len() + delivering, sessions)
     }
 
     /// Appends `n` events to `out`.
@@ -960,6 +971,7 @@ impl Source for DemoSource {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let start = Instant::now();
+            let mut last_gauges = start;
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -972,6 +984,21 @@ impl Source for DemoSource {
                             return;
                         }
                         continue;
+                    }
+                }
+                // Once a second, the gauges a real server would report beside its events, so
+                // the dashboard's metric charts have something to draw.
+                if last_gauges.elapsed() >= Duration::from_secs(1) {
+                    last_gauges = Instant::now();
+                    let (queued, sessions) = generator.gauges();
+                    for (name, v) in [("queue.count", queued), ("smtp.active-connections", sessions)] {
+                        let rec = MetricRecord {
+                            name: name.to_string(),
+                            kind: None,
+                            values: smallvec::smallvec![v as f64],
+                            unit: None,
+                        };
+                        let _ = hub.metrics.apply(&rec);
                     }
                 }
                 let mut due = pacer.due(start.elapsed());
@@ -1244,5 +1271,20 @@ mod tests {
         assert_eq!(stats.rejected, 0);
         hub.shutdown().await;
         tokio::time::timeout(Duration::from_secs(2), task).await.expect("source stopped").unwrap();
+    }
+
+    #[test]
+    fn gauges_follow_open_sessions_and_queued_messages() {
+        let mut g = DemoGenerator::new(5);
+        let mut out = Vec::new();
+        let mut seen = (0, 0);
+        for _ in 0..200 {
+            out.clear();
+            g.fill(10, 1_700_000_000, &mut out);
+            let (queued, sessions) = g.gauges();
+            assert!(sessions <= MAX_STORIES + 1);
+            seen = (seen.0.max(queued), seen.1.max(sessions));
+        }
+        assert!(seen.0 > 0 && seen.1 > 0, "both gauges moved: {seen:?}");
     }
 }
