@@ -189,14 +189,9 @@ struct Hub {
 
 impl Hub {
     fn start(rate: u32, extra: &[&str]) -> Hub {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_livetap"))
-            .args(["--listen", "127.0.0.1:0", "--admin-token", TOKEN, "--matcher-threads", "1"])
+        let mut child = livetap_command(1)
             .args(["--demo", "--demo-rate", &rate.to_string()])
             .args(extra)
-            .env_remove("LIVETAP_ADMIN_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn livetap");

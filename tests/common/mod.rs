@@ -670,3 +670,28 @@ impl SseClient {
         c
     }
 }
+
+/// The `livetap` binary started as the tests start it: on a free loopback port, with the test
+/// admin token and `matcher_threads`, no token or log settings from the environment, stdin
+/// closed and stdout piped (the banner gives the address). Add arguments and spawn.
+pub fn livetap_command(matcher_threads: u32) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_livetap"));
+    c.args(["--listen", "127.0.0.1:0", "--admin-token", TOKEN, "--matcher-threads"])
+        .arg(matcher_threads.to_string())
+        .env_remove("LIVETAP_ADMIN_TOKEN")
+        .env_remove("LIVETAP_WEBHOOK_KEY")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    c
+}
+
+/// Asserts that each of `streams` was closed by the server without a byte sent to it (idle
+/// connections cut off by a timeout).
+pub async fn assert_closed_silently<'a>(streams: impl IntoIterator<Item = &'a mut TcpStream>) {
+    let mut buf = [0u8; 16];
+    for s in streams {
+        let r = tokio::time::timeout(DEADLINE, s.read(&mut buf)).await.expect("closed by the server");
+        assert!(matches!(r, Ok(0) | Err(_)), "an idle connection got bytes");
+    }
+}
