@@ -660,7 +660,7 @@ fn frame(c: &mut Criterion) {
         let items: Vec<Item> = events[..n]
             .iter()
             .enumerate()
-            .map(|(seq, e)| Item::Event { seq: seq as u64, json: e.json.clone() })
+            .map(|(seq, e)| Item::Event { seq: seq as u64, wire: e.wire.clone() })
             .collect();
         // The head buffer is reused the way `SseBody` reuses it: topped up when low, so its
         // allocation is recycled once the previous chunk's parts are dropped.

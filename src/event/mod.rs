@@ -72,6 +72,10 @@ pub struct Event {
     pub created_at: i64,
     /// The event's JSON object in the live stream's shape, serialised once at ingest.
     pub json: Bytes,
+    /// The same bytes with a comma in front (`json` is a view into this one allocation): the
+    /// form an event takes after the first in a frame's `data: [a,b,...]`, so a frame needs one
+    /// `writev` part per event instead of two. See `Event::set_json`.
+    pub wire: Bytes,
     fields: SmallVec<[(KeyId, u32, u32); 8]>,
     /// The canonical key values (ranges in `fields`) followed by the search haystack from
     /// `search_at` on: one allocation per event instead of two.
@@ -80,6 +84,16 @@ pub struct Event {
 }
 
 impl Event {
+    /// Replaces the event's JSON (a stored copy that must be sent byte for byte), keeping
+    /// `wire` consistent with it.
+    pub fn set_json(&mut self, json: &[u8]) {
+        let mut wire = Vec::with_capacity(json.len() + 1);
+        wire.push(b',');
+        wire.extend_from_slice(json);
+        self.wire = Bytes::from(wire);
+        self.json = self.wire.slice(1..);
+    }
+
     /// The event's matchable key values: `(key, canonical value)`; a list value appears once
     /// per element.
     #[inline]
@@ -224,6 +238,8 @@ impl<'c> EventBuilder<'c> {
         }
 
         self.json.clear();
+        // The separator first: `wire` is these bytes, `json` the view after the comma.
+        self.json.push(b',');
         self.canon.clear();
         self.search.clear();
         self.fields.clear();
@@ -290,19 +306,20 @@ impl<'c> EventBuilder<'c> {
             collect_match(v, key, &mut self.canon, &mut self.fields, &mut self.search, 0);
         }
         out.extend_from_slice(b"}}");
-        if out.len() > self.max_bytes {
+        if out.len() - 1 > self.max_bytes {
             // Checked on the output because that is what every later stage holds in memory
             // (ring, queues, replay log, history), whatever the input's whitespace or escapes.
             return Err(BuildError::TooLarge(self.max_bytes));
         }
 
-        Ok(Event {
+        let mut ev = Event {
             kind: info.name,
             level,
             span_id,
             span_end: info.span_end,
             created_at,
-            json: Bytes::copy_from_slice(&self.json),
+            json: Bytes::new(),
+            wire: Bytes::new(),
             fields: self.fields.clone(),
             text: {
                 let mut t = String::with_capacity(self.canon.len() + self.search.len());
@@ -311,7 +328,10 @@ impl<'c> EventBuilder<'c> {
                 t.into_boxed_str()
             },
             search_at: self.canon.len() as u32,
-        })
+        };
+        ev.wire = Bytes::copy_from_slice(&self.json);
+        ev.json = ev.wire.slice(1..);
+        Ok(ev)
     }
 }
 

@@ -186,7 +186,7 @@ fn run(
                 if sub.is_closed() {
                     continue;
                 }
-                match sub.push_quiet(seq, &ev.json, now) {
+                match sub.push_quiet(seq, &ev.wire, now) {
                     Push::Queued { wake } => {
                         deliveries += 1;
                         if wake {

@@ -25,7 +25,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-static COMMA: Bytes = Bytes::from_static(b",");
 static TAIL: Bytes = Bytes::from_static(b"]\n\n");
 
 /// Most events placed in one `trace` frame; more pending events go into the next frame.
@@ -88,12 +87,11 @@ impl SseChunk {
                     head.extend_from_slice(itoa::Buffer::new().format(last_seq + 1).as_bytes());
                     head.extend_from_slice(b"\nevent: trace\ndata: [");
                     self.push(head.split().freeze());
+                    // Each event's wire form carries its own leading comma, so an event is one
+                    // part; the first of the frame drops the comma (a view, no copy).
                     for (k, it) in items[i..run_end].iter().enumerate() {
-                        if let Item::Event { json, .. } = it {
-                            if k > 0 {
-                                self.push(COMMA.clone());
-                            }
-                            self.push(json.clone());
+                        if let Item::Event { wire, .. } = it {
+                            self.push(if k == 0 { wire.slice(1..) } else { wire.clone() });
                         }
                     }
                     self.push(TAIL.clone());
@@ -294,8 +292,9 @@ mod tests {
 
     #[test]
     fn frames_from_items() {
-        let e = |seq, s: &'static str| Item::Event { seq, json: Bytes::from_static(s.as_bytes()) };
-        let items = vec![e(4, "{\"a\":1}"), e(5, "{\"b\":2}"), Item::Lagged(3), e(9, "{}")];
+        // Wire forms: a comma, then the JSON object.
+        let e = |seq, s: &'static str| Item::Event { seq, wire: Bytes::from_static(s.as_bytes()) };
+        let items = vec![e(4, ",{\"a\":1}"), e(5, ",{\"b\":2}"), Item::Lagged(3), e(9, ",{}")];
         let mut chunk = SseChunk::default();
         let mut head = BytesMut::new();
         assert_eq!(chunk.append_items(&items, &mut head), Some(9));
@@ -319,7 +318,7 @@ mod tests {
     #[test]
     fn large_batches_split_into_frames() {
         let items: Vec<_> =
-            (0..2500).map(|s| Item::Event { seq: s, json: Bytes::from_static(b"{}") }).collect();
+            (0..2500).map(|s| Item::Event { seq: s, wire: Bytes::from_static(b",{}") }).collect();
         let mut chunk = SseChunk::default();
         chunk.append_items(&items, &mut BytesMut::new());
         let text = String::from_utf8(chunk.to_vec()).unwrap();

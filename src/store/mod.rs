@@ -507,7 +507,7 @@ impl StoredEvent {
             }
         }
         let mut ev = builder.build(&raw, self.created_at)?;
-        ev.json = self.json.clone();
+        ev.set_json(&self.json);
         Ok(ev)
     }
 }

@@ -26,12 +26,12 @@ pub use registry::Registry;
 /// One entry of a subscriber's queue.
 #[derive(Debug, Clone)]
 pub enum Item {
-    /// An event: its sequence number and its JSON bytes (shared with every other subscriber).
+    /// An event: its sequence number and its bytes (shared with every other subscriber).
     Event {
         /// Global sequence number.
         seq: u64,
-        /// The event's serialised JSON object.
-        json: Bytes,
+        /// The event's wire form ([`crate::event::Event::wire`]): a comma, then its JSON object.
+        wire: Bytes,
     },
     /// This many events were dropped here because the queue was full.
     Lagged(u64),
@@ -137,8 +137,8 @@ impl Subscriber {
     /// queue was empty. Returns false if it was dropped because the queue is full. `now_ms` is
     /// the hub's coarse clock.
     #[inline]
-    pub fn push(&self, seq: u64, json: &Bytes, now_ms: u64) -> bool {
-        match self.push_quiet(seq, json, now_ms) {
+    pub fn push(&self, seq: u64, wire: &Bytes, now_ms: u64) -> bool {
+        match self.push_quiet(seq, wire, now_ms) {
             Push::Dropped => false,
             Push::Queued { wake } => {
                 if wake {
@@ -153,7 +153,7 @@ impl Subscriber {
     /// when the result says so (the matcher threads wake once per batch rather than once per
     /// event: a wake is a cross-thread notification, the most expensive part of a delivery).
     #[inline]
-    pub fn push_quiet(&self, seq: u64, json: &Bytes, now_ms: u64) -> Push {
+    pub fn push_quiet(&self, seq: u64, wire: &Bytes, now_ms: u64) -> Push {
         let was_empty;
         {
             let mut q = self.queue.lock();
@@ -169,7 +169,7 @@ impl Subscriber {
                 let n = std::mem::take(&mut q.pending_drop);
                 q.items.push_back(Item::Lagged(n));
             }
-            q.items.push_back(Item::Event { seq, json: json.clone() });
+            q.items.push_back(Item::Event { seq, wire: wire.clone() });
         }
         self.delivered.fetch_add(1, Ordering::Relaxed);
         Push::Queued { wake: was_empty }

@@ -68,7 +68,7 @@ fn main() {
             index.begin(&mut scratch);
             index.match_event(ev, &mut scratch);
             for &d in &scratch.out {
-                if index.sub(d).push(seq, &ev.json, 0) {
+                if index.sub(d).push(seq, &ev.wire, 0) {
                     delivered += 1;
                 }
             }
