@@ -207,13 +207,6 @@ async fn demo_generator_feeds_subscribers() {
     assert!(status.success(), "exit status {status:?}; stderr: {}", lt.stderr());
 }
 
-/// Resident memory of another process, in bytes.
-fn rss_of(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("statm");
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("resident pages");
-    pages * 4096
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections() {
     let limit = raise_nofile();
@@ -230,7 +223,7 @@ async fn ten_thousand_idle_connections() {
     let pid = lt.child.id();
     let mut witness = SseClient::connect(addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
     assert_eq!(witness.status, 200);
-    let before = rss_of(pid);
+    let before = rss_bytes_of(&pid.to_string());
 
     let t0 = std::time::Instant::now();
     let mut idle = Vec::with_capacity(n);
@@ -240,7 +233,7 @@ async fn ten_thousand_idle_connections() {
     let connect_time = t0.elapsed();
     let s = wait_stats(addr, "idle connections counted", |s| s["connections"].as_u64().unwrap() as usize > n)
         .await;
-    let held = rss_of(pid);
+    let held = rss_bytes_of(&pid.to_string());
     eprintln!(
         "{} connections open after {connect_time:?}; hub rss {} MiB before, {} MiB with them ({} bytes each)",
         s["connections"],

@@ -113,22 +113,7 @@ async fn oversized_bodies_get_413() {
     assert!(j["detail"].as_str().unwrap().contains("2048"), "{j}");
 
     // Chunked body, so the limit is found while reading.
-    let mut chunked = Vec::new();
-    for piece in big.as_bytes().chunks(500) {
-        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-        chunked.extend_from_slice(piece);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
-    let auth = format!("Bearer {TOKEN}");
-    let r = request(
-        addr,
-        "POST",
-        "/api/telemetry/ingest",
-        &[("Authorization", &auth), ("Transfer-Encoding", "chunked")],
-        &chunked,
-    )
-    .await;
+    let r = ingest_chunked(addr, big.as_bytes(), 500).await;
     assert_eq!(r.status, 413, "{}", r.text());
     let j = r.json();
     assert!(j["error"].is_string() && j["detail"].is_string(), "{j}");

@@ -384,21 +384,7 @@ async fn oversized_malformed_and_strange_requests() {
     let raw = raw_exchange(addr, declared.as_bytes()).await;
     assert_eq!(status_of(&raw), Some(413), "{}", String::from_utf8_lossy(&raw));
     assert_eq!(json_body_of(&raw)["error"], "payload too large");
-    let mut chunked = Vec::new();
-    for _ in 0..20 {
-        chunked.extend_from_slice(format!("{:x}\r\n", 100_000).as_bytes());
-        chunked.extend(std::iter::repeat_n(b'z', 100_000));
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
-    let r = request(
-        addr,
-        "POST",
-        "/api/telemetry/ingest",
-        &[("Authorization", &auth), ("Transfer-Encoding", "chunked")],
-        &chunked,
-    )
-    .await;
+    let r = ingest_chunked(addr, &vec![b'z'; 2_000_000], 100_000).await;
     assert_eq!((r.status, r.json()["error"].as_str().unwrap()), (413, "payload too large"));
     let mut bad_utf8 = b"{\"type\":\"auth.success\",\"data\":{\"accountName\":\"\xff\xfe\"}}\n".to_vec();
     bad_utf8.extend_from_slice(b"\xc3\x28\n{\"type\":\"auth.success\"}\n");

@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-#[test]
-fn hash_password_prints_a_usable_argon2_hash() {
+/// Runs `livetap hash-password` with `input` on standard input.
+fn hash_password(input: &[u8]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_livetap"))
         .arg("hash-password")
         .stdin(Stdio::piped())
@@ -13,8 +13,13 @@ fn hash_password_prints_a_usable_argon2_hash() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run livetap");
-    child.stdin.take().unwrap().write_all(b"correct horse battery\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn hash_password_prints_a_usable_argon2_hash() {
+    let out = hash_password(b"correct horse battery\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let hash = String::from_utf8(out.stdout).unwrap();
     let hash = hash.trim();
@@ -24,15 +29,7 @@ fn hash_password_prints_a_usable_argon2_hash() {
     assert!(!livetap::auth::password::verify_blocking(hash, "correct horse battery\n"));
 
     // An empty password is refused.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_livetap"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = hash_password(b"\n");
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
 }

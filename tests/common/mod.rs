@@ -589,7 +589,13 @@ pub async fn wait_stats(addr: SocketAddr, what: &str, mut pred: impl FnMut(&Valu
 
 /// Resident memory of this process (the in-process server included), from /proc/self/statm.
 pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    rss_bytes_of("self")
+}
+
+/// Resident memory of process `pid` (a number, or `self`), from /proc/PID/statm.
+pub fn rss_bytes_of(pid: &str) -> u64 {
+    let path = format!("/proc/{pid}/statm");
+    let statm = std::fs::read_to_string(&path).expect(&path);
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("resident pages");
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -694,4 +700,31 @@ pub async fn assert_closed_silently<'a>(streams: impl IntoIterator<Item = &'a mu
         let r = tokio::time::timeout(DEADLINE, s.read(&mut buf)).await.expect("closed by the server");
         assert!(matches!(r, Ok(0) | Err(_)), "an idle connection got bytes");
     }
+}
+
+/// An HTTP/1.1 chunked body: `data` cut into chunks of `chunk` bytes, then the last chunk.
+pub fn chunked_body(data: &[u8], chunk: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / chunk.max(1) * 10 + 5);
+    for piece in data.chunks(chunk.max(1)) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// POSTs `data` to the NDJSON ingest endpoint as a chunked body (chunks of `chunk` bytes), with
+/// the admin token.
+pub async fn ingest_chunked(addr: SocketAddr, data: &[u8], chunk: usize) -> Response {
+    let auth = format!("Bearer {TOKEN}");
+    let body = chunked_body(data, chunk);
+    request(
+        addr,
+        "POST",
+        "/api/telemetry/ingest",
+        &[("Authorization", &auth), ("Transfer-Encoding", "chunked")],
+        &body,
+    )
+    .await
 }
