@@ -7,7 +7,7 @@
 //! no request path can name any other file. The static files carry no data and need no
 //! credentials; everything the page shows comes from the authenticated API.
 
-use super::{json_ok, json_response, HttpError, LiveBody};
+use super::{json_ok, json_response, HttpError, LiveBody, RequestBody};
 use crate::auth::Principal;
 use crate::event::Event;
 use crate::hub::Hub;
@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,7 +160,7 @@ const MAX_SPAN_SCAN: u64 = 1 << 20;
 pub(super) async fn span_lookup(
     hub: &Arc<Hub>,
     principal: &Principal,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<LiveBody>, HttpError> {
     let body = read_small(hub, req).await?;
     let v: Value = serde_json::from_slice(&body).map_err(|e| HttpError::BadBody(format!("not JSON: {e}")))?;
@@ -219,7 +218,7 @@ fn lookup_miss(detail: &str) -> Response<LiveBody> {
 }
 
 /// Reads a small JSON body under [`MAX_LOOKUP_BYTES`] and the body timeout.
-async fn read_small(hub: &Hub, req: Request<Incoming>) -> Result<Vec<u8>, HttpError> {
+async fn read_small(hub: &Hub, req: Request<RequestBody>) -> Result<Vec<u8>, HttpError> {
     let body = http_body_util::Limited::new(req.into_body(), MAX_LOOKUP_BYTES);
     let secs = hub.config.body_timeout_secs;
     match tokio::time::timeout(Duration::from_secs(secs), body.collect()).await {

@@ -1,6 +1,7 @@
 //! Connection-level limits: the caps on open connections (overall and per source address), the
-//! write timeout that drops a client that stops reading, the deadline for a plain-TCP
-//! client's first bytes, and the idle timeout of a connection with no request in flight.
+//! write timeout that drops a client that stops reading, and the idle timeout of a connection
+//! with no request in flight. (A plain connection's first request head is read under the
+//! header timeout in `direct.rs`.)
 //!
 //! These act below HTTP, on the socket, so they hold for every route and both HTTP versions.
 
@@ -183,33 +184,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         let r = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.watch(cx, r)
     }
-}
-
-/// Waits until a plain-TCP client has sent enough to tell HTTP/1.1 from HTTP/2 (hyper's
-/// version sniffing has no deadline of its own), or fails after `timeout`.
-pub async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> io::Result<()> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let wait = async {
-        let mut buf = [0u8; 24];
-        loop {
-            stream.readable().await?;
-            let n = match stream.peek(&mut buf).await {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
-            // Enough once the bytes are not the preface's beginning, or are all of it.
-            if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
-                return Ok(());
-            }
-            // A partial preface: wait a moment for the rest rather than spinning on peek.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(timeout, wait)
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no request")))
 }
 
 /// Requests in flight on one connection, and since when it has had none. HTTP/2 keeps a

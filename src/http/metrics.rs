@@ -1,7 +1,7 @@
 //! The metrics endpoints: the live metrics stream, the Prometheus exposition, and applying
 //! producers' metric records from an ingest body.
 
-use super::{HttpError, LiveBody};
+use super::{HttpError, LiveBody, RequestBody};
 use crate::auth::principal::StreamSlot;
 use crate::hub::Hub;
 use crate::ingest::ParsedBatch;
@@ -12,14 +12,13 @@ use crate::subscriber::registry::RegistryError;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::sync::Arc;
 
 /// `GET /api/telemetry/metrics/live?metrics=a,b&interval=N`: Stalwart's `event: metrics`
 /// frames, the first at once, then one per interval, until the client leaves or shutdown.
 pub(super) fn live_metrics(
     hub: Arc<Hub>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     slot: StreamSlot,
 ) -> Result<Response<LiveBody>, HttpError> {
     let c = &hub.config;

@@ -10,6 +10,7 @@
 
 pub mod cors;
 mod dashboard;
+pub mod direct;
 mod history;
 pub mod limits;
 mod metrics;
@@ -196,6 +197,10 @@ impl HttpError {
     }
 }
 
+/// Request bodies: hyper's, or none for a live-stream request read by [`direct`] (a `GET`
+/// whose head livetap parsed itself). One type, so the handlers exist once.
+pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
+
 /// Response bodies: a whole buffer, or a live SSE stream.
 pub enum LiveBody {
     /// A complete body, sent once.
@@ -285,7 +290,7 @@ pub struct ConnInfo {
 pub async fn handle(
     ctx: Arc<Ctx>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<LiveBody>, Infallible> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut resp = route(&ctx, &conn, req).await.unwrap_or_else(HttpError::into_response);
@@ -334,7 +339,7 @@ fn allow_header(m: &Method) -> &'static str {
 async fn route(
     ctx: &Arc<Ctx>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<LiveBody>, HttpError> {
     check_head(ctx, &req)?;
     let full_path = req.uri().path().to_string();
@@ -395,7 +400,7 @@ async fn route(
 
 /// Refuses request targets and header sections over their caps, with a JSON answer (hyper's
 /// own buffer cap, which answers without a body, sits well above these).
-fn check_head(ctx: &Ctx, req: &Request<Incoming>) -> Result<(), HttpError> {
+fn check_head(ctx: &Ctx, req: &Request<RequestBody>) -> Result<(), HttpError> {
     let c = &ctx.hub.config;
     let url = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if url > c.max_url_bytes {
@@ -439,7 +444,7 @@ pub fn query_token(query: &str) -> Result<Option<String>, HttpError> {
 async fn authorize(
     ctx: &Ctx,
     conn: &ConnInfo,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     perm: Permission,
     grant: Option<Grant>,
 ) -> Result<Arc<Principal>, HttpError> {
@@ -512,7 +517,7 @@ async fn live_traces(
     ctx: &Ctx,
     conn: &ConnInfo,
     principal: Arc<Principal>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<LiveBody>, HttpError> {
     let hub = &ctx.hub;
     let q = parse_pairs(req.uri().query().unwrap_or(""), &hub.keys, &hub.config.query_limits())?;
@@ -558,7 +563,7 @@ async fn live_traces(
 }
 
 /// Reads the whole body under the size cap and the body timeout.
-async fn read_body(hub: &Hub, req: Request<Incoming>) -> Result<Vec<u8>, HttpError> {
+async fn read_body(hub: &Hub, req: Request<RequestBody>) -> Result<Vec<u8>, HttpError> {
     let limit = hub.config.max_body_bytes;
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         if len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_some_and(|n| n > limit as u64) {
@@ -674,7 +679,7 @@ fn charge(p: Option<&Principal>, parsed: &ParsedBatch) {
 async fn ingest_ndjson(
     ctx: &Ctx,
     principal: Arc<Principal>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<LiveBody>, HttpError> {
     check_rate(ctx, Some(&principal))?;
     let _permit = ingest_permit(ctx).await?;
@@ -691,7 +696,7 @@ async fn ingest_ndjson(
 async fn webhook(
     ctx: &Ctx,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     principal: Option<Arc<Principal>>,
 ) -> Result<Response<LiveBody>, HttpError> {
     let hub = &ctx.hub;

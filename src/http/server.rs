@@ -6,7 +6,8 @@
 //! scrapers and the ingest-rate tick, and returns the bound address. [`Server::reload`] is what
 //! SIGHUP does: re-read the TLS files and the live-token key file.
 
-use super::limits::{first_bytes, Activity, ConnLimiter, ConnRefused, TimedIo, Tracked};
+use super::direct::{self, Rewind, Sniffed};
+use super::limits::{Activity, ConnLimiter, ConnRefused, TimedIo, Tracked};
 use super::tls::TlsReloader;
 use super::{ConnInfo, Ctx};
 use crate::auth::Security;
@@ -21,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -227,29 +228,52 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, tls: Option<Arc<TlsRe
         tokio::spawn(async move {
             let hub = &ctx.hub;
             hub.ingest.connections.fetch_add(1, Ordering::Relaxed);
-            let header_timeout = Duration::from_secs(hub.config.header_timeout_secs);
-            let write_timeout = Duration::from_secs(hub.config.write_timeout_secs);
             match tls {
-                Some(tls) => {
-                    let acceptor = tls.acceptor();
-                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve(&ctx, TimedIo::new(s, write_timeout, hub.clone()), peer, Some(h2)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-                None => {
-                    if first_bytes(&stream, header_timeout).await.is_ok() {
-                        serve(&ctx, TimedIo::new(stream, write_timeout, hub.clone()), peer, None).await;
-                    }
-                }
+                // Boxed, as hyper's connection below: the task of an idle connection holds
+                // only what the plain path needs until it knows what it serves.
+                Some(tls) => Box::pin(serve_tls(&ctx, &tls, stream, peer)).await,
+                None => serve_plain(&ctx, stream, peer).await,
             }
             hub.ingest.connections.fetch_sub(1, Ordering::Relaxed);
             drop(guard);
         });
+    }
+}
+
+/// A plain connection: a live-traces request is served directly (`direct.rs`), anything else
+/// by hyper, which first reads again what the sniffing read.
+async fn serve_plain(ctx: &Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
+    let hub = &ctx.hub;
+    let c = &hub.config;
+    let header_timeout = Duration::from_secs(c.header_timeout_secs);
+    let max_head = c.max_url_bytes + c.max_header_bytes + 1024;
+    // Boxed like every other phase before the stream: a future's size is that of its largest
+    // state, and the task keeps that size for as long as the stream lives.
+    let sniffed = Box::pin(direct::sniff(&mut stream, header_timeout, max_head)).await;
+    match sniffed {
+        Sniffed::Gone => {}
+        Sniffed::Live(req) => direct::serve_live(ctx, stream, peer, req).await,
+        Sniffed::Other(read) => {
+            let write_timeout = Duration::from_secs(c.write_timeout_secs);
+            let io = TimedIo::new(Rewind::new(read, stream), write_timeout, hub.clone());
+            Box::pin(serve(ctx, io, peer, None)).await
+        }
+    }
+}
+
+/// A TLS connection: the handshake within the header timeout, then hyper in the version ALPN
+/// chose.
+async fn serve_tls(ctx: &Arc<Ctx>, tls: &TlsReloader, stream: TcpStream, peer: SocketAddr) {
+    let hub = &ctx.hub;
+    let header_timeout = Duration::from_secs(hub.config.header_timeout_secs);
+    let write_timeout = Duration::from_secs(hub.config.write_timeout_secs);
+    match tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => {
+            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve(ctx, TimedIo::new(s, write_timeout, hub.clone()), peer, Some(h2)).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
@@ -274,20 +298,7 @@ async fn refuse(mut stream: TcpStream, why: ConnRefused) {
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    let work = async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        let mut total = 0;
-        while total < 64 * 1024 {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => total += n,
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
+    direct::answer_and_close(&mut stream, answer.as_bytes()).await;
 }
 
 /// Answers a refused TLS connection the same way, in whichever HTTP version ALPN chose: the
@@ -333,7 +344,7 @@ where
         let activity = activity.clone();
         service_fn(move |req| {
             let flight = activity.begin();
-            let handled = super::handle(ctx.clone(), conn.clone(), req);
+            let handled = super::handle(ctx.clone(), conn.clone(), req.map(http_body_util::Either::Left));
             async move { Ok::<_, std::convert::Infallible>(handled.await?.map(|b| Tracked::new(b, flight))) }
         })
     };

@@ -9,6 +9,8 @@
 //! pending at write time (milliseconds of latency, never a fixed 1-second batch), sends `ping`
 //! after the idle interval, and ends cleanly at shutdown once the queue is empty.
 
+pub mod socket;
+
 use crate::subscriber::registry::Subscription;
 use crate::subscriber::replay::Resume;
 use crate::subscriber::Item;
@@ -44,6 +46,11 @@ impl SseChunk {
             self.remaining += b.len();
             self.parts.push(b);
         }
+    }
+
+    /// Parts not yet written completely.
+    pub fn parts_left(&self) -> usize {
+        self.parts.len() - self.index
     }
 
     /// A chunk holding one pre-built frame.

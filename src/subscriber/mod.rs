@@ -45,10 +45,11 @@ struct Queue {
     full_since: Option<u64>,
 }
 
-/// Closes a subscriber's connection from outside its task (for stalled clients).
+/// Closes a subscriber's connection from outside its task (for stalled clients). One task
+/// waits on it: the one serving the connection.
 #[derive(Debug, Default)]
 pub struct ConnHandle {
-    kill: tokio::sync::Notify,
+    waker: AtomicWaker,
     killed: AtomicBool,
 }
 
@@ -56,18 +57,23 @@ impl ConnHandle {
     /// Asks the connection task to drop the connection.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
-        self.kill.notify_one();
+        self.waker.wake();
+    }
+
+    /// Ready once [`ConnHandle::kill`] was called; otherwise wakes the caller when it is.
+    pub fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Register before looking, so a kill between the look and the return still wakes us.
+        self.waker.register(cx.waker());
+        if self.killed.load(Ordering::SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 
     /// Resolves when [`ConnHandle::kill`] was called.
     pub async fn killed(&self) {
-        loop {
-            let notified = self.kill.notified();
-            if self.killed.load(Ordering::SeqCst) {
-                return;
-            }
-            notified.await;
-        }
+        std::future::poll_fn(|cx| self.poll_killed(cx)).await
     }
 }
 

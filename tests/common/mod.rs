@@ -386,6 +386,16 @@ impl SseClient {
             .unwrap_or_else(|e| panic!("error body not JSON ({e}): {:?}", String::from_utf8_lossy(b)))
     }
 
+    /// The connection, to write on it.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// The connection, taking the client apart.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// True when the body ended with the chunked terminator (a clean end of stream).
     pub fn ended_cleanly(&self) -> bool {
         self.chunked && self.dechunker.done
@@ -635,7 +645,7 @@ impl SseClient {
     }
 
     /// Reads the status and headers of an answer on `stream` (the request was sent).
-    async fn read_answer(mut stream: TcpStream) -> SseClient {
+    pub async fn read_answer(mut stream: TcpStream) -> SseClient {
         let mut buf = Vec::new();
         let mut tmp = vec![0u8; 16 * 1024];
         let (status, headers, start) = loop {
