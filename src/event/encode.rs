@@ -10,45 +10,61 @@ use time::OffsetDateTime;
 
 /// Writes `s` as a JSON string literal.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
-    // Most values need no escaping at all: check 16 bytes at a time without branching (the
-    // compiler turns the fold into vector compares) and copy the clean prefix in one go.
-    let clean = bytes
-        .chunks(16)
-        .take_while(|c| !c.iter().fold(false, |acc, &b| acc | (b < 0x20) | (b == b'"') | (b == b'\\')))
-        .map(<[u8]>::len)
-        .sum::<usize>();
-    if clean == bytes.len() {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate().skip(clean) {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
+    loop {
+        // Most values need no escaping at all: the clean run up to the next byte that needs
+        // it is found eight bytes at a time and copied in one go.
+        let i = start + first_escape(&bytes[start..]);
+        out.extend_from_slice(&bytes[start..i]);
+        let Some(&b) = bytes.get(i) else { break };
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[(b >> 4) as usize]);
                 out.push(HEX[(b & 0xf) as usize]);
-                start = i + 1;
-                continue;
             }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
+        }
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// The index of the first byte of `bytes` that a JSON string must escape (`"`, `\`, or below
+/// 0x20), or `bytes.len()` if none does.
+///
+/// Eight bytes per step, as one `u64` (SWAR): for each test, a byte's high bit ends up set
+/// when it matches. The subtractions can carry a borrow into the bytes *above* a match, so
+/// only the lowest flagged byte is exact, and that is the one taken.
+#[inline]
+fn first_escape(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(word) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        // Below 0x20: subtracting 0x20 wraps to a high byte, which `!w` keeps only for bytes
+        // that did not have their high bit set already.
+        let control = w.wrapping_sub(ONES * 0x20) & !w;
+        let q = w ^ (ONES * u64::from(b'"'));
+        let quote = q.wrapping_sub(ONES) & !q;
+        let bs = w ^ (ONES * u64::from(b'\\'));
+        let backslash = bs.wrapping_sub(ONES) & !bs;
+        let m = (control | quote | backslash) & HIGH;
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + bytes[i..].iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').unwrap_or(bytes.len() - i)
 }
 
 /// Writes any [`RawValue`] as JSON, leaving out empty members of objects as Stalwart does.
@@ -199,6 +215,21 @@ mod tests {
             let mut out = Vec::new();
             write_str(&mut out, s);
             assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn escapes_match_serde_json_on_random_strings() {
+        // Every byte class at every offset of the eight-byte steps, and runs of bytes with the
+        // high bit set (UTF-8) beside the ones that need escaping.
+        let pieces = ["a", "\"", "\\", "\n", "\u{1f}", "\u{0}", " ", "\u{7f}", "é", "€", "😀", "~"];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let n = rng.usize(0..40);
+            let s: String = (0..n).map(|_| pieces[rng.usize(..pieces.len())]).collect();
+            let mut out = Vec::new();
+            write_str(&mut out, &s);
+            assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
         }
     }
 
