@@ -1,8 +1,10 @@
 //! Fuzz target `http_surface`: what a client controls in one HTTP request, through the plain
 //! functions the handlers call, with no sockets: the query string of every endpoint (live
 //! traces, live metrics, the `token` parameter), the `Authorization` header, a live token, the
-//! webhook `X-Signature`, and the body through the NDJSON and webhook parsers. Nothing may
-//! panic; forged tokens and signatures must never verify; a real token and signature must.
+//! webhook `X-Signature`, the first bytes of a plain connection through the request-head
+//! sniffer that picks live-trace streams (`http::direct::judge`), and the body through the
+//! NDJSON and webhook parsers. Nothing may panic; the sniffer takes only complete HTTP/1.1
+//! `GET`s of the live paths; forged tokens and signatures must never verify; a real token and signature must.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -38,6 +40,7 @@ struct Request<'a> {
     reconnect: bool,
     now: u32,
     signature: &'a [u8],
+    head: &'a [u8],
     body: Vec<u8>,
     webhook: bool,
 }
@@ -50,6 +53,15 @@ fuzz_target!(|r: Request<'_>| {
     let _ = parse_pairs(r.query, &s.keys, &limits);
     let _ = livetap::metrics::query::parse_live(r.query, 3600, 64, 8192);
     let _ = livetap::http::query_token(r.query);
+
+    // The first bytes of a plain connection.
+    if let livetap::http::direct::Verdict::Live(req) = livetap::http::direct::judge(r.head, 16 << 10) {
+        assert_eq!(req.method(), "GET");
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        let path = req.uri().path();
+        assert!(path == "/api/telemetry/traces/live" || path == "/api/tracing/live", "{path}");
+        assert!(r.head.ends_with(b"\n"), "only a complete head is taken");
+    }
 
     // Credentials.
     let _ = parse_authorization(r.authorization);
