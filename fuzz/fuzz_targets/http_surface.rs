@@ -2,7 +2,7 @@
 //! functions the handlers call, with no sockets: the query string of every endpoint (live
 //! traces, live metrics, the `token` parameter), the `Authorization` header, a live token, the
 //! webhook `X-Signature`, the first bytes of a plain connection through the request-head
-//! sniffer that picks live-trace streams (`http::direct::judge`), and the body through the
+//! sniffer that picks live streams (`http::direct::judge`), and the body through the
 //! NDJSON and webhook parsers. Nothing may panic; the sniffer takes only complete HTTP/1.1
 //! `GET`s of the live paths; forged tokens and signatures must never verify; a real token and signature must.
 #![no_main]
@@ -59,7 +59,7 @@ fuzz_target!(|r: Request<'_>| {
         assert_eq!(req.method(), "GET");
         assert_eq!(req.version(), http::Version::HTTP_11);
         let path = req.uri().path();
-        assert!(path == "/api/telemetry/traces/live" || path == "/api/tracing/live", "{path}");
+        assert!(path.ends_with("/live"), "{path}");
         assert!(r.head.ends_with(b"\n"), "only a complete head is taken");
     }
 

@@ -1,7 +1,7 @@
-//! Live-trace requests on plain connections, served without hyper's connection state.
+//! Live-stream requests on plain connections, served without hyper's connection state.
 //!
 //! The accept task reads the first request head itself ([`sniff`]). When it is a complete
-//! HTTP/1.1 `GET` of a live-traces endpoint with nothing after it, the request goes through the
+//! HTTP/1.1 `GET` of a live endpoint (traces, or metrics) with nothing after it, the request goes through the
 //! same [`super::handle`] as every other (limits, CORS, authentication, the subscription), and
 //! the answer is written here: a JSON error as a whole response, or the stream with
 //! [`crate::sse::socket::stream_body`]. Anything else goes to hyper, with the bytes already
@@ -27,8 +27,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The request lines served here; any other target goes to hyper.
-const LIVE_PATHS: [&[u8]; 2] = [b"GET /api/telemetry/traces/live", b"GET /api/tracing/live"];
+/// The request lines served here (the live streams); any other target goes to hyper.
+const LIVE_PATHS: [&[u8]; 3] =
+    [b"GET /api/telemetry/traces/live", b"GET /api/tracing/live", b"GET /api/telemetry/metrics/live"];
 
 /// Most header fields parsed (the same cap hyper is given).
 const MAX_HEADERS: usize = 128;
@@ -36,7 +37,7 @@ const MAX_HEADERS: usize = 128;
 /// What the bytes read so far say.
 #[derive(Debug)]
 pub enum Verdict {
-    /// A live-traces request, complete, with nothing after its head.
+    /// A live-stream request, complete, with nothing after its head.
     Live(Box<Request<()>>),
     /// Not ours: give the connection to hyper.
     Other,
@@ -103,7 +104,7 @@ pub fn judge(buf: &[u8], max_head: usize) -> Verdict {
 /// What [`sniff`] found on a new plain connection.
 #[derive(Debug)]
 pub enum Sniffed {
-    /// A live-traces request to serve with [`serve_live`].
+    /// A live-stream request to serve with [`serve_live`].
     Live(Box<Request<()>>),
     /// Another request (or protocol): these bytes were read and must be replayed to hyper.
     Other(Vec<u8>),
@@ -138,7 +139,7 @@ pub async fn sniff(stream: &mut TcpStream, timeout: Duration, max_head: usize) -
     }
 }
 
-/// Serves one live-traces request read by [`sniff`]: the answer, then the stream until it
+/// Serves one live-stream request read by [`sniff`]: the answer, then the stream until it
 /// ends. The connection closes afterwards.
 pub async fn serve_live(ctx: &Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr, req: Box<Request<()>>) {
     let hub = &ctx.hub;
@@ -314,6 +315,8 @@ mod tests {
         assert_eq!(r.headers()["last-event-id"], "7");
         let r = live("GET /api/tracing/live HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(r.uri().path(), "/api/tracing/live");
+        let r = live("GET /api/telemetry/metrics/live?interval=1 HTTP/1.1\r\n\r\n");
+        assert_eq!(r.uri().path(), "/api/telemetry/metrics/live");
     }
 
     #[test]
@@ -329,7 +332,6 @@ mod tests {
             b"GET /healthz HTTP/1.1\r\n\r\n",
             b"HEAD /api/telemetry/traces/live HTTP/1.1\r\n\r\n",
             b"GET /api/telemetry/traces/lively HTTP/1.1\r\n\r\n",
-            b"GET /api/telemetry/metrics/live HTTP/1.1\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"PRI * HTTP/1.1\r\n",
             b"\x16\x03\x01",

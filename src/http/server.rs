@@ -240,7 +240,7 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, tls: Option<Arc<TlsRe
     }
 }
 
-/// A plain connection: a live-traces request is served directly (`direct.rs`), anything else
+/// A plain connection: a live-stream request is served directly (`direct.rs`), anything else
 /// by hyper, which first reads again what the sniffing read.
 async fn serve_plain(ctx: &Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     let hub = &ctx.hub;
