@@ -20,24 +20,11 @@ raw=${CARGO_TARGET_DIR:-target}/release/rawlimit
 out=perf/out/ab
 rm -rf "$out"
 mkdir -p "$out"
-have_nchan=0
-if command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then have_nchan=1; fi
-
-run() { # file name, then loadgen arguments
-  local name=$1; shift
-  echo "== $name: loadgen $*" >&2
-  "$lg" "$@" --json "$out/$name.json" 2>&1 | grep -E "^[a-z0-9-]+ +(livetap|nchan)|per idle" >&2 || true
-}
+. perf/common.sh
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$out/machine.txt"
 for i in $(seq 1 "$rounds"); do
-  nrate=18000
-  if [ "$have_nchan" = 1 ]; then
-    perf/nchan/start.sh >/dev/null
-    run "nchan-fanout-$i" fanout-1k --peer nchan --rate 0 --duration "$secs"
-    perf/nchan/stop.sh >/dev/null
-    nrate=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['rows'][0]['ingest_rate']))" "$out/nchan-fanout-$i.json")
-  fi
+  nrate=$(nchan_rate "nchan-fanout-$i" "$secs" 18000)
   for side in a b; do
     bin=$a
     [ "$side" = b ] && bin=$b

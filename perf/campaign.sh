@@ -14,14 +14,7 @@ out=perf/out/campaign
 rm -rf "$out"
 mkdir -p "$out"
 lg=target/release/loadgen
-have_nchan=0
-if command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then have_nchan=1; fi
-
-run() { # name, then loadgen arguments
-  local name=$1; shift
-  echo "== $name: loadgen $*" >&2
-  "$lg" "$@" --json "$out/$name.json" 2>&1 | grep -E "^[a-z0-9-]+ +(livetap|naive|nchan)|per idle|change" >&2 || true
-}
+. perf/common.sh
 
 { echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)";
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"; } > "$out/machine.txt"
@@ -35,13 +28,7 @@ for i in $(seq 1 "$RUNS"); do
   target/release/rawlimit --sockets 100 --seconds "$DUR" --json > "$out/rawlimit-100-$i.json"
   # Nchan at its own best rate (one publish per event, as fast as it answers), then livetap and
   # the naive hub at exactly the rate Nchan held in this run.
-  nrate=13800
-  if [ "$have_nchan" = 1 ]; then
-    perf/nchan/start.sh >/dev/null
-    run "nchan-fanout-$i" fanout-1k --peer nchan --rate 0 --duration "$DUR"
-    perf/nchan/stop.sh >/dev/null
-    nrate=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['rows'][0]['ingest_rate']))" "$out/nchan-fanout-$i.json")
-  fi
+  nrate=$(nchan_rate "nchan-fanout-$i" "$DUR" 13800)
   run "livetap-at-nchan-rate-$i" fanout-1k --rate "$nrate" --batch 16 --duration "$DUR"
   run "naive-at-nchan-rate-$i" fanout-1k --peer naive --rate "$nrate" --batch 16 --duration "$DUR"
   run "slow-consumer-$i" slow-consumer --duration "$DUR"
