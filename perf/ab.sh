@@ -3,7 +3,8 @@
 # against A, then against B (then Nchan at its own rate, and the raw writev limit), so machine
 # drift hits both alike; the table at the end has the medians and the B/A ratios.
 #
-#   perf/ab.sh A_BIN B_BIN [ROUNDS] [SECS]     (defaults 3 rounds, 6 s of load per run)
+#   perf/ab.sh A_BIN B_BIN [ROUNDS] [SECS]     (defaults 3 rounds, 6 s of load per run;
+#                                               AB_IDLE=0 leaves out idle-10k)
 #
 # Typical use: build the old commit's binary to /tmp/livetap-before (git stash or a worktree)
 # and the new one to /tmp/livetap-after. Needs `cargo build --release -p livetap-perf`; Nchan
@@ -38,8 +39,11 @@ for i in $(seq 1 "$rounds"); do
 done
 # Memory is not noisy the way time is, and connecting 10,000 subscribers one after another takes
 # minutes (each waits for an index rebuild), so idle-10k runs once per side.
-run "a-idle-10k-1" idle-10k --hub-bin "$a"
-run "b-idle-10k-1" idle-10k --hub-bin "$b"
+# AB_IDLE=0 skips it.
+if [ "${AB_IDLE:-1}" != 0 ]; then
+  run "a-idle-10k-1" idle-10k --hub-bin "$a"
+  run "b-idle-10k-1" idle-10k --hub-bin "$b"
+fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"
 
 python3 - "$out" "$rounds" <<'PY'
