@@ -2,7 +2,8 @@
 //! and streamed without hyper; every other request, and live requests it does not take
 //! (HTTP/1.0, after another request on a keep-alive connection, pipelined), go to hyper. Both
 //! kinds must stream the same events with the same framing, answer errors as whole JSON
-//! responses, and free the subscription when the client leaves.
+//! responses, free the subscription when the client leaves, and drop a client that stops
+//! reading once a write has waited for the write timeout.
 
 mod common;
 
@@ -207,4 +208,40 @@ fn socket_linger_zero(s: &TcpStream) {
         )
     };
     assert_eq!(r, 0, "SO_LINGER");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_hits_the_write_timeout_on_the_direct_path() {
+    // The reaper would also close it once its queue stays full; keep the queue large and the
+    // stall timeout long so that only the socket's write timeout can act.
+    let server = start_server(|c| {
+        c.write_timeout_secs = 1;
+        c.stall_timeout_secs = 600;
+        c.subscriber_queue = 100_000;
+    })
+    .await;
+    let addr = server.addr;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    s.write_all(live_request(addr, "HTTP/1.1", "follow=false").as_bytes()).await.unwrap();
+    let head = read_until(&mut s, &[], "stream open").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    wait_stats(addr, "one subscriber", |s| s["subscribers"] == 1).await;
+    // About 10 MB, never read: more than twice the largest send buffer Linux grants by default
+    // (`tcp_wmem` 4 MiB), so the hub's writes must block.
+    let blob = "x".repeat(4000);
+    for b in 0..8 {
+        let batch: Vec<Value> = (0..300)
+            .map(|i| json!({"type": "smtp.rcpt-to", "data": {"n": b * 300 + i, "reason": blob}}))
+            .collect();
+        ingest_ok(addr, &batch).await;
+    }
+    let st = wait_stats(addr, "the write timed out and the stream ended", |s| {
+        s["write_timeouts"].as_u64().unwrap() >= 1 && s["subscribers"] == 0
+    })
+    .await;
+    assert_eq!(st["dropped"], 0, "nothing was dropped for lag: the queue never filled");
+    drop(s);
+    server.shutdown().await;
 }
