@@ -12,7 +12,7 @@
 //! request has been read never uses again (`perf/RESULTS.md`, idle memory).
 
 use super::{ConnInfo, Ctx, LiveBody};
-use crate::sse::socket::{stream_body, write_chunk, Chunked, End};
+use crate::sse::socket::{stream_body, Chunked, End};
 use crate::sse::SseChunk;
 use crate::subscriber::ConnHandle;
 use bytes::{Buf, Bytes};
@@ -145,27 +145,27 @@ pub async fn serve_live(ctx: &Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr,
     let hub = &ctx.hub;
     let handle = Arc::new(ConnHandle::default());
     let write_timeout = Duration::from_secs(hub.config.write_timeout_secs);
-    // Boxed: answering (authentication, subscription, resume, writing the head) takes a large
-    // future that is needed until the stream starts, not for its whole life; this function's
-    // own state is what an idle stream costs.
+    // Boxed: answering (authentication, subscription, resume) takes a large future that is
+    // needed until the stream starts, not for its whole life; this function's own state is
+    // what an idle stream costs.
     let conn = Arc::new(ConnInfo { peer, handle: handle.clone() });
-    let Some(mut body) = Box::pin(answer(ctx, &mut stream, conn, req, write_timeout)).await else { return };
-    let end = stream_body(&stream, &mut body, &handle, write_timeout, &hub.ingest.write_timeouts).await;
+    let Some((mut body, head)) = Box::pin(answer(ctx, &mut stream, conn, req)).await else { return };
+    let timeouts = &hub.ingest.write_timeouts;
+    let end = stream_body(&stream, head, &mut body, &handle, write_timeout, timeouts).await;
     tracing::debug!(%peer, ?end, "live stream ended");
     if end == End::Finished {
         let _ = stream.shutdown().await;
     }
 }
 
-/// Handles the request and writes the answer's head. Returns the body still to stream, or
-/// `None` when the answer was whole (an error) or could not be written.
+/// Handles the request. Returns the stream's body and response head, still to be written, or
+/// `None` when the answer was whole (an error) and has been written.
 async fn answer(
     ctx: &Arc<Ctx>,
     stream: &mut TcpStream,
     conn: Arc<ConnInfo>,
     req: Box<Request<()>>,
-    write_timeout: Duration,
-) -> Option<LiveBody> {
+) -> Option<(LiveBody, Chunked)> {
     let req = (*req).map(|()| http_body_util::Either::Right(http_body_util::Empty::new()));
     let Ok(resp) = super::handle(ctx.clone(), conn, req).await;
     let (parts, mut body) = resp.into_parts();
@@ -176,9 +176,7 @@ async fn answer(
         answer_and_close(stream, &whole).await;
         return None;
     }
-    let mut first = Chunked::raw(SseChunk::single(Bytes::from(head(&parts, None))));
-    write_chunk(stream, &mut first, write_timeout).await.ok()?;
-    Some(body)
+    Some((body, Chunked::raw(SseChunk::single(Bytes::from(head(&parts, None))))))
 }
 
 /// The response head: status line, the response's headers, `date`, and the framing. `length`

@@ -120,15 +120,16 @@ pub enum End {
     WriteFailed,
 }
 
-/// Writes `body` as a chunked HTTP/1.1 body to `stream` until it ends, the client leaves, or
-/// `kill` fires. A write that makes no progress for `write_timeout` ends the stream and is
-/// counted in `timeouts`. The response head must already have been written.
+/// Writes `head` (the response head, unframed), then `body` as a chunked HTTP/1.1 body, to
+/// `stream` until the body ends, the client leaves, or `kill` fires. A write that makes no
+/// progress for `write_timeout` ends the stream and is counted in `timeouts`.
 ///
 /// A hand-written future rather than an `async` block with `select!`: its state (the chunk
 /// being written and a lazily boxed timer) is what every idle stream keeps for its whole life,
 /// and it is a third of what the generated state machine held.
 pub fn stream_body<'a, B>(
     stream: &'a TcpStream,
+    head: Chunked,
     body: &'a mut B,
     kill: &'a ConnHandle,
     write_timeout: Duration,
@@ -143,7 +144,7 @@ where
         kill,
         write_timeout,
         timeouts,
-        out: None,
+        out: Some(head),
         last: false,
         deadline: None,
         armed: false,
@@ -256,24 +257,6 @@ impl<B> StreamBody<'_, B> {
             }
         }
     }
-}
-
-/// Writes all of `chunk`, waiting for the socket when it is full, at most `timeout` each time.
-pub async fn write_chunk(stream: &TcpStream, chunk: &mut Chunked, timeout: Duration) -> io::Result<()> {
-    while chunk.remaining() > 0 {
-        match try_write(stream, chunk) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
-            Ok(n) => chunk.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(timeout, stream.writable()).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// One `writev` of as much of `chunk` as fits in `IOV_MAX` parts. Not async, so the `iovec`
