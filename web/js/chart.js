@@ -2,7 +2,7 @@
 // series, a y axis that fits the data, relative time labels and a legend with the latest
 // values. Drawing is deferred to the next animation frame, so many pushes cost one redraw.
 
-import { fmtNum } from "./util.js";
+import { fmtNum, oncePerFrame } from "./util.js";
 
 const PALETTE = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176", "#90a4ae", "#f06292"];
 const TEXT = "#9aa7b4";
@@ -31,7 +31,7 @@ export class LineChart {
     this.times = [];
     this.series = new Map();
     this.nextColor = 0;
-    this.pending = false;
+    this.schedule = oncePerFrame(() => this.draw());
     this.draws = 0;
     new ResizeObserver(() => this.schedule()).observe(canvas);
   }
@@ -63,15 +63,6 @@ export class LineChart {
     this.times = [];
     this.series.clear();
     this.schedule();
-  }
-
-  schedule() {
-    if (this.pending) return;
-    this.pending = true;
-    requestAnimationFrame(() => {
-      this.pending = false;
-      this.draw();
-    });
   }
 
   draw() {

@@ -3,7 +3,7 @@
 // second cost a bounded amount of DOM work. Older rows are dropped from view, not from the
 // stream. Pausing keeps what arrives in a bounded waiting list and shows how much is waiting.
 
-import { el, clock, fmtCount } from "./util.js";
+import { el, clock, fmtCount, oncePerFrame } from "./util.js";
 
 const LEVELS = new Set(["trace", "debug", "info", "warn", "error"]);
 
@@ -64,7 +64,7 @@ export class EventView {
     this.received = 0;
     this.unseen = 0; // arrived faster than drawn: dropped from view before being shown
     this.droppedWhilePaused = 0;
-    this.frameRequested = false;
+    this.schedule = oncePerFrame(() => this.flush());
     container.addEventListener("click", (e) => this.click(e));
   }
 
@@ -94,15 +94,6 @@ export class EventView {
       this.pending.splice(0, over);
       this.unseen += over;
     }
-  }
-
-  schedule() {
-    if (this.frameRequested) return;
-    this.frameRequested = true;
-    requestAnimationFrame(() => {
-      this.frameRequested = false;
-      this.flush();
-    });
   }
 
   flush() {

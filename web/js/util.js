@@ -62,3 +62,19 @@ export function debounce(fn, ms) {
     timer = setTimeout(() => fn(...args), ms);
   };
 }
+
+/**
+ * Returns a function that runs `fn` on the next animation frame, once however often it is
+ * called before then: DOM and canvas work is done at most once per frame.
+ */
+export function oncePerFrame(fn) {
+  let requested = false;
+  return () => {
+    if (requested) return;
+    requested = true;
+    requestAnimationFrame(() => {
+      requested = false;
+      fn();
+    });
+  };
+}
