@@ -13,7 +13,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
-use livetap::event::{Catalogue, Event, EventBuilder, KeyRegistry, RawValue};
+use livetap::event::{Catalogue, Event, EventBuilder, KeyRegistry, RawValue, Tape};
 use livetap::ingest::parse_ndjson;
 use livetap::matcher::index::{CompiledIndex, Scratch};
 use livetap::query::ast::{Field, Pred, Term};
@@ -230,6 +230,23 @@ fn parse_encode(c: &mut Criterion) {
             }
         })
     });
+    // What ingest uses: the token tape, one per thread, reused for every line.
+    let mut tape = Tape::new();
+    g.bench_function("tape_parse", |b| {
+        b.iter(|| {
+            for src in &inputs {
+                black_box(tape.parse(src).unwrap());
+            }
+        })
+    });
+    g.bench_function("tape_parse_build", |b| {
+        b.iter(|| {
+            for src in &inputs {
+                let raw = tape.parse(src).unwrap();
+                black_box(builder.build(raw, NOW).unwrap());
+            }
+        })
+    });
     g.bench_function("simd_json_parse_build", |b| {
         b.iter(|| {
             for (buf, src) in bufs.iter_mut().zip(&inputs) {
@@ -281,7 +298,7 @@ fn parse_encode(c: &mut Criterion) {
         })
     });
 
-    // A whole 1,000-line NDJSON body through the real ingest entry point (simd-json, per-line
+    // A whole 1,000-line NDJSON body through the real ingest entry point (the tape, per-line
     // error handling, Arc per event). The body is restored into a reused buffer each
     // iteration; `body_copy_only` is that copy alone.
     const LINES: usize = 1000;

@@ -4,6 +4,8 @@
 //! strings are escaped with a fast path for the common case of nothing to escape, numbers go
 //! through `itoa`/`ryu`-backed writers, timestamps through a digit table.
 
+use super::json::{JsonRef, Node, Text};
+#[cfg(test)]
 use super::raw::RawValue;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -38,6 +40,21 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Writes a string value or key as a JSON string literal: a plain copy when it is known to
+/// need no escapes, else [`write_str`].
+#[inline]
+pub fn write_text(out: &mut Vec<u8>, t: Text<'_>) {
+    if t.is_clean() {
+        let s = t.as_str().as_bytes();
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s);
+        out.push(b'"');
+    } else {
+        write_str(out, t.as_str());
+    }
+}
+
 /// The index of the first byte of `bytes` that a JSON string must escape (`"`, `\`, or below
 /// 0x20), or `bytes.len()` if none does.
 ///
@@ -45,7 +62,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 /// when it matches. The subtractions can carry a borrow into the bytes *above* a match, so
 /// only the lowest flagged byte is exact, and that is the one taken.
 #[inline]
-fn first_escape(bytes: &[u8]) -> usize {
+pub(crate) fn first_escape(bytes: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
@@ -67,22 +84,23 @@ fn first_escape(bytes: &[u8]) -> usize {
     i + bytes[i..].iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').unwrap_or(bytes.len() - i)
 }
 
-/// Writes any [`RawValue`] as JSON, leaving out empty members of objects as Stalwart does.
-pub fn write_value(out: &mut Vec<u8>, v: &RawValue<'_>) {
-    match v {
-        RawValue::Null => out.extend_from_slice(b"null"),
-        RawValue::Bool(true) => out.extend_from_slice(b"true"),
-        RawValue::Bool(false) => out.extend_from_slice(b"false"),
-        RawValue::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
-        RawValue::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
-        RawValue::Float(f) => {
+/// Writes any parsed JSON value as JSON, leaving out empty members of objects as Stalwart
+/// does.
+pub fn write_value<'t, J: JsonRef<'t>>(out: &mut Vec<u8>, v: J) {
+    match v.node() {
+        Node::Null => out.extend_from_slice(b"null"),
+        Node::Bool(true) => out.extend_from_slice(b"true"),
+        Node::Bool(false) => out.extend_from_slice(b"false"),
+        Node::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+        Node::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes()),
+        Node::Float(f) => {
             // Parsed JSON numbers are always finite; serde_json writes them with ryu.
-            let _ = serde_json::to_writer(&mut *out, f);
+            let _ = serde_json::to_writer(&mut *out, &f);
         }
-        RawValue::Str(s) => write_str(out, s),
-        RawValue::Array(items) => {
+        Node::Str(s) => write_text(out, s),
+        Node::Array(items) => {
             out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in items.enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
@@ -90,15 +108,15 @@ pub fn write_value(out: &mut Vec<u8>, v: &RawValue<'_>) {
             }
             out.push(b']');
         }
-        RawValue::Object(members) => {
+        Node::Object(members) => {
             out.push(b'{');
             let mut first = true;
-            for (k, item) in members.iter().filter(|(_, v)| !v.is_empty_value()) {
+            for (k, item) in members.filter(|(_, v)| !v.is_empty_value()) {
                 if !first {
                     out.push(b',');
                 }
                 first = false;
-                write_str(out, k);
+                write_text(out, k);
                 out.push(b':');
                 write_value(out, item);
             }
@@ -176,10 +194,10 @@ pub fn format_timestamp(secs: i64) -> [u8; 20] {
 
 /// Reads a producer's `createdAt`: an RFC 3339 string (any offset, fractions dropped) or Unix
 /// seconds as a number.
-pub fn parse_timestamp(v: &RawValue<'_>) -> Option<i64> {
-    match v {
-        RawValue::Str(s) => OffsetDateTime::parse(s, &Rfc3339).ok().map(|t| t.unix_timestamp()),
-        RawValue::Int(i) if (0..253_402_300_800).contains(i) => Some(*i),
+pub fn parse_timestamp<'t, J: JsonRef<'t>>(v: J) -> Option<i64> {
+    match v.node() {
+        Node::Str(s) => OffsetDateTime::parse(&s, &Rfc3339).ok().map(|t| t.unix_timestamp()),
+        Node::Int(i) if (0..253_402_300_800).contains(&i) => Some(i),
         _ => None,
     }
 }

@@ -262,12 +262,12 @@ impl KeyRegistry {
     }
 
     /// Guesses the kind of a key first seen in producer data from its value.
-    pub fn kind_for_new(value: &super::raw::RawValue<'_>) -> KeyKind {
-        use super::raw::RawValue;
-        match value {
-            RawValue::Int(_) | RawValue::UInt(_) => KeyKind::Integer,
-            RawValue::Bool(_) => KeyKind::Bool,
-            RawValue::Array(items) => items.first().map_or(KeyKind::String, Self::kind_for_new),
+    pub fn kind_for_new<'t, J: super::json::JsonRef<'t>>(value: J) -> KeyKind {
+        use super::json::Node;
+        match value.node() {
+            Node::Int(_) | Node::UInt(_) => KeyKind::Integer,
+            Node::Bool(_) => KeyKind::Bool,
+            Node::Array(mut items) => items.next().map_or(KeyKind::String, Self::kind_for_new),
             _ => KeyKind::String,
         }
     }

@@ -6,16 +6,20 @@
 
 pub mod catalogue;
 pub mod encode;
+pub mod json;
 pub mod keys;
 pub mod raw;
+pub mod tape;
 
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::sync::Arc;
 
 pub use catalogue::{Catalogue, TypeInfo};
+pub use json::{JsonRef, Node, Text};
 pub use keys::{KeyId, KeyKind, KeyRegistry};
 pub use raw::RawValue;
+pub use tape::{Tape, TapeRef};
 
 /// Severity levels, ordered from least to most severe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -194,9 +198,10 @@ impl<'c> EventBuilder<'c> {
     }
 
     /// Builds one event from a producer object (`{"type", "createdAt"?, "level"?, "text"?,
-    /// "details"?, "data"?}`); `now` is used when `createdAt` is absent.
-    pub fn build(&mut self, raw: &RawValue<'_>, now: i64) -> Result<Event, BuildError> {
-        let RawValue::Object(members) = raw else {
+    /// "details"?, "data"?}`), parsed either onto a [`Tape`] (ingest) or into a [`RawValue`];
+    /// `now` is used when `createdAt` is absent.
+    pub fn build<'t, J: JsonRef<'t>>(&mut self, raw: J, now: i64) -> Result<Event, BuildError> {
+        let Node::Object(members) = raw.node() else {
             return Err(BuildError::NotAnObject);
         };
         let mut ty = None;
@@ -207,7 +212,7 @@ impl<'c> EventBuilder<'c> {
         let mut data = None;
         let mut top_span = None;
         for (k, v) in members {
-            match k.as_ref() {
+            match k.as_str() {
                 "type" => ty = Some(v.as_str().ok_or(BuildError::MissingType)?),
                 "createdAt" => created = Some(v),
                 "level" => {
@@ -225,15 +230,15 @@ impl<'c> EventBuilder<'c> {
         validate_type(ty)?;
         let info = self.catalogue.type_info(ty);
         let created_at = match created {
-            None | Some(RawValue::Null) => now,
-            Some(v) => encode::parse_timestamp(v).ok_or(BuildError::BadCreatedAt)?,
+            Some(v) if !v.is_null() => encode::parse_timestamp(v).ok_or(BuildError::BadCreatedAt)?,
+            _ => now,
         };
-        let data = match data {
-            None | Some(RawValue::Null) => &[][..],
-            Some(RawValue::Object(m)) => m.as_slice(),
+        let data = match data.map(JsonRef::node) {
+            None | Some(Node::Null) => None,
+            Some(Node::Object(m)) => Some(m),
             Some(_) => return Err(BuildError::DataNotObject),
         };
-        if data.len() > MAX_KEYS {
+        if data.as_ref().is_some_and(|m| m.len() > MAX_KEYS) {
             return Err(BuildError::TooManyKeys(MAX_KEYS));
         }
 
@@ -270,8 +275,8 @@ impl<'c> EventBuilder<'c> {
         if self.key_table.1 != self.keys.version() {
             self.key_table = self.keys.snapshot();
         }
-        for (k, v) in data {
-            if k == "spanId" {
+        for (k, v) in data.into_iter().flatten() {
+            if k.as_str() == "spanId" {
                 span_id = span_of(v).or(span_id);
                 // The span is also a matchable key (`span-id=`), but Stalwart leaves it out of
                 // the live stream's JSON, and so does livetap.
@@ -289,14 +294,14 @@ impl<'c> EventBuilder<'c> {
                 out.push(b',');
             }
             first = false;
-            encode::write_str(out, k);
+            encode::write_text(out, k);
             out.push(b':');
             encode::write_value(out, v);
 
-            let key = match self.key_table.0.lookup(k) {
+            let key = match self.key_table.0.lookup(&k) {
                 Some(found) => Some(found),
                 None => {
-                    let added = self.keys.register(k, KeyRegistry::kind_for_new(v));
+                    let added = self.keys.register(&k, KeyRegistry::kind_for_new(v));
                     if self.keys.version() != self.key_table.1 {
                         self.key_table = self.keys.snapshot();
                     }
@@ -320,7 +325,8 @@ impl<'c> EventBuilder<'c> {
             created_at,
             json: Bytes::new(),
             wire: Bytes::new(),
-            fields: self.fields.clone(),
+            // `from_slice` copies the `Copy` entries in one go; `clone` pushes them one by one.
+            fields: SmallVec::from_slice(&self.fields),
             text: {
                 let mut t = String::with_capacity(self.canon.len() + self.search.len());
                 t.push_str(&self.canon);
@@ -348,18 +354,18 @@ fn validate_type(ty: &str) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn span_of(v: &RawValue<'_>) -> Option<u64> {
-    match v {
-        RawValue::Int(i) => u64::try_from(*i).ok(),
-        RawValue::UInt(u) => Some(*u),
-        RawValue::Str(s) => s.parse().ok(),
+fn span_of<'t, J: JsonRef<'t>>(v: J) -> Option<u64> {
+    match v.node() {
+        Node::Int(i) => u64::try_from(i).ok(),
+        Node::UInt(u) => Some(u),
+        Node::Str(s) => s.parse().ok(),
         _ => None,
     }
 }
 
 /// Records the canonical match values and the search text of one data value.
-fn collect_match(
-    v: &RawValue<'_>,
+fn collect_match<'t, J: JsonRef<'t>>(
+    v: J,
     key: Option<(KeyId, KeyKind)>,
     canon: &mut String,
     fields: &mut SmallVec<[(KeyId, u32, u32); 8]>,
@@ -369,45 +375,45 @@ fn collect_match(
     let push_field = |canon: &mut String, fields: &mut SmallVec<_>, id: KeyId, a: usize| {
         fields.push((id, a as u32, canon.len() as u32));
     };
-    match v {
-        RawValue::Str(s) => {
+    match v.node() {
+        Node::Str(s) => {
             search.push('\u{1}');
-            keys::lowercase_into(s, search);
+            keys::lowercase_into(&s, search);
             if let Some((id, kind)) = key {
                 let a = canon.len();
-                kind.canonical_str(s, canon);
+                kind.canonical_str(&s, canon);
                 push_field(canon, fields, id, a);
             }
         }
-        RawValue::Int(i) => {
+        Node::Int(i) => {
             if let Some((id, _)) = key {
                 let a = canon.len();
-                canon.push_str(itoa::Buffer::new().format(*i));
+                canon.push_str(itoa::Buffer::new().format(i));
                 push_field(canon, fields, id, a);
             }
         }
-        RawValue::UInt(u) => {
+        Node::UInt(u) => {
             if let Some((id, _)) = key {
                 let a = canon.len();
-                canon.push_str(itoa::Buffer::new().format(*u));
+                canon.push_str(itoa::Buffer::new().format(u));
                 push_field(canon, fields, id, a);
             }
         }
-        RawValue::Bool(b) => {
+        Node::Bool(b) => {
             if let Some((id, _)) = key {
                 let a = canon.len();
-                canon.push_str(if *b { "true" } else { "false" });
+                canon.push_str(if b { "true" } else { "false" });
                 push_field(canon, fields, id, a);
             }
         }
-        RawValue::Array(items) if depth < 2 => {
+        Node::Array(items) if depth < 2 => {
             for item in items {
                 collect_match(item, key, canon, fields, search, depth + 1);
             }
         }
         // A nested object (such as `causedBy`) is searchable by `filter=`, but its members are
         // not keys of this event.
-        RawValue::Object(members) if depth < 2 => {
+        Node::Object(members) if depth < 2 => {
             for (_, item) in members {
                 collect_match(item, None, canon, fields, search, depth + 1);
             }
@@ -493,6 +499,109 @@ mod tests {
         assert_eq!(b.build(&raw, 0).unwrap_err(), BuildError::TooLarge(600));
         // The builder is reusable after a rejection.
         assert!(b.build(&RawValue::parse_serde(br#"{"type":"a"}"#).unwrap(), 0).is_ok());
+    }
+
+    /// Builds `text` through the tape and through serde_json's tree, each with its own fresh
+    /// registry, and demands the same event (or the same rejection) and the same registered
+    /// keys. Returns whether an event was built.
+    fn same_build(c: &Catalogue, regs: &(KeyRegistry, KeyRegistry), text: &[u8]) -> bool {
+        let mut tape = Tape::new();
+        let via_tape = tape
+            .parse(text)
+            .map_err(BuildError::Json)
+            .and_then(|raw| EventBuilder::new(c, &regs.0).with_max_bytes(2_000).build(raw, 7));
+        let tree = RawValue::parse_serde(text);
+        let via_tree = tree
+            .map_err(BuildError::Json)
+            .and_then(|raw| EventBuilder::new(c, &regs.1).with_max_bytes(2_000).build(&raw, 7));
+        let shown = String::from_utf8_lossy(text);
+        let built = match (&via_tape, &via_tree) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(
+                    (&a.kind, a.level, a.span_id, a.span_end),
+                    (&b.kind, b.level, b.span_id, b.span_end),
+                    "{shown}"
+                );
+                assert_eq!(a.created_at, b.created_at, "{shown}");
+                assert_eq!(a.json, b.json, "{shown}");
+                assert_eq!(a.wire, b.wire, "{shown}");
+                assert!(a.fields().eq(b.fields()), "{shown}");
+                assert_eq!(a.search_text(), b.search_text(), "{shown}");
+                true
+            }
+            // The two parsers word a syntax error differently; it is the same rejection.
+            (Err(BuildError::Json(_)), Err(BuildError::Json(_))) => false,
+            (Err(a), Err(b)) => {
+                assert_eq!(a, b, "{shown}");
+                false
+            }
+            _ => {
+                panic!("{shown}: tape {:?} vs tree {:?}", via_tape.map(|e| e.json), via_tree.map(|e| e.json))
+            }
+        };
+        assert_eq!(regs.0.len(), regs.1.len(), "{shown}");
+        for id in 0..regs.0.len() as KeyId {
+            let (a, b) = (regs.0.info(id).unwrap(), regs.1.info(id).unwrap());
+            assert_eq!((&a.name, a.kind), (&b.name, b.kind), "{shown}");
+        }
+        built
+    }
+
+    #[test]
+    fn tape_and_tree_build_the_same_events() {
+        let c = Catalogue::with_keys(1024).0;
+        let regs = (Catalogue::with_keys(1024).1, Catalogue::with_keys(1024).1);
+        // Realistic traffic: the demo generator's Stalwart events.
+        let mut demo = crate::ingest::demo::DemoGenerator::new(3);
+        let mut lines: Vec<String> = (0..3_000).map(|i| demo.ndjson_line(1_790_000_000 + i)).collect();
+        // The corners of the builder: spans at both levels and of every shape, duplicates,
+        // members in any order, escapes in keys and values, empty values, nesting, unknown
+        // keys, numbers of every kind, bad members and the size cap.
+        lines.extend(
+            [
+                r#"{"data":{"spanId":5,"remoteIp":"10.0.0.1"},"type":"smtp.connection-start","spanId":9}"#,
+                r#"{"type":"smtp.connection-start","spanId":9,"data":{"spanId":1.5,"remoteIp":"10.0.0.1"}}"#,
+                r#"{"type":"smtp.connection-start","spanId":"12","data":{"spanId":"x"}}"#,
+                r#"{"type":"smtp.connection-start","spanId":-1,"data":{"spanId":18446744073709551615}}"#,
+                r#"{"type":"a.b","data":{"x":1},"data":{"y":"2"}}"#,
+                r#"{"type":"a.b","type":"c.d","level":"WARNING","level":"error"}"#,
+                r#"{"type":"a.b","data":{"kéy":"v"alA","to":["A@X.org","",null,["b@y.net",["deep@z"]]]}}"#,
+                r#"{"type":"a.b","data":{"e1":"","e2":[],"e3":{},"e4":null,"n":{"a":"","b":{"c":"Hi"}}}}"#,
+                r#"{"type":"a.b","data":{"i":-0,"f":1.5e3,"u":18446744073709551615,"big":-9223372036854775809,"t":true}}"#,
+                r#"{"type":"a.b","createdAt":1790000000,"text":"t\tx","details":"d\u0000"}"#,
+                r#"{"type":"a.b","createdAt":"2026-11-20T12:34:56.789+01:00"}"#,
+                r#"{"type":"a.b","createdAt":null,"data":null}"#,
+                r#"{"type":"a.b","createdAt":-5}"#,
+                r#"{"type":"a.b","createdAt":"soon"}"#,
+                r#"{"type":"a.b","data":[]}"#,
+                r#"{"type":"a.b","level":5}"#,
+                r#"{"type":7}"#,
+                r#"{"level":"loud","type":7}"#,
+                r#"{"type":"a b"}"#,
+                r#"{"type":""}"#,
+                r#"[{"type":"a.b"}]"#,
+                r#""type""#,
+                r#"{"type":"a.b","data":{"newNumber":5,"newList":[true],"newFlag":false,"newText":"x"}}"#,
+            ]
+            .map(String::from),
+        );
+        lines.push(format!(r#"{{"type":"a.b","details":"{}"}}"#, "x".repeat(3_000)));
+        let many: Vec<String> = (0..MAX_KEYS + 1).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        lines.push(format!(r#"{{"type":"a.b","data":{{{}}}}}"#, many.join(",")));
+        let mut built = 0;
+        for line in &lines {
+            built += usize::from(same_build(&c, &regs, line.as_bytes()));
+        }
+        assert!(built > 3_000, "{built}");
+        // Every line again with one byte changed: mostly rejections, some other events.
+        let mut rng = fastrand::Rng::with_seed(9);
+        for line in &lines {
+            let mut bytes = line.clone().into_bytes();
+            let at = rng.usize(..bytes.len());
+            let swap = b"{}[]\",:0-.\\ azu";
+            bytes[at] = swap[rng.usize(..swap.len())];
+            same_build(&c, &regs, &bytes);
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Ingest: turning producer bytes into built events, and the event-source trait.
 //!
-//! Bodies are parsed with serde_json. The parse benchmark runs simd-json beside it on the same
-//! `RawValue` deserialiser, and for our event sizes (~240-byte NDJSON lines) serde_json is faster
-//! (see `perf/RESULTS.md`), so it is the one kept. The parse functions still take `&mut [u8]` so
-//! the choice can flip without changing callers. One bad line never spoils a body: it
+//! Bodies are parsed onto a reusable token [`Tape`] (`event::tape`), which accepts what
+//! serde_json accepts but builds no tree and allocates nothing per line; the parse benchmark
+//! runs it beside serde_json and simd-json (see `perf/RESULTS.md`). The parse functions take
+//! `&mut [u8]` so an in-place parser could slot in without changing callers. One bad line never spoils a body: it
 //! is reported with its line number and reason while the valid lines are accepted. Parsing
 //! does no I/O and no async, so it is unit-tested, benchmarked and fuzzed directly.
 //!
@@ -20,7 +20,7 @@
 pub mod demo;
 pub mod socket;
 
-use crate::event::{BuildError, Event, EventBuilder, RawValue};
+use crate::event::{BuildError, Event, EventBuilder, JsonRef, Node, Tape};
 use crate::metrics::push::{self, MetricRecord};
 use serde::Serialize;
 use std::sync::Arc;
@@ -85,19 +85,33 @@ impl ParsedBatch {
     }
 
     /// Adds the event (or events, for a `{"events":[...]}` object) in `raw`.
-    fn add(&mut self, raw: &RawValue<'_>, line: usize, b: &mut EventBuilder<'_>, now: i64) {
-        if push::is_record(raw) {
+    fn add<'t, J: JsonRef<'t>>(&mut self, raw: J, line: usize, b: &mut EventBuilder<'_>, now: i64) {
+        // One look at the top-level keys decides what the value is (three `get`s cost about
+        // 450 instructions per event).
+        let (mut record, mut events, mut typed) = (false, None, false);
+        if let Node::Object(members) = raw.node() {
+            for (k, v) in members {
+                match k.as_str() {
+                    "metric" => record = true,
+                    "events" if events.is_none() => events = Some(v),
+                    "type" => typed = true,
+                    _ => {}
+                }
+            }
+        }
+        if record {
             if !self.accept_records {
                 self.reject(line, "metric records are accepted by POST /api/telemetry/ingest only");
                 return;
             }
-            match push::parse_record(raw) {
+            // Records are rare beside events; they are read from an owned tree.
+            match push::parse_record(&raw.to_raw()) {
                 Ok(rec) => self.samples.push((line, rec)),
                 Err(e) => self.reject(line, e.to_string()),
             }
             return;
         }
-        if let (Some(RawValue::Array(list)), None) = (raw.get("events"), raw.get("type")) {
+        if let (Some(Node::Array(list)), false) = (events.map(JsonRef::node), typed) {
             for item in list {
                 match b.build(item, now) {
                     Ok(ev) => self.events.push(Arc::new(ev)),
@@ -167,10 +181,12 @@ fn parse_into(
     b: &mut EventBuilder<'_>,
     now: i64,
 ) {
+    // One tape for the whole body: its buffers grow to the longest line and are reused.
+    let mut tape = Tape::new();
     if max_line.is_none() && body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'[') {
-        match RawValue::parse_serde(body) {
-            Ok(RawValue::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
+        match tape.parse(body).map(JsonRef::node) {
+            Ok(Node::Array(items)) => {
+                for (i, item) in items.enumerate() {
                     out.add(item, i + 1, b, now);
                 }
             }
@@ -201,8 +217,8 @@ fn parse_into(
         if line.is_empty() {
             continue;
         }
-        match RawValue::parse_serde(line) {
-            Ok(raw) => out.add(&raw, first_line + i, b, now),
+        match tape.parse(line) {
+            Ok(raw) => out.add(raw, first_line + i, b, now),
             Err(e) => out.reject(first_line + i, BuildError::Json(e).to_string()),
         }
     }
@@ -212,12 +228,13 @@ fn parse_into(
 /// such an object; invalid events inside are counted and reported, the rest accepted (a 4xx
 /// would make Stalwart retry the batch forever for the sake of one bad event).
 pub fn parse_webhook(body: &mut [u8], b: &mut EventBuilder<'_>, now: i64) -> Result<ParsedBatch, String> {
-    let raw = RawValue::parse_serde(body).map_err(|e| BuildError::Json(e).to_string())?;
-    let Some(RawValue::Array(list)) = raw.get("events") else {
+    let mut tape = Tape::new();
+    let raw = tape.parse(body).map_err(|e| BuildError::Json(e).to_string())?;
+    let Some(Node::Array(list)) = raw.get("events").map(JsonRef::node) else {
         return Err("expected an object {\"events\": [...]}".into());
     };
     let mut out = ParsedBatch::default();
-    for (i, item) in list.iter().enumerate() {
+    for (i, item) in list.enumerate() {
         out.add(item, i + 1, b, now);
     }
     Ok(out)

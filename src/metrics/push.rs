@@ -71,11 +71,6 @@ pub struct MetricRecord {
     pub unit: Option<String>,
 }
 
-/// True when `raw` is a metric record rather than an event (it has a `metric` member).
-pub fn is_record(raw: &RawValue<'_>) -> bool {
-    raw.get("metric").is_some()
-}
-
 /// Checks a metric name: 1 to 128 bytes of `[A-Za-z0-9._-]`, starting with a letter.
 pub fn check_name(name: &str) -> Result<(), PushError> {
     if name.is_empty() {
@@ -175,8 +170,6 @@ mod tests {
         assert_eq!((r.kind, r.values[0], r.unit.as_deref()), (None, -1.5, Some("degrees")));
         let r = parse(r#"{"metric":"delivery.total-time","type":"histogram","values":[1,2,3]}"#).unwrap();
         assert_eq!(r.values.len(), 3);
-        assert!(is_record(&RawValue::parse_serde(br#"{"metric":1}"#).unwrap()));
-        assert!(!is_record(&RawValue::parse_serde(br#"{"type":"a.b"}"#).unwrap()));
     }
 
     #[test]
