@@ -177,6 +177,12 @@ async fn demo_generator_feeds_subscribers() {
     let mut lt = Livetap::start(&["--demo", "--demo-rate", "500"]);
     let addr = lt.addr;
     assert!(lt.stdout.lock().unwrap().contains("demo generator"));
+    // Transparent huge pages are off for the hub (their fault stalls were its tail latency);
+    // kernels since 6.x show the flag in the process status.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", lt.child.id())).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
     let mut sub = SseClient::connect(addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
     assert_eq!(sub.status, 200);
     let got = sub.collect(100, Duration::from_secs(10)).await;
