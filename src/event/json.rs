@@ -101,6 +101,14 @@ pub trait JsonRef<'t>: Copy + 't {
         }
     }
 
+    /// The string with its JSON-cleanliness flag, if this is a string.
+    fn as_text(self) -> Option<Text<'t>> {
+        match self.node() {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// True for JSON `null`.
     fn is_null(self) -> bool {
         matches!(self.node(), Node::Null)

@@ -219,8 +219,8 @@ impl<'c> EventBuilder<'c> {
                     let s = v.as_str().ok_or(BuildError::BadLevel)?;
                     level = Some(Level::parse(s).ok_or(BuildError::BadLevel)?);
                 }
-                "text" => text = v.as_str(),
-                "details" => details = v.as_str(),
+                "text" => text = v.as_text(),
+                "details" => details = v.as_text(),
                 "data" => data = Some(v),
                 "spanId" => top_span = span_of(v),
                 _ => {}
@@ -254,11 +254,11 @@ impl<'c> EventBuilder<'c> {
         let out = &mut self.json;
         out.extend_from_slice(b"{\"text\":");
         match text {
-            Some(t) => encode::write_str(out, t),
+            Some(t) => encode::write_text(out, t),
             None => out.extend_from_slice(&info.default_text),
         }
         out.extend_from_slice(b",\"details\":");
-        encode::write_str(out, details.unwrap_or(""));
+        encode::write_text(out, details.unwrap_or(Text::clean("")));
         out.extend_from_slice(b",\"createdAt\":\"");
         if self.ts_cache.0 != created_at {
             self.ts_cache = (created_at, encode::format_timestamp(created_at));
@@ -347,6 +347,10 @@ fn validate_type(ty: &str) -> Result<(), BuildError> {
     }
     if ty.len() > 128 {
         return Err(BuildError::BadType("longer than 128 bytes"));
+    }
+    // Printable ASCII, what every real type is, needs no character decoding.
+    if ty.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
     }
     if ty.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(BuildError::BadType("contains whitespace or control characters"));
