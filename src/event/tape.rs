@@ -90,8 +90,8 @@ impl Parser<'_> {
     fn value(&mut self, depth: u8) -> Result<(), String> {
         self.ws();
         match self.b.get(self.pos) {
-            Some(b'{') => self.object(depth),
-            Some(b'[') => self.array(depth),
+            Some(b'{') => self.container(depth, true),
+            Some(b'[') => self.container(depth, false),
             Some(b'"') => {
                 let s = self.string()?;
                 self.toks.push(s);
@@ -116,74 +116,61 @@ impl Parser<'_> {
         }
     }
 
-    fn object(&mut self, depth: u8) -> Result<(), String> {
+    /// An object (`object`) or an array whose opening byte is under `pos`.
+    fn container(&mut self, depth: u8, object: bool) -> Result<(), String> {
         if depth >= MAX_DEPTH {
             return Err(self.err("nesting too deep"));
         }
+        let close = if object { b'}' } else { b']' };
         self.pos += 1;
         let at = self.toks.len();
         self.toks.push(Tok::Null);
         let mut len = 0u32;
         self.ws();
-        if self.b.get(self.pos) == Some(&b'}') {
+        if self.b.get(self.pos) == Some(&close) {
             self.pos += 1;
         } else {
             loop {
-                self.ws();
-                if self.b.get(self.pos) != Some(&b'"') {
-                    return Err(self.err("expected a string key"));
+                if object {
+                    self.key()?;
                 }
-                let key = self.string()?;
-                self.toks.push(key);
-                self.ws();
-                if self.b.get(self.pos) != Some(&b':') {
-                    return Err(self.err("expected ':'"));
-                }
-                self.pos += 1;
                 self.value(depth + 1)?;
                 len += 1;
                 self.ws();
                 match self.b.get(self.pos) {
                     Some(b',') => self.pos += 1,
-                    Some(b'}') => {
+                    Some(&c) if c == close => {
                         self.pos += 1;
                         break;
                     }
-                    _ => return Err(self.err("expected ',' or '}'")),
+                    _ => {
+                        return Err(self.err(if object {
+                            "expected ',' or '}'"
+                        } else {
+                            "expected ',' or ']'"
+                        }))
+                    }
                 }
             }
         }
-        self.toks[at] = Tok::Object { len, end: self.toks.len() as u32 };
+        let end = self.toks.len() as u32;
+        self.toks[at] = if object { Tok::Object { len, end } } else { Tok::Array { len, end } };
         Ok(())
     }
 
-    fn array(&mut self, depth: u8) -> Result<(), String> {
-        if depth >= MAX_DEPTH {
-            return Err(self.err("nesting too deep"));
+    /// An object member's key and the colon after it.
+    fn key(&mut self) -> Result<(), String> {
+        self.ws();
+        if self.b.get(self.pos) != Some(&b'"') {
+            return Err(self.err("expected a string key"));
+        }
+        let key = self.string()?;
+        self.toks.push(key);
+        self.ws();
+        if self.b.get(self.pos) != Some(&b':') {
+            return Err(self.err("expected ':'"));
         }
         self.pos += 1;
-        let at = self.toks.len();
-        self.toks.push(Tok::Null);
-        let mut len = 0u32;
-        self.ws();
-        if self.b.get(self.pos) == Some(&b']') {
-            self.pos += 1;
-        } else {
-            loop {
-                self.value(depth + 1)?;
-                len += 1;
-                self.ws();
-                match self.b.get(self.pos) {
-                    Some(b',') => self.pos += 1,
-                    Some(b']') => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return Err(self.err("expected ',' or ']'")),
-                }
-            }
-        }
-        self.toks[at] = Tok::Array { len, end: self.toks.len() as u32 };
         Ok(())
     }
 
