@@ -1,8 +1,8 @@
 //! The read-only view of a parsed JSON value that the event builder walks.
 //!
 //! Ingest parses producer bytes into a flat [`Tape`](super::tape::Tape) (no tree, no
-//! allocation per value); the webhook's stored copies, the demo generator and the tests still
-//! hold [`RawValue`] trees. Both implement [`JsonRef`], so there is one event builder, one
+//! allocation per value); events read back from the history store, the demo generator and the
+//! tests still hold [`RawValue`] trees. Both implement [`JsonRef`], so there is one event builder, one
 //! serialiser and one match-view collector for both, and the differential tests can feed the
 //! same bytes through serde_json's tree and the tape and demand identical events.
 
@@ -49,7 +49,6 @@ impl std::ops::Deref for Text<'_> {
 }
 
 /// One JSON value, as the builder looks at it.
-#[derive(Clone)]
 pub enum Node<'t, J: JsonRef<'t>> {
     /// `null`.
     Null,
@@ -86,9 +85,9 @@ impl<'t, J: JsonRef<'t>> Node<'t, J> {
 /// A cheap, copyable handle on one parsed JSON value.
 pub trait JsonRef<'t>: Copy + 't {
     /// Iterator over an array's elements.
-    type Items: ExactSizeIterator<Item = Self> + Clone;
+    type Items: ExactSizeIterator<Item = Self>;
     /// Iterator over an object's `(key, value)` members.
-    type Members: ExactSizeIterator<Item = (Text<'t>, Self)> + Clone;
+    type Members: ExactSizeIterator<Item = (Text<'t>, Self)>;
 
     /// What this value is.
     fn node(self) -> Node<'t, Self>;
