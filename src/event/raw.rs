@@ -51,17 +51,6 @@ impl<'a> RawValue<'a> {
         }
     }
 
-    /// True for the values Stalwart leaves out of `data`: null, empty strings, arrays and objects.
-    pub fn is_empty_value(&self) -> bool {
-        match self {
-            RawValue::Null => true,
-            RawValue::Str(s) => s.is_empty(),
-            RawValue::Array(a) => a.is_empty(),
-            RawValue::Object(o) => o.is_empty(),
-            _ => false,
-        }
-    }
-
     /// Parses `buf` with simd-json (which unescapes in place, hence `&mut`).
     pub fn parse_simd(buf: &'a mut [u8]) -> Result<RawValue<'a>, String> {
         simd_json::serde::from_slice::<RawValue<'a>>(buf).map_err(|e| e.to_string())
