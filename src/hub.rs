@@ -196,9 +196,17 @@ impl Hub {
         values
     }
 
-    /// Publishes `events` as one batch (all or nothing), without waiting.
-    /// Returns the sequence number of the first event.
-    pub fn try_publish(&self, events: &[Arc<Event>]) -> Result<u64, PublishError> {
+    /// Publishes `events` as one batch (all or nothing), without waiting, and returns the
+    /// sequence number of the first event. On success the events are moved into the ring
+    /// (`events` is left empty) and the events they replace are appended to `displaced`, for
+    /// the caller to drop where it costs least (see [`Ring::try_publish_vec`]: dropping them
+    /// here would put a cache miss, and often the frees, of every old event on the
+    /// producer's path). On an error `events` is untouched.
+    pub fn try_publish(
+        &self,
+        events: &mut Vec<Arc<Event>>,
+        displaced: &mut Vec<Arc<Event>>,
+    ) -> Result<u64, PublishError> {
         if !self.is_accepting() {
             return Err(PublishError::ShuttingDown);
         }
@@ -206,10 +214,9 @@ impl Hub {
         if self.ring.head().saturating_add(n + LEASE_BLOCK / 2) > self.reserved.load(Ordering::Acquire) {
             self.extend_lease(n)?;
         }
-        let mut it = events.iter();
-        match self.ring.try_publish(events.len(), |_| it.next().cloned().expect("one per slot")) {
+        match self.ring.try_publish_vec(events, displaced) {
             Ok(first) => {
-                IngestStats::add(&self.ingest.accepted, events.len() as u64);
+                IngestStats::add(&self.ingest.accepted, n);
                 Ok(first)
             }
             Err(RingError::Full { .. }) => Err(PublishError::Busy),
@@ -240,11 +247,18 @@ impl Hub {
 
     /// Publishes `events` as one batch, waiting for ring space up to `wait` (`None`: as long as
     /// it takes, until shutdown). This is how backpressure reaches producers.
-    pub async fn publish(&self, events: &[Arc<Event>], wait: Option<Duration>) -> Result<u64, PublishError> {
+    /// On success `events` is left empty and the replaced events are in `displaced`, as with
+    /// [`Hub::try_publish`].
+    pub async fn publish(
+        &self,
+        events: &mut Vec<Arc<Event>>,
+        displaced: &mut Vec<Arc<Event>>,
+        wait: Option<Duration>,
+    ) -> Result<u64, PublishError> {
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         let mut pause = Duration::from_micros(200);
         loop {
-            match self.try_publish(events) {
+            match self.try_publish(events, displaced) {
                 Err(PublishError::Busy) => {}
                 other => return other,
             }

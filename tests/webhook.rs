@@ -194,8 +194,10 @@ async fn full_ring_is_503_with_retry_after_and_nothing_is_lost() {
         })
     });
     reserved_rx.recv().unwrap();
-    let rest: Vec<_> = (1..4).map(build).collect();
-    assert_eq!(hub.try_publish(&rest), Ok(1));
+    let mut rest: Vec<_> = (1..4).map(build).collect();
+    let mut displaced = Vec::new();
+    assert_eq!(hub.try_publish(&mut rest, &mut displaced), Ok(1));
+    assert!(rest.is_empty() && displaced.is_empty(), "moved into empty slots");
     assert_eq!(hub.ring.occupancy(), 4);
 
     let body = json!({"events": [{"type": "auth.success", "data": {"uid": 99}}]}).to_string();

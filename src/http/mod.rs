@@ -613,20 +613,25 @@ pub struct IngestAnswer {
 
 async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<LiveBody>, HttpError> {
     let wait = Duration::from_millis(hub.config.ingest_wait_ms);
-    let (first_id, last_id) = if parsed.events.is_empty() {
+    let accepted = parsed.events.len();
+    let (first_id, last_id) = if accepted == 0 {
         (None, None)
     } else {
-        let first = hub.publish(&parsed.events, Some(wait)).await.map_err(HttpError::Busy)?;
-        (Some(first + 1), Some(first + parsed.events.len() as u64))
+        // The events this batch replaces in the ring are dropped with `displaced` at the end
+        // of this request, on its own task, which is not shared with other producers.
+        let mut displaced = Vec::new();
+        let first =
+            hub.publish(&mut parsed.events, &mut displaced, Some(wait)).await.map_err(HttpError::Busy)?;
+        (Some(first + 1), Some(first + accepted as u64))
     };
     // Metric records count only once the batch is accepted, so a refused batch that the
     // producer sends again does not add its counter increments twice.
     let had_records = !parsed.samples.is_empty();
     let applied = metrics::apply_records(hub, &mut parsed);
     hub.ingest.rejected.fetch_add(parsed.rejected as u64, Ordering::Relaxed);
-    let all_bad = parsed.events.is_empty() && applied == 0 && parsed.rejected > 0;
+    let all_bad = accepted == 0 && applied == 0 && parsed.rejected > 0;
     let answer = IngestAnswer {
-        accepted: parsed.events.len(),
+        accepted,
         rejected: parsed.rejected,
         errors: parsed.errors,
         first_id,

@@ -968,6 +968,7 @@ impl Source for DemoSource {
             let mut pacer = Pacer::new(rate);
             let chunk = (hub.ring.capacity() / 2).clamp(1, MAX_BATCH);
             let mut raw: Vec<RawValue<'static>> = Vec::new();
+            let mut displaced: Vec<Arc<Event>> = Vec::new();
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let start = Instant::now();
@@ -1006,7 +1007,7 @@ impl Source for DemoSource {
                     let n = due.min(chunk);
                     due -= n;
                     // The builder borrows the hub and must not live across the await below.
-                    let events: Vec<Arc<Event>> = {
+                    let mut events: Vec<Arc<Event>> = {
                         let now = encode::now_secs();
                         raw.clear();
                         generator.fill(n as usize, now, &mut raw);
@@ -1024,9 +1025,12 @@ impl Source for DemoSource {
                         }
                         events
                     };
-                    if hub.publish(&events, None).await.is_err() {
+                    if hub.publish(&mut events, &mut displaced, None).await.is_err() {
                         return;
                     }
+                    // The generator's rate is far below what makes dropping the replaced
+                    // events here matter.
+                    displaced.clear();
                     if due > 0 {
                         // At very high rates, give the other tasks on this thread a turn
                         // between batches.

@@ -9,6 +9,7 @@
 
 use super::{parse_ndjson_records, ParsedBatch, Source};
 use crate::event::encode::now_secs;
+use crate::event::Event;
 use crate::hub::Hub;
 use crate::metrics::IngestStats;
 use std::collections::VecDeque;
@@ -80,9 +81,39 @@ const INLINE_PARSE_BYTES: usize = 16 * 1024;
 
 /// How many chunks of one connection may be parsed at once. Parsing and building are the
 /// most expensive per-event work (~0.8 µs), so one busy producer connection would otherwise be
-/// limited to one core however many the host has.
+/// limited to one core however many the host has. Twice the cores, because a chunk that is
+/// only queued costs nothing, while a core left idle between the oldest chunk's publication
+/// and the next read's hand-off is lost: with one chunk per core, `max-ingest` left a fifth of
+/// the machine idle (`perf/RESULTS.md` §10).
 fn parse_parallelism() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8)
+    std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_mul(2).clamp(2, 16)
+}
+
+/// A connection's reads start at this size, and an idle or trickling producer never holds more.
+const CHUNK_MIN: usize = 64 * 1024;
+/// A busy producer's reads grow up to this size: each chunk handed to the blocking pool then
+/// carries about 800 events instead of 200, so the hand-off (a thread wake-up each way) is paid
+/// a quarter as often. Larger chunks measured no better (`perf/RESULTS.md` §10).
+const CHUNK_MAX: usize = 256 * 1024;
+
+/// The size of the next read: doubled while reads fill the buffer, halved while they fill less
+/// than a quarter of it, between [`CHUNK_MIN`] and [`CHUNK_MAX`].
+#[derive(Debug, Clone, Copy)]
+struct ChunkSize(usize);
+
+impl ChunkSize {
+    fn new() -> ChunkSize {
+        ChunkSize(CHUNK_MIN)
+    }
+
+    /// Adapts to a read that returned `n` bytes into `room` free bytes.
+    fn after_read(&mut self, n: usize, room: usize) {
+        if n >= room {
+            self.0 = (self.0 * 2).min(CHUNK_MAX);
+        } else if n < room / 4 {
+            self.0 = (self.0 / 2).max(CHUNK_MIN);
+        }
+    }
 }
 
 /// A chunk of complete lines, parsed inline or on the blocking pool; published in read order.
@@ -94,11 +125,16 @@ enum Pending {
 async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
     let max_line = hub.config.max_line_bytes;
     let depth = parse_parallelism();
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut size = ChunkSize::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(size.0);
     let mut line_no = 1usize;
     let mut skipping = false;
     let mut eof = false;
     let mut inflight: VecDeque<Pending> = VecDeque::new();
+    // Events the ring handed back when ours replaced them (`Hub::publish`): dropped with the
+    // next chunk on the blocking pool, not on this task, which is the connection's one
+    // serial stage.
+    let mut graveyard: Vec<Arc<Event>> = Vec::new();
     let mut shutdown = hub.shutdown_signal();
     loop {
         // Publish finished chunks in the order they were read: a chunk parsed faster than the
@@ -107,7 +143,7 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
         match inflight.front_mut() {
             Some(Pending::Ready(_)) => {
                 let Some(Pending::Ready(parsed)) = inflight.pop_front() else { unreachable!() };
-                if !publish(&hub, &stream, parsed).await {
+                if !publish(&hub, &stream, parsed, &mut graveyard).await {
                     return;
                 }
                 continue;
@@ -133,7 +169,10 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
         }
         if buf.len() == buf.capacity() {
             buf.reserve(buf.capacity().min(max_line));
+        } else if buf.capacity() < size.0 {
+            buf.reserve(size.0 - buf.len());
         }
+        let room = buf.capacity() - buf.len();
         let n = if let Some(Pending::Running(handle)) = inflight.front_mut() {
             // Read on while the oldest chunk is parsed, but publish it as soon as it is done so
             // a producer pausing after a burst does not hold its events back.
@@ -160,6 +199,7 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
             }
         };
         eof = n == 0;
+        size.after_read(n, room);
         // Process every complete line; at EOF, the unterminated tail too.
         let end = if eof { buf.len() } else { memchr::memrchr(b'\n', &buf).map_or(0, |p| p + 1) };
         if end > 0 {
@@ -190,14 +230,18 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
                 );
                 buf.drain(..end);
                 inflight.push_back(Pending::Ready(parsed));
+                // A trickle: few old events, cheaper to drop here than to hand off.
+                graveyard.clear();
             } else {
                 // Hand the complete lines to the blocking pool and keep the partial tail.
                 let tail = buf[end..].to_vec();
-                let mut chunk = std::mem::replace(&mut buf, Vec::with_capacity(64 * 1024));
+                let mut chunk = std::mem::replace(&mut buf, Vec::with_capacity(size.0));
                 buf.extend_from_slice(&tail);
                 chunk.truncate(end);
                 let h = hub.clone();
+                let dead = std::mem::take(&mut graveyard);
                 inflight.push_back(Pending::Running(tokio::task::spawn_blocking(move || {
+                    drop(dead);
                     parse_ndjson_records(
                         &mut chunk[start..],
                         first_line,
@@ -225,8 +269,13 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
 
 /// Publishes one parsed chunk, waiting for ring space, and reports its rejected lines.
 /// Returns false when the hub is shutting down (what was not accepted is not acknowledged).
-async fn publish(hub: &Hub, stream: &UnixStream, mut parsed: ParsedBatch) -> bool {
-    if !parsed.events.is_empty() && hub.publish(&parsed.events, None).await.is_err() {
+async fn publish(
+    hub: &Hub,
+    stream: &UnixStream,
+    mut parsed: ParsedBatch,
+    graveyard: &mut Vec<Arc<Event>>,
+) -> bool {
+    if !parsed.events.is_empty() && hub.publish(&mut parsed.events, graveyard, None).await.is_err() {
         return false;
     }
     // Metric records (`{"metric":...}` lines) count once their chunk is accepted.
@@ -246,4 +295,41 @@ fn report(stream: &UnixStream, errors: &mut Vec<super::LineError>) {
         out.push(b'\n');
     }
     let _ = stream.try_write(&out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_grows_with_full_reads_and_shrinks_with_small_ones() {
+        let mut s = ChunkSize::new();
+        assert_eq!(s.0, CHUNK_MIN);
+        // Reads that fill the buffer double the next one, up to the maximum.
+        s.after_read(CHUNK_MIN, CHUNK_MIN);
+        assert_eq!(s.0, 2 * CHUNK_MIN);
+        for _ in 0..10 {
+            s.after_read(s.0, s.0);
+        }
+        assert_eq!(s.0, CHUNK_MAX);
+        // A read that fills half the buffer keeps the size.
+        s.after_read(CHUNK_MAX / 2, CHUNK_MAX);
+        assert_eq!(s.0, CHUNK_MAX);
+        // A trickle halves it, down to the minimum and no lower.
+        s.after_read(100, CHUNK_MAX);
+        assert_eq!(s.0, CHUNK_MAX / 2);
+        for _ in 0..10 {
+            s.after_read(100, s.0);
+        }
+        assert_eq!(s.0, CHUNK_MIN);
+        // End of stream (a zero read) shrinks too, never below the minimum.
+        s.after_read(0, CHUNK_MIN);
+        assert_eq!(s.0, CHUNK_MIN);
+    }
+
+    #[test]
+    fn parse_parallelism_is_bounded() {
+        let d = parse_parallelism();
+        assert!((2..=16).contains(&d), "{d}");
+    }
 }
