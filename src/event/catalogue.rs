@@ -9,6 +9,7 @@ use super::Level;
 use ahash::AHashMap;
 use parking_lot::RwLock;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// `data/stalwart-catalogue.json`, embedded at compile time.
@@ -21,15 +22,23 @@ const MAX_DYNAMIC_TYPES: usize = 4096;
 
 #[derive(Deserialize)]
 struct CatalogueFile {
-    events: Vec<CatEvent>,
     keys: Vec<CatKey>,
     metrics: Vec<MetricDef>,
 }
 
 #[derive(Deserialize)]
-struct CatEvent {
-    name: String,
+struct CatEvent<'a> {
+    /// Borrowed from the embedded text, so the catalogue's names are `'static`.
+    #[serde(borrow)]
+    name: &'a str,
     level: String,
+}
+
+/// The part of the catalogue file [`KNOWN_TYPES`] reads.
+#[derive(Deserialize)]
+struct CatalogueEvents<'a> {
+    #[serde(borrow)]
+    events: Vec<CatEvent<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -69,11 +78,74 @@ pub struct EventKeysEntry {
     pub span_end: bool,
 }
 
+/// An event type's name: one of the catalogue's, a `'static` string, or one a producer
+/// invented, shared.
+///
+/// Why not always `Arc<str>`: every event holds its type's name, and with a shared count a
+/// busy type's count is one cache line that every parser thread increments and every thread
+/// dropping an event decrements. In `max-ingest` that increment alone was 1.4 % of the hub's
+/// CPU (`perf/RESULTS.md` §10). The catalogue's names cost nothing to copy.
+#[derive(Debug, Clone)]
+pub enum TypeName {
+    /// A type in Stalwart's catalogue.
+    Known(&'static str),
+    /// A type a producer invented.
+    Other(Arc<str>),
+}
+
+impl std::ops::Deref for TypeName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            TypeName::Known(s) => s,
+            TypeName::Other(s) => s,
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for TypeName {
+    fn borrow(&self) -> &str {
+        self
+    }
+}
+
+impl PartialEq for TypeName {
+    fn eq(&self, other: &TypeName) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for TypeName {}
+
+impl std::hash::Hash for TypeName {
+    /// Hashes as the `str` does, so maps keyed by `TypeName` are searched with a `&str`.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl std::fmt::Display for TypeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl From<&str> for TypeName {
+    /// The catalogue's `'static` name when the type is known, a new shared one otherwise.
+    fn from(name: &str) -> TypeName {
+        match KNOWN_TYPES.get_key_value(name) {
+            Some((&known, _)) => TypeName::Known(known),
+            None => TypeName::Other(Arc::from(name)),
+        }
+    }
+}
+
 /// What is known about an event type.
 #[derive(Debug, Clone)]
 pub struct TypeInfo {
-    /// The interned name.
-    pub name: Arc<str>,
+    /// The name, the same string (and pointer) for every event of the type while it is known
+    /// or interned.
+    pub name: TypeName,
     /// Default level when the producer sends none.
     pub level: Level,
     /// True when this event closes its span (span-follow state can be released).
@@ -91,9 +163,33 @@ fn default_text(name: &str) -> Arc<[u8]> {
     Arc::from(out)
 }
 
+/// The catalogue's event types, read once per process from the embedded file; its names
+/// borrow the embedded text.
+static KNOWN_TYPES: std::sync::LazyLock<AHashMap<&'static str, TypeInfo>> = std::sync::LazyLock::new(|| {
+    let cat: CatalogueEvents<'static> =
+        serde_json::from_str(CATALOGUE_JSON).expect("embedded catalogue is valid JSON");
+    let ek: EventKeysFile =
+        serde_json::from_str(EVENT_KEYS_JSON).expect("embedded event keys are valid JSON");
+    let span_end: ahash::AHashSet<&str> =
+        ek.events.iter().filter(|e| e.span_end).map(|e| e.name.as_str()).collect();
+    cat.events
+        .iter()
+        .map(|e| {
+            let info = TypeInfo {
+                name: TypeName::Known(e.name),
+                level: Level::parse(&e.level).unwrap_or(Level::Info),
+                span_end: span_end.contains(e.name),
+                known: true,
+                default_text: default_text(e.name),
+            };
+            (e.name, info)
+        })
+        .collect()
+});
+
 /// Event types, keys and metrics, loaded once at start.
 pub struct Catalogue {
-    types: AHashMap<Box<str>, TypeInfo>,
+    types: &'static AHashMap<&'static str, TypeInfo>,
     dynamic: RwLock<AHashMap<Box<str>, TypeInfo>>,
     /// Per event type: the keys it is emitted with (for the demo generator and tests).
     pub event_keys: Vec<EventKeysEntry>,
@@ -111,24 +207,8 @@ impl Catalogue {
             serde_json::from_str(CATALOGUE_JSON).expect("embedded catalogue is valid JSON");
         let ek: EventKeysFile =
             serde_json::from_str(EVENT_KEYS_JSON).expect("embedded event keys are valid JSON");
-        let span_end: ahash::AHashSet<&str> =
-            ek.events.iter().filter(|e| e.span_end).map(|e| e.name.as_str()).collect();
-        let types = cat
-            .events
-            .iter()
-            .map(|e| {
-                let info = TypeInfo {
-                    name: Arc::from(e.name.as_str()),
-                    level: Level::parse(&e.level).unwrap_or(Level::Info),
-                    span_end: span_end.contains(e.name.as_str()),
-                    known: true,
-                    default_text: default_text(&e.name),
-                };
-                (Box::from(e.name.as_str()), info)
-            })
-            .collect();
         Catalogue {
-            types,
+            types: &KNOWN_TYPES,
             dynamic: RwLock::new(AHashMap::new()),
             key_names: cat.keys.into_iter().map(|k| k.name).collect(),
             event_keys: ek.events,
@@ -158,16 +238,22 @@ impl Catalogue {
         }
     }
 
-    /// Looks an event type up, interning unknown ones (up to a cap).
-    pub fn type_info(&self, name: &str) -> TypeInfo {
+    /// Looks an event type up, interning unknown ones (up to a cap). A known type is
+    /// borrowed: no reference count is touched.
+    pub fn type_info(&self, name: &str) -> Cow<'static, TypeInfo> {
         if let Some(t) = self.types.get(name) {
-            return t.clone();
+            return Cow::Borrowed(t);
         }
+        Cow::Owned(self.dynamic_type(name))
+    }
+
+    #[cold]
+    fn dynamic_type(&self, name: &str) -> TypeInfo {
         if let Some(t) = self.dynamic.read().get(name) {
             return t.clone();
         }
         let info = TypeInfo {
-            name: Arc::from(name),
+            name: TypeName::Other(Arc::from(name)),
             level: Level::Info,
             // Producer-invented types follow the catalogue naming: `*-end` closes a span.
             span_end: name.ends_with("-end"),
@@ -206,5 +292,29 @@ mod tests {
         assert_eq!(keys.lookup_param("remote-ip").unwrap().1.kind, KeyKind::Ip);
         assert_eq!(keys.lookup_param("domain").unwrap().1.kind, KeyKind::Folded);
         assert_eq!(keys.lookup_param("queue-id").unwrap().1.kind, KeyKind::Integer);
+    }
+
+    #[test]
+    fn known_names_are_static_and_invented_ones_interned() {
+        let c = Catalogue::embedded();
+        let a = c.type_info("smtp.connection-start");
+        let b = Catalogue::embedded().type_info("smtp.connection-start");
+        assert!(matches!(a, Cow::Borrowed(_)));
+        assert!(matches!(a.name, TypeName::Known(_)));
+        // One string per type for the whole process, whichever catalogue asked.
+        assert_eq!(a.name.as_ptr(), b.name.as_ptr());
+        let x = c.type_info("custom.thing");
+        let y = c.type_info("custom.thing");
+        assert!(matches!(x.name, TypeName::Other(_)));
+        assert_eq!(x.name.as_ptr(), y.name.as_ptr(), "interned");
+        assert_eq!(&*x.name, "custom.thing");
+        assert_eq!(x.name, TypeName::from("custom.thing"));
+        assert!(matches!(TypeName::from("smtp.ehlo"), TypeName::Known(_)));
+        // Maps keyed by name are searched with a `&str`.
+        let mut m = ahash::AHashMap::new();
+        m.insert(a.name.clone(), 1);
+        m.insert(x.name.clone(), 2);
+        assert_eq!((m.get("smtp.connection-start"), m.get("custom.thing")), (Some(&1), Some(&2)));
+        assert_eq!(a.name.to_string(), "smtp.connection-start");
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 use std::sync::Arc;
 
-pub use catalogue::{Catalogue, TypeInfo};
+pub use catalogue::{Catalogue, TypeInfo, TypeName};
 pub use json::{JsonRef, Node, Text};
 pub use keys::{KeyId, KeyKind, KeyRegistry};
 pub use raw::RawValue;
@@ -65,7 +65,7 @@ impl Level {
 #[derive(Debug)]
 pub struct Event {
     /// Event type, such as `smtp.connection-start`.
-    pub kind: Arc<str>,
+    pub kind: TypeName,
     /// Level from the producer or, failing that, the catalogue.
     pub level: Level,
     /// Span this event belongs to (`spanId` in the producer's data).
@@ -318,7 +318,7 @@ impl<'c> EventBuilder<'c> {
         }
 
         let mut ev = Event {
-            kind: info.name,
+            kind: info.name.clone(),
             level,
             span_id,
             span_end: info.span_end,

@@ -26,7 +26,7 @@
 //! distinct type) and does no I/O.
 
 use super::plan::Plan;
-use crate::event::{Event, KeyId, Level};
+use crate::event::{Event, KeyId, Level, TypeName};
 use crate::query::ast::{mask128, mask32, CmpOp, Decimal, Expr, Field, GlobPart, Number, Pred, Term};
 use crate::subscriber::Subscriber;
 use ahash::AHashMap;
@@ -260,7 +260,7 @@ pub struct Scratch {
     glob_stamp: Vec<u32>,
     glob_epoch: u32,
     /// Event type -> event terms it satisfies, valid for the index `types_build`.
-    types: AHashMap<Arc<str>, Box<[TermId]>>,
+    types: AHashMap<TypeName, Box<[TermId]>>,
     types_build: u64,
 }
 

@@ -197,14 +197,15 @@ fn run(
                 }
             }
         });
-        if let Some(log) = &config.replay {
-            // Appended once per batch, before the wakes: a resuming subscriber waits until the
-            // log has reached its start position, so it never waits on a sleeping writer.
-            log.append(first, &kept, now);
-        }
         if let Some(w) = &config.history {
             // A full history queue drops (counted by the writer); matching never waits for disk.
             w.submit_batch(first, &kept);
+        }
+        if let Some(log) = &config.replay {
+            // Appended once per batch, before the wakes: a resuming subscriber waits until the
+            // log has reached its start position, so it never waits on a sleeping writer. The
+            // log takes the handles over (`kept` is left empty).
+            log.append(first, &mut kept, now);
         }
         kept.clear();
         // One wake per subscriber per batch, after the batch: a subscriber matched by several

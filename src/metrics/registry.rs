@@ -653,7 +653,7 @@ pub struct EventCounter {
     /// The histograms the met types feed: registry histogram id, key, this thread's writer.
     hists: Vec<(u32, KeyId, HistogramWriter)>,
     /// Clones of the cached names, so a cached address stays theirs.
-    keep: Vec<Arc<str>>,
+    keep: Vec<crate::event::TypeName>,
 }
 
 /// The table slot where probing for `key` starts (Fibonacci hashing: the high bits of the
@@ -690,7 +690,7 @@ impl EventCounter {
     /// [`EventCounter::observe`]).
     #[inline]
     pub fn count(&mut self, ev: &Event) {
-        let key = Arc::as_ptr(&ev.kind) as *const u8 as usize;
+        let key = ev.kind.as_ptr() as usize;
         let mask = self.table.len() - 1;
         let mut i = home(key, mask);
         let seen = loop {

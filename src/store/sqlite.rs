@@ -219,7 +219,7 @@ fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 
 /// One span's share of a batch, folded into its summary row in one upsert.
 struct SpanAgg {
-    first_type: std::sync::Arc<str>,
+    first_type: crate::event::TypeName,
     queue_id: Option<Box<str>>,
     first_at: i64,
     last_at: i64,

@@ -94,7 +94,7 @@ impl ReplayLog {
 
     /// Appends events `first..first + events.len()` (the caller reads the ring in order, so
     /// calls are contiguous) and evicts what the bounds no longer allow.
-    pub fn append(&self, first: u64, events: &[Arc<Event>], now_ms: u64) {
+    pub fn append(&self, first: u64, events: &mut Vec<Arc<Event>>, now_ms: u64) {
         if !self.enabled() || events.is_empty() {
             return;
         }
@@ -103,10 +103,12 @@ impl ReplayLog {
             g.start = first;
         }
         debug_assert_eq!(g.start + g.entries.len() as u64, first, "appends are contiguous");
-        for ev in events {
+        // Moved in, not cloned: a reference-count increment per event on a line the parser
+        // thread wrote last is a cache miss on the matcher thread.
+        for ev in events.drain(..) {
             let bytes = ev.json.len() + ev.text_len() + OVERHEAD_BYTES;
             g.bytes += bytes;
-            g.entries.push_back(Entry { event: ev.clone(), at_ms: now_ms, bytes });
+            g.entries.push_back(Entry { event: ev, at_ms: now_ms, bytes });
         }
         let oldest = now_ms.saturating_sub(self.limits.max_age_ms);
         while let Some(front) = g.entries.front() {
@@ -452,8 +454,8 @@ mod tests {
         let evs = events(100);
         let one = evs[0].json.len() + evs[0].text_len() + OVERHEAD_BYTES;
         let log = ReplayLog::new(ReplayLimits { max_bytes: one * 10 + one / 2, max_age_ms: 60_000 });
-        log.append(0, &evs[..50], 0);
-        log.append(50, &evs[50..], 0);
+        log.append(0, &mut evs[..50].to_vec(), 0);
+        log.append(50, &mut evs[50..].to_vec(), 0);
         let (start, held, bytes) = log.usage();
         assert!((9..=10).contains(&held), "about ten events fit: {held}");
         assert!(bytes <= one * 10 + one / 2);
@@ -474,8 +476,8 @@ mod tests {
     fn ages_out_and_finds_by_time() {
         let evs = events(10);
         let log = ReplayLog::new(ReplayLimits { max_bytes: usize::MAX, max_age_ms: 1_000 });
-        log.append(0, &evs[..5], 0);
-        log.append(5, &evs[5..], 1_500);
+        log.append(0, &mut evs[..5].to_vec(), 0);
+        log.append(5, &mut evs[5..].to_vec(), 1_500);
         assert_eq!(log.usage().0, 5, "the first five are older than a second");
         assert_eq!(log.oldest(), Some((5, 1_005)));
         assert_eq!(log.first_since(1_007, 10), Some(7));
@@ -522,7 +524,7 @@ mod tests {
         let evs = events(40);
         // The log holds 30..40 only, as if 0..30 had been evicted.
         let log = ReplayLog::starting_at(ReplayLimits { max_bytes: usize::MAX, max_age_ms: u64::MAX }, 30);
-        log.append(30, &evs[30..], 0);
+        log.append(30, &mut evs[30..].to_vec(), 0);
         let (c, k) = Catalogue::with_keys(64);
         let disk = EveryThird(evs.clone(), c, k);
         let big = DiskBounds { scan: 1000, matches: 1000 };
