@@ -105,6 +105,9 @@ pub struct Subscriber {
     closed: AtomicBool,
     delivered: AtomicU64,
     dropped: AtomicU64,
+    /// The first sequence number the stream sends from its queue (its live start); 0 until
+    /// the subscription is answered. See [`Subscriber::set_live_start`].
+    live_start: AtomicU64,
     conn: Option<Arc<ConnHandle>>,
 }
 
@@ -135,6 +138,7 @@ impl Subscriber {
             closed: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            live_start: AtomicU64::new(0),
             conn,
         }
     }
@@ -185,6 +189,10 @@ impl Subscriber {
     /// the last queued event is reported at the end. Returns how many items were moved.
     pub fn drain_into(&self, out: &mut Vec<Item>) -> usize {
         let mut q = self.queue.lock();
+        let start = self.live_start.load(Ordering::Relaxed);
+        if matches!(q.items.front(), Some(Item::Event { seq, .. }) if *seq < start) {
+            q.items.retain(|i| !matches!(i, Item::Event { seq, .. } if *seq < start));
+        }
         let n = q.items.len();
         out.extend(q.items.drain(..));
         if q.pending_drop > 0 {
@@ -239,6 +247,15 @@ impl Subscriber {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Sets the live start `H` the subscription was answered with: queued events below it are
+    /// left out when drained. Why: the index that adds this subscriber is stored before `H` is
+    /// read, so a matcher thread still behind `H` matches some earlier events with it. A plain
+    /// stream can take those, but a resuming one gets everything below `H` from the replay,
+    /// and would receive them twice (seen in `tests/resume.rs` under load).
+    pub fn set_live_start(&self, seq: u64) {
+        self.live_start.store(seq, Ordering::Relaxed);
+    }
+
     /// Closes the connection carrying this subscriber, if it has one.
     pub fn kill_connection(&self) {
         self.close();
@@ -286,5 +303,22 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(s.dropped(), 1);
         assert_eq!(s.delivered(), 1);
+    }
+
+    #[test]
+    fn events_below_the_live_start_are_left_out() {
+        let s = Subscriber::new(1, Expr::True, true, 16, None);
+        let b = Bytes::from_static(b"{}");
+        // Queued by a matcher that was still behind the live start when the index changed.
+        for seq in 5..8 {
+            s.push(seq, &b, 0);
+        }
+        s.set_live_start(7);
+        for seq in 8..10 {
+            s.push(seq, &b, 0);
+        }
+        assert_eq!(items(&s), vec!["e7", "e8", "e9"]);
+        s.push(10, &b, 0);
+        assert_eq!(items(&s), vec!["e10"]);
     }
 }

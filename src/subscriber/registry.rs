@@ -141,6 +141,8 @@ impl Registry {
         let mut subscription = Subscription { sub: sub.clone(), start: 0, tx: Some(tx.clone()) };
         tx.send(Command::Add(sub, reply)).map_err(|_| RegistryError::Closed)?;
         subscription.start = rx.await.map_err(|_| RegistryError::Closed)?;
+        // Before the stream can drain anything: it starts at `start` (see `set_live_start`).
+        subscription.sub.set_live_start(subscription.start);
         Ok(subscription)
     }
 
