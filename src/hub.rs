@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use crate::event::{Catalogue, Event, EventBuilder, KeyKind, KeyRegistry};
+use crate::ingest::pool::ParsePool;
 use crate::matcher::{Clock, MatcherConfig, MatcherPool, MatcherStats};
 use crate::metrics::own::own_values;
 use crate::metrics::query::NameFilter;
@@ -77,6 +78,8 @@ pub struct Hub {
     streams_closed_tx: tokio::sync::watch::Sender<bool>,
     matchers: Mutex<Option<MatcherPool>>,
     matcher_stats: Vec<Arc<MatcherStats>>,
+    /// The threads that parse socket ingest and free the events they built (`ingest::pool`).
+    pub parse_pool: ParsePool,
 }
 
 impl Hub {
@@ -134,9 +137,11 @@ impl Hub {
             clock,
             &metrics,
         )?;
+        let parse_pool = ParsePool::start(std::thread::available_parallelism().map_or(2, |n| n.get()))?;
         let (shutdown_tx, _) = tokio::sync::watch::channel(false);
         let (streams_closed_tx, _) = tokio::sync::watch::channel(false);
         Ok(Arc::new(Hub {
+            parse_pool,
             matcher_stats: pool.stats.clone(),
             matchers: Mutex::new(Some(pool)),
             config,

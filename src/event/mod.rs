@@ -85,9 +85,20 @@ pub struct Event {
     /// `search_at` on: one allocation per event instead of two.
     text: Box<str>,
     search_at: u32,
+    /// The parse thread that built the event (`ingest::pool::NO_HOME` for any other), so its
+    /// memory can be freed on that thread.
+    home: u8,
 }
 
 impl Event {
+    /// The parse thread that built this event, or `ingest::pool::NO_HOME`: freeing an event
+    /// on the thread that allocated it avoids the allocator's cross-thread path (see
+    /// `ingest::pool`).
+    #[inline]
+    pub fn home(&self) -> u8 {
+        self.home
+    }
+
     /// Replaces the event's JSON (a stored copy that must be sent byte for byte), keeping
     /// `wire` consistent with it.
     pub fn set_json(&mut self, json: &[u8]) {
@@ -172,6 +183,8 @@ pub struct EventBuilder<'c> {
     key_table: (Arc<keys::KeyTable>, u64),
     /// Largest serialised event accepted (`max-event-bytes`).
     max_bytes: usize,
+    /// Stamped on every event built ([`Event::home`]).
+    home: u8,
 }
 
 impl<'c> EventBuilder<'c> {
@@ -187,7 +200,15 @@ impl<'c> EventBuilder<'c> {
             ts_cache: (i64::MIN, [0; 20]),
             key_table: keys.snapshot(),
             max_bytes: usize::MAX,
+            home: crate::ingest::pool::NO_HOME,
         }
+    }
+
+    /// Marks the events this builder makes as built by parse thread `home` (see
+    /// [`Event::home`]).
+    pub fn with_home(mut self, home: u8) -> Self {
+        self.home = home;
+        self
     }
 
     /// Rejects events whose serialised JSON is longer than `max` bytes
@@ -334,6 +355,7 @@ impl<'c> EventBuilder<'c> {
                 t.into_boxed_str()
             },
             search_at: self.canon.len() as u32,
+            home: self.home,
         };
         ev.wire = Bytes::copy_from_slice(&self.json);
         ev.json = ev.wire.slice(1..);
@@ -435,6 +457,15 @@ pub(crate) mod testing {
     pub(crate) fn event(c: &Catalogue, k: &KeyRegistry, json: &str) -> Event {
         let raw = RawValue::parse_serde(json.as_bytes()).unwrap();
         EventBuilder::new(c, k).build(&raw, 0).unwrap()
+    }
+
+    /// One event built as parse thread `home` would build it.
+    pub(crate) fn event_with_home(home: u8) -> Vec<std::sync::Arc<Event>> {
+        let (c, k) = Catalogue::with_keys(64);
+        let raw =
+            RawValue::parse_serde(br#"{"type":"smtp.connection-start","data":{"remoteIp":"10.0.0.1"}}"#)
+                .unwrap();
+        vec![std::sync::Arc::new(EventBuilder::new(&c, &k).with_home(home).build(&raw, 0).unwrap())]
     }
 }
 

@@ -18,6 +18,7 @@
 //! touching the pipeline.
 
 pub mod demo;
+pub mod pool;
 pub mod socket;
 
 use crate::event::{BuildError, Event, EventBuilder, JsonRef, Node, Tape};

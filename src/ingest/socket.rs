@@ -91,7 +91,7 @@ fn parse_parallelism() -> usize {
 
 /// A connection's reads start at this size, and an idle or trickling producer never holds more.
 const CHUNK_MIN: usize = 64 * 1024;
-/// A busy producer's reads grow up to this size: each chunk handed to the blocking pool then
+/// A busy producer's reads grow up to this size: each chunk handed to the parse threads then
 /// carries about 800 events instead of 200, so the hand-off (a thread wake-up each way) is paid
 /// a quarter as often. Larger chunks measured no better (`perf/RESULTS.md` §10).
 const CHUNK_MAX: usize = 256 * 1024;
@@ -116,10 +116,10 @@ impl ChunkSize {
     }
 }
 
-/// A chunk of complete lines, parsed inline or on the blocking pool; published in read order.
+/// A chunk of complete lines, parsed inline or on the parse threads; published in read order.
 enum Pending {
     Ready(ParsedBatch),
-    Running(tokio::task::JoinHandle<ParsedBatch>),
+    Running(tokio::sync::oneshot::Receiver<ParsedBatch>),
 }
 
 async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
@@ -131,9 +131,9 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
     let mut skipping = false;
     let mut eof = false;
     let mut inflight: VecDeque<Pending> = VecDeque::new();
-    // Events the ring handed back when ours replaced them (`Hub::publish`): dropped with the
-    // next chunk on the blocking pool, not on this task, which is the connection's one
-    // serial stage.
+    // Events the ring handed back when ours replaced them (`Hub::publish`): freed by the parse
+    // threads that built them (`ParsePool::free`), not on this task, which is the connection's
+    // one serial stage.
     let mut graveyard: Vec<Arc<Event>> = Vec::new();
     let mut shutdown = hub.shutdown_signal();
     loop {
@@ -230,23 +230,19 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
                 );
                 buf.drain(..end);
                 inflight.push_back(Pending::Ready(parsed));
-                // A trickle: few old events, cheaper to drop here than to hand off.
-                graveyard.clear();
             } else {
-                // Hand the complete lines to the blocking pool and keep the partial tail.
+                // Hand the complete lines to the parse threads and keep the partial tail.
                 let tail = buf[end..].to_vec();
                 let mut chunk = std::mem::replace(&mut buf, Vec::with_capacity(size.0));
                 buf.extend_from_slice(&tail);
                 chunk.truncate(end);
                 let h = hub.clone();
-                let dead = std::mem::take(&mut graveyard);
-                inflight.push_back(Pending::Running(tokio::task::spawn_blocking(move || {
-                    drop(dead);
+                inflight.push_back(Pending::Running(hub.parse_pool.spawn(move |home| {
                     parse_ndjson_records(
                         &mut chunk[start..],
                         first_line,
                         Some(max_line),
-                        &mut h.builder(),
+                        &mut h.builder().with_home(home),
                         now_secs(),
                     )
                 })));
@@ -275,8 +271,11 @@ async fn publish(
     mut parsed: ParsedBatch,
     graveyard: &mut Vec<Arc<Event>>,
 ) -> bool {
-    if !parsed.events.is_empty() && hub.publish(&mut parsed.events, graveyard, None).await.is_err() {
-        return false;
+    if !parsed.events.is_empty() {
+        if hub.publish(&mut parsed.events, graveyard, None).await.is_err() {
+            return false;
+        }
+        hub.parse_pool.free(graveyard);
     }
     // Metric records (`{"metric":...}` lines) count once their chunk is accepted.
     parsed.apply_samples(&hub.metrics);
