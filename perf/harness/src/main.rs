@@ -297,6 +297,7 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
     eprintln!("connecting {} subscribers to {:?} at {}", filters.len(), args.peer, hub.addr);
     let mut tasks = Vec::new();
     let mut progress = Vec::new();
+    let latencies = subscriber::latencies();
     for f in &filters {
         let p = Arc::new(Progress::default());
         progress.push(p.clone());
@@ -306,7 +307,7 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
         // subscriber.
         let conn = subscriber::connect(&target).await?;
         let stop = stop.clone();
-        tasks.push(tokio::spawn(subscriber::run(conn, p, epoch, stop)));
+        tasks.push(tokio::spawn(subscriber::run(conn, p, epoch, stop, latencies.clone())));
     }
     // Held open, never read: the hub must notice and not let it slow anyone else.
     let mut stalled = Vec::new();
@@ -388,11 +389,9 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
         .collect();
     drain(&progress, &expect).await;
     stop.store(true, Ordering::SeqCst);
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = Vec::new();
     for t in tasks {
         let o = t.await?;
-        hist.add(&o.latency_us)?;
         if let Some(e) = o.error {
             errors.push(e);
         }
@@ -426,7 +425,7 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
     }
     row.deliveries_per_sec = row.delivered as f64 / produce_secs;
     row.bytes_per_sec = row.bytes as f64 / produce_secs;
-    row.set_latency(&hist);
+    row.set_latency(&latencies.lock().expect("every subscriber has ended"));
     row.hub_cpu_secs = after_produce.cpu_secs - before.cpu_secs;
     row.hub_cpu_secs_total = end.cpu_secs - before.cpu_secs;
     row.hub_peak_rss = if args.peer == Peer::Nchan { sampled_peak.max(end.rss) } else { end.peak_rss };

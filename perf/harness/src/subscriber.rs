@@ -4,12 +4,17 @@
 //!
 //! The scan does not build JSON values: it looks for `"n":` and `"t":` in each `data:` line,
 //! which is what lets one harness core keep up with a hub delivering millions of events.
+//!
+//! All subscribers record into one shared histogram ([`Latencies`]), once per read. A histogram
+//! of this range is about 140 KB; one per subscriber made the harness fault in fresh pages of
+//! 1,010 of them whenever latencies reached a new range, which at the start of every run held
+//! its reader back for about 100 ms and put that in the measured tail (`perf/RESULTS.md` §11).
 
 use hdrhistogram::Histogram;
 use memchr::memmem;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,10 +36,22 @@ pub struct Progress {
 
 /// What a finished subscriber hands back.
 pub struct Outcome {
-    /// Latency of every event received, in microseconds.
-    pub latency_us: Histogram<u64>,
     /// Why the stream ended, if it failed.
     pub error: Option<String>,
+}
+
+/// The run's end-to-end latencies in microseconds, shared by every subscriber.
+pub type Latencies = Arc<Mutex<Histogram<u64>>>;
+
+/// An empty latency histogram (1 µs to 60 s, three significant digits) whose memory is already
+/// faulted in, so recording never waits for the kernel.
+pub fn latencies() -> Latencies {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    // The counts are allocated zeroed but untouched; recording the range's top and resetting
+    // writes every count once.
+    let _ = h.record(60_000_000);
+    h.reset();
+    Arc::new(Mutex::new(h))
 }
 
 /// How the subscriber talks to its hub.
@@ -149,14 +166,19 @@ fn number_after(finder: &memmem::Finder<'_>, s: &[u8], from: usize) -> Option<(u
 
 /// Runs one subscriber until `stop` is set or the stream ends. `epoch` is the run's clock
 /// origin shared with the producers (event `t` fields are nanoseconds since it).
-pub async fn run(conn: Connected, progress: Arc<Progress>, epoch: Instant, stop: Arc<AtomicBool>) -> Outcome {
-    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    let error = match stream(conn, &progress, epoch, &stop, &mut latency_us).await {
+pub async fn run(
+    conn: Connected,
+    progress: Arc<Progress>,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    latencies: Latencies,
+) -> Outcome {
+    let error = match stream(conn, &progress, epoch, &stop, &latencies).await {
         Ok(()) => None,
         Err(e) => Some(e.to_string()),
     };
     progress.ended.store(true, Ordering::SeqCst);
-    Outcome { latency_us, error }
+    Outcome { error }
 }
 
 async fn stream(
@@ -164,7 +186,7 @@ async fn stream(
     progress: &Progress,
     epoch: Instant,
     stop: &AtomicBool,
-    hist: &mut Histogram<u64>,
+    hist: &Latencies,
 ) -> anyhow::Result<()> {
     let (mut s, first, chunked) = conn;
     let n_key = memmem::Finder::new(b"\"n\":");
@@ -174,6 +196,8 @@ async fn stream(
     let mut raw = vec![0u8; 1 << 16];
     let mut last_n: Option<u64> = None;
     let mut event_name: Vec<u8> = Vec::new();
+    // This read's latencies, recorded into the shared histogram under one lock.
+    let mut lat: Vec<u64> = Vec::new();
     // Bytes go from the socket buffer straight into the de-chunked body: one copy.
     let mut feed = |input: &[u8], body: &mut Vec<u8>| {
         if chunked {
@@ -218,12 +242,18 @@ async fn stream(
                     received += 1;
                     if let Some((t, after)) = number_after(&t_key, data, pos) {
                         pos = after;
-                        let _ = hist.record((now.saturating_sub(t) / 1000).max(1));
+                        lat.push((now.saturating_sub(t) / 1000).max(1));
                     }
                 }
             }
         }
         body.drain(..start);
+        if !lat.is_empty() {
+            let mut h = hist.lock().expect("no recorder panics while holding the histogram");
+            for v in lat.drain(..) {
+                let _ = h.record(v);
+            }
+        }
         if received > 0 {
             progress.received.fetch_add(received, Ordering::Relaxed);
         }
