@@ -74,9 +74,11 @@ show("max-ingest hub cpu s", "max-ingest", "hub_cpu_secs", "{:.2f}")
 show("fanout-1k events/s held", "fanout-1k", "ingest_rate")
 show("fanout-1k p50 µs", "fanout-1k", "p50_us")
 show("fanout-1k p99 µs", "fanout-1k", "p99_us")
+show("fanout-1k p99 µs after the warm-up", "fanout-1k", "steady_p99_us")
 show("fanout-1k hub cpu s", "fanout-1k", "hub_cpu_secs", "{:.2f}")
 show("at Nchan's rate: p50 µs", "at-nchan-rate", "p50_us")
 show("at Nchan's rate: p99 µs", "at-nchan-rate", "p99_us")
+show("at Nchan's rate: p99 µs after the warm-up", "at-nchan-rate", "steady_p99_us")
 show("firehose-100 MB/s", "firehose-100", "bytes_per_sec", "{:,.0f}")
 show("idle-10k bytes per subscriber", "idle-10k", "bytes_per_subscriber")
 print("\n".join(lines).replace("| firehose-100 MB/s |", "| firehose-100 bytes/s |"))
@@ -90,9 +92,14 @@ for side in ("a", "b"):
 n = [row(f"nchan-fanout-{i}") for i in range(1, rounds + 1)]
 if any(n):
     print("Nchan fanout-1k per round: " + ", ".join(
-        f"{r['ingest_rate']:,.0f}/s p99 {r['p99_us']:,} µs" for r in n if r))
+        f"{r['ingest_rate']:,.0f}/s p99 {r['p99_us']:,} µs ({r.get('steady_p99_us', 0):,} after the warm-up)" for r in n if r))
     for side in ("a", "b"):
         ratios = [r["p99_us"] / x["p99_us"] for i, x in enumerate(n, 1) if x and (r := row(f"{side}-at-nchan-rate-{i}"))]
         print(f"{side.upper()}: p99 at Nchan's rate / Nchan's p99, per round: "
               f"{', '.join(f'{x:.2f}' for x in ratios)}; median {med(ratios):.2f}")
+        steady = [r["steady_p99_us"] / x["steady_p99_us"] for i, x in enumerate(n, 1)
+                  if x and x.get("steady_p99_us") and (r := row(f"{side}-at-nchan-rate-{i}"))]
+        if steady:
+            print(f"{side.upper()}: the same after the warm-up: "
+                  f"{', '.join(f'{x:.2f}' for x in steady)}; median {med(steady):.2f}")
 PY

@@ -109,6 +109,10 @@ struct Args {
     /// Seed of templates and filters.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Milliseconds at the start of the load whose events are left out of the steady-state
+    /// latency (`p99 steady`); the whole-run percentiles include them.
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
     /// Threads reading the subscribers' streams. One keeps the harness's share of the two
     /// cores small; more help when the harness, not the hub, is what falls behind (a `lagged`
     /// count with the hub's CPU well below the machine's).
@@ -297,7 +301,7 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
     eprintln!("connecting {} subscribers to {:?} at {}", filters.len(), args.peer, hub.addr);
     let mut tasks = Vec::new();
     let mut progress = Vec::new();
-    let latencies = subscriber::latencies();
+    let latencies = subscriber::Latencies::new();
     for f in &filters {
         let p = Arc::new(Progress::default());
         progress.push(p.clone());
@@ -356,6 +360,10 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
         .collect();
 
     let started = Instant::now();
+    latencies.steady_from_ns.store(
+        (epoch.elapsed() + Duration::from_millis(args.warmup_ms)).as_nanos() as u64,
+        Ordering::Relaxed,
+    );
     let mut last = (0u64, 0u64);
     // Nchan's worker outlives runs, so its VmHWM may come from an earlier run: for it, the
     // peak is the largest RSS sampled during this run.
@@ -425,7 +433,11 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
     }
     row.deliveries_per_sec = row.delivered as f64 / produce_secs;
     row.bytes_per_sec = row.bytes as f64 / produce_secs;
-    row.set_latency(&latencies.lock().expect("every subscriber has ended"));
+    row.set_latency(
+        &latencies.all.lock().expect("every subscriber has ended"),
+        &latencies.steady.lock().expect("every subscriber has ended"),
+    );
+    row.warmup_secs = args.warmup_ms as f64 / 1000.0;
     row.hub_cpu_secs = after_produce.cpu_secs - before.cpu_secs;
     row.hub_cpu_secs_total = end.cpu_secs - before.cpu_secs;
     row.hub_peak_rss = if args.peer == Peer::Nchan { sampled_peak.max(end.rss) } else { end.peak_rss };

@@ -44,6 +44,14 @@ pub struct Row {
     pub p999_us: u64,
     /// Maximum.
     pub max_us: u64,
+    /// The same percentiles over the events sent after the warm-up (`warmup_secs`).
+    pub steady_p50_us: u64,
+    /// 99th percentile after the warm-up.
+    pub steady_p99_us: u64,
+    /// 99.9th percentile after the warm-up.
+    pub steady_p999_us: u64,
+    /// Seconds at the start of the load left out of the steady-state percentiles.
+    pub warmup_secs: f64,
     /// Hub CPU seconds while producing.
     pub hub_cpu_secs: f64,
     /// Hub CPU seconds until the last delivery.
@@ -70,15 +78,20 @@ impl Row {
         Row { scenario: scenario.into(), peer, ..Row::default() }
     }
 
-    /// Fills the latency percentiles.
-    pub fn set_latency(&mut self, h: &Histogram<u64>) {
-        if h.is_empty() {
-            return;
+    /// Fills the latency percentiles: the whole run's from `all`, the steady state's from
+    /// `steady`.
+    pub fn set_latency(&mut self, all: &Histogram<u64>, steady: &Histogram<u64>) {
+        if !all.is_empty() {
+            self.p50_us = all.value_at_quantile(0.50);
+            self.p99_us = all.value_at_quantile(0.99);
+            self.p999_us = all.value_at_quantile(0.999);
+            self.max_us = all.max();
         }
-        self.p50_us = h.value_at_quantile(0.50);
-        self.p99_us = h.value_at_quantile(0.99);
-        self.p999_us = h.value_at_quantile(0.999);
-        self.max_us = h.max();
+        if !steady.is_empty() {
+            self.steady_p50_us = steady.value_at_quantile(0.50);
+            self.steady_p99_us = steady.value_at_quantile(0.99);
+            self.steady_p999_us = steady.value_at_quantile(0.999);
+        }
     }
 }
 
@@ -121,7 +134,7 @@ impl Report {
     pub fn print(&self) {
         println!();
         println!(
-            "{:<14} {:<22} {:>6} {:>11} {:>12} {:>10} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>7} {:>9}",
+            "{:<14} {:<22} {:>6} {:>11} {:>12} {:>10} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>10} {:>7} {:>9}",
             "scenario",
             "peer",
             "subs",
@@ -134,12 +147,13 @@ impl Report {
             "p50 µs",
             "p99 µs",
             "p99.9 µs",
+            "p99 steady",
             "cpu s",
             "peak MiB"
         );
         for r in &self.rows {
             println!(
-                "{:<14} {:<22} {:>6} {:>11.0} {:>12.0} {:>10.1} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>7.2} {:>9.1}",
+                "{:<14} {:<22} {:>6} {:>11.0} {:>12.0} {:>10.1} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>10} {:>7.2} {:>9.1}",
                 r.scenario,
                 r.peer,
                 r.subscribers,
@@ -152,6 +166,7 @@ impl Report {
                 r.p50_us,
                 r.p99_us,
                 r.p999_us,
+                r.steady_p99_us,
                 r.hub_cpu_secs,
                 r.hub_peak_rss as f64 / (1 << 20) as f64
             );

@@ -5,10 +5,10 @@
 //! The scan does not build JSON values: it looks for `"n":` and `"t":` in each `data:` line,
 //! which is what lets one harness core keep up with a hub delivering millions of events.
 //!
-//! All subscribers record into one shared histogram ([`Latencies`]), once per read. A histogram
-//! of this range is about 140 KB; one per subscriber made the harness fault in fresh pages of
-//! 1,010 of them whenever latencies reached a new range, which at the start of every run held
-//! its reader back for about 100 ms and put that in the measured tail (`perf/RESULTS.md` §11).
+//! All subscribers record into one shared pair of histograms ([`Latencies`]), once per read. A
+//! histogram of this range is about 140 KB; one per subscriber made the harness fault in fresh
+//! pages of 1,010 of them whenever latencies reached a new range, which held its reader back at
+//! the start of a run and put that in the measured tail (`perf/RESULTS.md` §11).
 
 use hdrhistogram::Histogram;
 use memchr::memmem;
@@ -40,18 +40,50 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// The run's end-to-end latencies in microseconds, shared by every subscriber.
-pub type Latencies = Arc<Mutex<Histogram<u64>>>;
+/// The run's end-to-end latencies in microseconds, shared by every subscriber: every event, and
+/// separately the events sent after the warm-up (the steady state).
+pub struct Latencies {
+    /// Every event of the run.
+    pub all: Mutex<Histogram<u64>>,
+    /// Events sent at or after `steady_from_ns`.
+    pub steady: Mutex<Histogram<u64>>,
+    /// Send time (nanoseconds since the run's epoch) from which an event counts as steady
+    /// state; `u64::MAX` until the load starts.
+    pub steady_from_ns: AtomicU64,
+}
 
-/// An empty latency histogram (1 µs to 60 s, three significant digits) whose memory is already
-/// faulted in, so recording never waits for the kernel.
-pub fn latencies() -> Latencies {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    // The counts are allocated zeroed but untouched; recording the range's top and resetting
-    // writes every count once.
-    let _ = h.record(60_000_000);
-    h.reset();
-    Arc::new(Mutex::new(h))
+impl Latencies {
+    /// Empty histograms (1 µs to 60 s, three significant digits) whose memory is already faulted
+    /// in, so recording never waits for the kernel.
+    pub fn new() -> Arc<Latencies> {
+        let h = || {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            // The counts are allocated zeroed but untouched; recording the range's top and
+            // resetting writes every count once.
+            let _ = h.record(60_000_000);
+            h.reset();
+            Mutex::new(h)
+        };
+        Arc::new(Latencies { all: h(), steady: h(), steady_from_ns: AtomicU64::new(u64::MAX) })
+    }
+
+    /// Records `(send time ns, latency µs)` pairs, taking each lock once.
+    fn record(&self, lat: &mut Vec<(u64, u64)>) {
+        let from = self.steady_from_ns.load(Ordering::Relaxed);
+        {
+            let mut all = self.all.lock().expect("no recorder panics while holding the histogram");
+            for &(_, v) in lat.iter() {
+                let _ = all.record(v);
+            }
+        }
+        if lat.iter().any(|&(t, _)| t >= from) {
+            let mut steady = self.steady.lock().expect("no recorder panics while holding the histogram");
+            for &(_, v) in lat.iter().filter(|&&(t, _)| t >= from) {
+                let _ = steady.record(v);
+            }
+        }
+        lat.clear();
+    }
 }
 
 /// How the subscriber talks to its hub.
@@ -171,7 +203,7 @@ pub async fn run(
     progress: Arc<Progress>,
     epoch: Instant,
     stop: Arc<AtomicBool>,
-    latencies: Latencies,
+    latencies: Arc<Latencies>,
 ) -> Outcome {
     let error = match stream(conn, &progress, epoch, &stop, &latencies).await {
         Ok(()) => None,
@@ -197,7 +229,7 @@ async fn stream(
     let mut last_n: Option<u64> = None;
     let mut event_name: Vec<u8> = Vec::new();
     // This read's latencies, recorded into the shared histogram under one lock.
-    let mut lat: Vec<u64> = Vec::new();
+    let mut lat: Vec<(u64, u64)> = Vec::new();
     // Bytes go from the socket buffer straight into the de-chunked body: one copy.
     let mut feed = |input: &[u8], body: &mut Vec<u8>| {
         if chunked {
@@ -242,17 +274,14 @@ async fn stream(
                     received += 1;
                     if let Some((t, after)) = number_after(&t_key, data, pos) {
                         pos = after;
-                        lat.push((now.saturating_sub(t) / 1000).max(1));
+                        lat.push((t, (now.saturating_sub(t) / 1000).max(1)));
                     }
                 }
             }
         }
         body.drain(..start);
         if !lat.is_empty() {
-            let mut h = hist.lock().expect("no recorder panics while holding the histogram");
-            for v in lat.drain(..) {
-                let _ = h.record(v);
-            }
+            hist.record(&mut lat);
         }
         if received > 0 {
             progress.received.fetch_add(received, Ordering::Relaxed);
