@@ -5,8 +5,8 @@
 //! (the handle, its match text, its JSON, the JSON's shared count), made by the thread that
 //! builds it. When the ring later displaces it, freeing those four blocks on any other thread
 //! is mimalloc's cross-thread path, an atomic compare-and-swap on the owning page's free list
-//! that the owner also writes. In `max-ingest` that swap was the largest single cost of the
-//! hub, about a tenth of its CPU (`perf/RESULTS.md` §11). Each event here records which parse
+//! that the owner also writes. In `max-ingest` that swap took nearly a tenth of the hub's CPU,
+//! second only to building events (`perf/RESULTS.md` §11). Each event here records which parse
 //! thread built it ([`crate::event::Event::home`]), and [`ParsePool::free`] sends displaced
 //! events back to that thread, where a free is a plain store on a thread-local list.
 //!
@@ -28,8 +28,8 @@ type Job = Box<dyn FnOnce(u8) + Send>;
 /// Up to this many events built elsewhere are freed by the caller itself.
 const INLINE_FREE: usize = 64;
 
-/// The parse threads and their queues. Dropping the pool ends the threads once their queues
-/// are empty.
+/// The parse threads and their queues. Dropping the pool closes the job queue, and each thread
+/// ends once it has run the jobs already queued.
 pub struct ParsePool {
     jobs: Sender<Job>,
     frees: Vec<Sender<Vec<Arc<Event>>>>,
@@ -59,11 +59,6 @@ impl ParsePool {
                 .spawn(move || work(i as u8, &job_rx, &rx, &peers))?;
         }
         Ok(ParsePool { jobs, frees })
-    }
-
-    /// The number of parse threads.
-    pub fn threads(&self) -> usize {
-        self.frees.len()
     }
 
     /// Runs `f` on the first free parse thread, passing that thread's index (for
@@ -179,7 +174,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn events_are_freed_on_the_thread_that_built_them() {
+    async fn every_event_handed_over_is_freed() {
         let pool = ParsePool::start(2).unwrap();
         // Build events on the pool, as the socket reader does, and keep the only handles.
         let mut built = Vec::new();
