@@ -115,9 +115,19 @@ struct Args {
     warmup_ms: u64,
     /// Threads reading the subscribers' streams. One keeps the harness's share of the two
     /// cores small; more help when the harness, not the hub, is what falls behind (a `lagged`
-    /// count with the hub's CPU well below the machine's).
-    #[arg(long, default_value_t = 1)]
-    reader_threads: usize,
+    /// count with the hub's CPU well below the machine's). Default: 2 for `firehose-100`,
+    /// whose 100 full-rate streams one reader cannot keep up with (the hub then drops tens of
+    /// millions of events for it and says so, and the delivered bytes measure the harness, not
+    /// the hub: `perf/RESULTS.md` §11.4), 1 for the others.
+    #[arg(long)]
+    reader_threads: Option<usize>,
+}
+
+impl Args {
+    /// The reader threads for this run (see `reader_threads`).
+    fn readers(&self) -> usize {
+        self.reader_threads.unwrap_or(if self.scenario == Scenario::Firehose100 { 2 } else { 1 }).max(1)
+    }
 }
 
 /// A hub the harness talks to, whatever it is.
@@ -249,10 +259,8 @@ fn default_rate(s: Scenario) -> Option<u64> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     raise_nofile();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.reader_threads.max(1))
-        .enable_all()
-        .build()?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.readers()).enable_all().build()?;
     let report = match args.scenario {
         Scenario::Idle10k => rt.block_on(idle(&args))?,
         Scenario::SlowConsumer => {
@@ -438,6 +446,7 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
         &latencies.steady.lock().expect("every subscriber has ended"),
     );
     row.warmup_secs = args.warmup_ms as f64 / 1000.0;
+    row.reader_threads = args.readers();
     row.hub_cpu_secs = after_produce.cpu_secs - before.cpu_secs;
     row.hub_cpu_secs_total = end.cpu_secs - before.cpu_secs;
     row.hub_peak_rss = if args.peer == Peer::Nchan { sampled_peak.max(end.rss) } else { end.peak_rss };

@@ -52,6 +52,8 @@ pub struct Row {
     pub steady_p999_us: u64,
     /// Seconds at the start of the load left out of the steady-state percentiles.
     pub warmup_secs: f64,
+    /// Harness threads that read the subscribers' streams.
+    pub reader_threads: usize,
     /// Hub CPU seconds while producing.
     pub hub_cpu_secs: f64,
     /// Hub CPU seconds until the last delivery.
