@@ -256,7 +256,19 @@ fn default_rate(s: Scenario) -> Option<u64> {
     }
 }
 
+/// Turns transparent huge pages off for the harness. It links livetap and so allocates with
+/// mimalloc, which asks for huge pages; with the common `defrag = madvise` setting a fault on a
+/// fresh huge page can stall the faulting thread for milliseconds while memory is compacted
+/// and cleared. livetap turns them off for itself for that reason (README, "Huge pages"). In
+/// the harness such a stall is a reader that falls behind, which the run reports as hub
+/// latency (`perf/RESULTS.md` §11.2).
+fn disable_huge_pages() {
+    // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 fn main() -> anyhow::Result<()> {
+    disable_huge_pages();
     let args = Args::parse();
     raise_nofile();
     let rt =
