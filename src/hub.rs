@@ -252,19 +252,24 @@ impl Hub {
 
     /// Publishes `events` as one batch, waiting for ring space up to `wait` (`None`: as long as
     /// it takes, until shutdown). This is how backpressure reaches producers.
-    /// On success `events` is left empty and the replaced events are in `displaced`, as with
-    /// [`Hub::try_publish`].
+    /// On success `events` is left empty, and the events they replaced go to the parse threads,
+    /// which free each on the thread that built it ([`ParsePool::free`]), off the producer's
+    /// path.
     pub async fn publish(
         &self,
         events: &mut Vec<Arc<Event>>,
-        displaced: &mut Vec<Arc<Event>>,
         wait: Option<Duration>,
     ) -> Result<u64, PublishError> {
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         let mut pause = Duration::from_micros(200);
+        let mut displaced = Vec::new();
         loop {
-            match self.try_publish(events, displaced) {
+            match self.try_publish(events, &mut displaced) {
                 Err(PublishError::Busy) => {}
+                Ok(first) => {
+                    self.parse_pool.free(&mut displaced);
+                    return Ok(first);
+                }
                 other => return other,
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {

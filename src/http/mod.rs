@@ -617,12 +617,7 @@ async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<Li
     let (first_id, last_id) = if accepted == 0 {
         (None, None)
     } else {
-        // The events this batch replaces in the ring go to the parse threads to be freed
-        // (those threads built most of them), not onto this task.
-        let mut displaced = Vec::new();
-        let first =
-            hub.publish(&mut parsed.events, &mut displaced, Some(wait)).await.map_err(HttpError::Busy)?;
-        hub.parse_pool.free(&mut displaced);
+        let first = hub.publish(&mut parsed.events, Some(wait)).await.map_err(HttpError::Busy)?;
         (Some(first + 1), Some(first + accepted as u64))
     };
     // Metric records count only once the batch is accepted, so a refused batch that the

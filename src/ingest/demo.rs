@@ -968,7 +968,6 @@ impl Source for DemoSource {
             let mut pacer = Pacer::new(rate);
             let chunk = (hub.ring.capacity() / 2).clamp(1, MAX_BATCH);
             let mut raw: Vec<RawValue<'static>> = Vec::new();
-            let mut displaced: Vec<Arc<Event>> = Vec::new();
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let start = Instant::now();
@@ -1025,12 +1024,9 @@ impl Source for DemoSource {
                         }
                         events
                     };
-                    if hub.publish(&mut events, &mut displaced, None).await.is_err() {
+                    if hub.publish(&mut events, None).await.is_err() {
                         return;
                     }
-                    // The generator's rate is far below what makes dropping the replaced
-                    // events here matter.
-                    displaced.clear();
                     if due > 0 {
                         // At very high rates, give the other tasks on this thread a turn
                         // between batches.

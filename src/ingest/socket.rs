@@ -9,7 +9,6 @@
 
 use super::{parse_ndjson_records, ParsedBatch, Source};
 use crate::event::encode::now_secs;
-use crate::event::Event;
 use crate::hub::Hub;
 use crate::metrics::IngestStats;
 use std::collections::VecDeque;
@@ -131,10 +130,6 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
     let mut skipping = false;
     let mut eof = false;
     let mut inflight: VecDeque<Pending> = VecDeque::new();
-    // Events the ring handed back when ours replaced them (`Hub::publish`): freed by the parse
-    // threads that built them (`ParsePool::free`), not on this task, which is the connection's
-    // one serial stage.
-    let mut graveyard: Vec<Arc<Event>> = Vec::new();
     let mut shutdown = hub.shutdown_signal();
     loop {
         // Publish finished chunks in the order they were read: a chunk parsed faster than the
@@ -143,7 +138,7 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
         match inflight.front_mut() {
             Some(Pending::Ready(_)) => {
                 let Some(Pending::Ready(parsed)) = inflight.pop_front() else { unreachable!() };
-                if !publish(&hub, &stream, parsed, &mut graveyard).await {
+                if !publish(&hub, &stream, parsed).await {
                     return;
                 }
                 continue;
@@ -265,17 +260,11 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
 
 /// Publishes one parsed chunk, waiting for ring space, and reports its rejected lines.
 /// Returns false when the hub is shutting down (what was not accepted is not acknowledged).
-async fn publish(
-    hub: &Hub,
-    stream: &UnixStream,
-    mut parsed: ParsedBatch,
-    graveyard: &mut Vec<Arc<Event>>,
-) -> bool {
-    if !parsed.events.is_empty() {
-        if hub.publish(&mut parsed.events, graveyard, None).await.is_err() {
-            return false;
-        }
-        hub.parse_pool.free(graveyard);
+async fn publish(hub: &Hub, stream: &UnixStream, mut parsed: ParsedBatch) -> bool {
+    // The events a publish displaces are freed by the parse threads that built them
+    // (`Hub::publish`), not on this task, which is the connection's one serial stage.
+    if !parsed.events.is_empty() && hub.publish(&mut parsed.events, None).await.is_err() {
+        return false;
     }
     // Metric records (`{"metric":...}` lines) count once their chunk is accepted.
     parsed.apply_samples(&hub.metrics);
