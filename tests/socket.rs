@@ -35,13 +35,23 @@ fn line(n: usize) -> String {
 async fn socket_server(
     max_line: Option<usize>,
 ) -> (tempfile::TempDir, std::path::PathBuf, livetap::Server, SseClient) {
+    socket_server_with(|c| {
+        if let Some(m) = max_line {
+            c.max_line_bytes = m;
+        }
+    })
+    .await
+}
+
+/// [`socket_server`] with further settings.
+async fn socket_server_with(
+    tweak: impl FnOnce(&mut livetap::Config),
+) -> (tempfile::TempDir, std::path::PathBuf, livetap::Server, SseClient) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("in.sock");
     let server = start_server(|c| {
         c.ingest_socket = Some(sock.clone());
-        if let Some(m) = max_line {
-            c.max_line_bytes = m;
-        }
+        tweak(c);
     })
     .await;
     let sub = SseClient::connect(server.addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
@@ -121,12 +131,15 @@ async fn long_line_within_one_read_is_rejected() {
     server.shutdown().await;
 }
 
-/// Large writes are parsed in parallel chunks on the blocking pool; events must still be
+/// Large writes are parsed in parallel chunks on the parse threads; events must still be
 /// published in the producer's order, none lost or duplicated, and a rejected line deep inside
 /// a later chunk must carry its true line number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_chunks_keep_order_and_line_numbers() {
-    let (_dir, sock, _server, mut sub) = socket_server(None).await;
+    // The whole burst fits the subscriber's queue: the hub ingests 20,000 events faster than
+    // this test's client reads them, and with the default queue (8,192) the subscriber would
+    // lag and be told so (`event: lagged`), which is not what this test is about.
+    let (_dir, sock, _server, mut sub) = socket_server_with(|c| c.subscriber_queue = 32_768).await;
     const LINES: usize = 20_000;
     const BAD: usize = 15_001;
     let mut text = String::new();
