@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::event::{Catalogue, Event, EventBuilder, KeyKind, KeyRegistry};
 use crate::ingest::pool::ParsePool;
-use crate::matcher::{Clock, MatcherConfig, MatcherPool, MatcherStats};
+use crate::matcher::{Clock, Helper, MatcherConfig, MatcherPool, MatcherStats};
 use crate::metrics::own::own_values;
 use crate::metrics::query::NameFilter;
 use crate::metrics::{IngestStats, MetricValue, MetricsRegistry, StatsSnapshot, SubscriberStats};
@@ -77,6 +77,8 @@ pub struct Hub {
     /// Turns `true` once everything accepted was matched, when live metrics streams end.
     streams_closed_tx: tokio::sync::watch::Sender<bool>,
     matchers: Mutex<Option<MatcherPool>>,
+    /// Matches small batches on the publishing task while the matcher threads sleep.
+    helper: Helper,
     matcher_stats: Vec<Arc<MatcherStats>>,
     /// The threads that parse socket ingest and free the events they built (`ingest::pool`).
     pub parse_pool: ParsePool,
@@ -143,6 +145,7 @@ impl Hub {
         Ok(Arc::new(Hub {
             parse_pool,
             matcher_stats: pool.stats.clone(),
+            helper: pool.helper(),
             matchers: Mutex::new(Some(pool)),
             config,
             admin_token,
@@ -219,9 +222,11 @@ impl Hub {
         if self.ring.head().saturating_add(n + LEASE_BLOCK / 2) > self.reserved.load(Ordering::Acquire) {
             self.extend_lease(n)?;
         }
-        match self.ring.try_publish_vec(events, displaced) {
+        match self.ring.try_publish_vec_quiet(events, displaced) {
             Ok(first) => {
                 IngestStats::add(&self.ingest.accepted, n);
+                // Match a small batch here if the matcher threads sleep, or wake them.
+                self.helper.after_publish(first + n);
                 Ok(first)
             }
             Err(RingError::Full { .. }) => Err(PublishError::Busy),
@@ -312,6 +317,7 @@ impl Hub {
         s.matched = self.ring.tail();
         for m in &self.matcher_stats {
             s.deliveries += m.deliveries.load(Ordering::Relaxed);
+            s.matched_inline += m.helped.load(Ordering::Relaxed);
             s.dropped += m.drops.load(Ordering::Relaxed);
             s.followed_spans += m.spans.load(Ordering::Relaxed);
         }

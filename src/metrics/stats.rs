@@ -73,6 +73,9 @@ pub struct StatsSnapshot {
     pub idle_closed: u64,
     /// Events matched by every matcher thread (the ring's tail).
     pub matched: u64,
+    /// Shard-events matched by the producer that published them while the matcher threads
+    /// slept (each thread's share counts once per shard; see `matcher::Helper`).
+    pub matched_inline: u64,
     /// Events queued to subscribers (summed over subscribers).
     pub deliveries: u64,
     /// Events dropped for lagging subscribers.

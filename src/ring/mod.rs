@@ -147,6 +147,19 @@ impl<T: Send + Sync> Ring<T> {
     /// task that reads a busy producer's socket; moving the new events in (no reference-count
     /// increment) and handing the old ones back lets the caller drop them on another thread.
     pub fn try_publish_vec(&self, items: &mut Vec<T>, displaced: &mut Vec<T>) -> Result<u64, RingError> {
+        let head = self.try_publish_vec_quiet(items, displaced)?;
+        self.wake_consumers();
+        Ok(head)
+    }
+
+    /// [`Ring::try_publish_vec`] without waking sleeping consumers. The caller must then, for
+    /// every consumer, either consume the batch on its behalf or call [`Ring::wake_consumer`]
+    /// (the matcher pool's producers help a sleeping matcher this way, see `matcher`).
+    pub fn try_publish_vec_quiet(
+        &self,
+        items: &mut Vec<T>,
+        displaced: &mut Vec<T>,
+    ) -> Result<u64, RingError> {
         // Room for the replaced values first: nothing inside a reservation may fail.
         displaced.reserve(items.len());
         let head = self.reserve(items.len() as u64)?;
@@ -155,7 +168,6 @@ impl<T: Send + Sync> Ring<T> {
                 displaced.push(old);
             }
         }
-        self.wake_consumers();
         Ok(head)
     }
 
@@ -197,16 +209,68 @@ impl<T: Send + Sync> Ring<T> {
     }
 
     fn wake_consumers(&self) {
-        // Pairs with the SeqCst store of `sleeping` in `Consumer::wait`: either the consumer
+        // Pairs with the SeqCst store of `sleeping` in `wait_consumer`: either the consumer
         // sees our stamp on its re-check, or we see it sleeping here and unpark it.
         fence(Ordering::SeqCst);
         for gate in self.gates.iter() {
-            if gate.sleeping.load(Ordering::Relaxed) && gate.sleeping.swap(false, Ordering::AcqRel) {
-                if let Some(t) = gate.thread.lock().as_ref() {
-                    t.unpark();
-                }
+            Self::unpark(gate);
+        }
+    }
+
+    fn unpark(gate: &Gate) {
+        if gate.sleeping.load(Ordering::Relaxed) && gate.sleeping.swap(false, Ordering::AcqRel) {
+            if let Some(t) = gate.thread.lock().as_ref() {
+                t.unpark();
             }
         }
+    }
+
+    /// True when consumer `index` has said it parks (or is about to), after everything this
+    /// thread published: a consumer that does not sleep is sure to see those events by itself.
+    pub fn consumer_sleeping(&self, index: usize) -> bool {
+        // The same pairing as in `wake_consumers`.
+        fence(Ordering::SeqCst);
+        self.gates[index].sleeping.load(Ordering::Relaxed)
+    }
+
+    /// Unparks consumer `index` if it sleeps (the counterpart of
+    /// [`Ring::try_publish_vec_quiet`]).
+    pub fn wake_consumer(&self, index: usize) {
+        fence(Ordering::SeqCst);
+        Self::unpark(&self.gates[index]);
+    }
+
+    /// True when the event at consumer `index`'s cursor is published. Reads the cursor the
+    /// consumer last stored, so it works from a thread that does not own the consumer.
+    pub fn consumer_ready(&self, index: usize) -> bool {
+        let cursor = self.gates[index].cursor.load(Ordering::Acquire);
+        self.slots[(cursor & self.mask) as usize].stamp.load(Ordering::Acquire) == cursor + 1
+    }
+
+    /// Waits until an event is available to consumer `index` or `timeout` passes: spins a
+    /// little, then parks. Called by the thread that consumes for `index`, which need not hold
+    /// the [`Consumer`] while it waits (a producer may be consuming on its behalf meanwhile).
+    pub fn wait_consumer(&self, index: usize, timeout: Duration) {
+        for _ in 0..200 {
+            if self.consumer_ready(index) {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        let gate = &self.gates[index];
+        {
+            let mut t = gate.thread.lock();
+            if t.is_none() {
+                *t = Some(std::thread::current());
+            }
+        }
+        gate.sleeping.store(true, Ordering::SeqCst);
+        if self.consumer_ready(index) {
+            gate.sleeping.store(false, Ordering::Relaxed);
+            return;
+        }
+        std::thread::park_timeout(timeout);
+        gate.sleeping.store(false, Ordering::Relaxed);
     }
 
     /// Wakes every consumer (used at shutdown so parked threads notice promptly).
@@ -238,17 +302,32 @@ impl<T: Send + Sync> Consumer<T> {
         &self.ring
     }
 
+    /// Which of the ring's consumers this is (for [`Ring::wait_consumer`] and its kin).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// Calls `f(seq, &value)` for up to `max` published events below `limit`, in order, then
     /// releases their slots. Returns how many were consumed. Slots that are reserved but not
     /// yet stamped (a producer between reservation and publication) are waited for briefly.
-    pub fn consume(&mut self, limit: u64, max: usize, mut f: impl FnMut(u64, &T)) -> usize {
+    pub fn consume(&mut self, limit: u64, max: usize, f: impl FnMut(u64, &T)) -> usize {
+        self.consume_inner(limit, max, true, f)
+    }
+
+    /// [`Consumer::consume`] that stops at the first slot not yet stamped instead of waiting
+    /// for its producer: for a thread that must not spin, such as an async task's.
+    pub fn consume_published(&mut self, limit: u64, max: usize, f: impl FnMut(u64, &T)) -> usize {
+        self.consume_inner(limit, max, false, f)
+    }
+
+    fn consume_inner(&mut self, limit: u64, max: usize, wait: bool, mut f: impl FnMut(u64, &T)) -> usize {
         let end = limit.min(self.cursor + max as u64);
         let start = self.cursor;
         let mut seq = start;
         while seq < end {
             let slot = &self.ring.slots[(seq & self.ring.mask) as usize];
             let mut spins = 0u32;
-            while slot.stamp.load(Ordering::Acquire) != seq + 1 {
+            while wait && slot.stamp.load(Ordering::Acquire) != seq + 1 {
                 spins += 1;
                 if spins > 64 {
                     std::thread::yield_now();
@@ -287,26 +366,7 @@ impl<T: Send + Sync> Consumer<T> {
 
     /// Waits until an event is available or `timeout` passes: spins a little, then parks.
     pub fn wait(&self, timeout: Duration) {
-        for _ in 0..200 {
-            if self.ready() {
-                return;
-            }
-            std::hint::spin_loop();
-        }
-        let gate = &self.ring.gates[self.index];
-        {
-            let mut t = gate.thread.lock();
-            if t.is_none() {
-                *t = Some(std::thread::current());
-            }
-        }
-        gate.sleeping.store(true, Ordering::SeqCst);
-        if self.ready() {
-            gate.sleeping.store(false, Ordering::Relaxed);
-            return;
-        }
-        std::thread::park_timeout(timeout);
-        gate.sleeping.store(false, Ordering::Relaxed);
+        self.ring.wait_consumer(self.index, timeout);
     }
 }
 
