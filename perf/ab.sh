@@ -6,6 +6,11 @@
 #   perf/ab.sh A_BIN B_BIN [ROUNDS] [SECS]     (defaults 3 rounds, 6 s of load per run;
 #                                               AB_IDLE=0 leaves out idle-10k)
 #
+# At Nchan's rate, livetap is measured twice: over the Unix socket in writes of 16 events, and
+# over HTTP with one event per request, which is exactly how the harness publishes to Nchan.
+# AB_PIN=1 adds a third comparison on a machine with two or more CPUs: Nchan and livetap pinned
+# to CPU 0 and the harness to CPU 1, so neither hub shares a core with the load generator.
+#
 # Typical use: build the old commit's binary to /tmp/livetap-before (git stash or a worktree)
 # and the new one to /tmp/livetap-after. Needs `cargo build --release -p livetap-perf`; Nchan
 # rows are skipped when nginx with the Nchan module is missing (perf/install-deps.sh).
@@ -32,8 +37,18 @@ for i in $(seq 1 "$rounds"); do
     run "$side-max-ingest-$i" max-ingest --hub-bin "$bin" --duration "$secs"
     run "$side-fanout-1k-$i" fanout-1k --hub-bin "$bin" --duration "$secs"
     run "$side-at-nchan-rate-$i" fanout-1k --hub-bin "$bin" --rate "$nrate" --batch 16 --duration "$secs"
+    run "$side-at-nchan-rate-http-$i" fanout-1k --hub-bin "$bin" --rate "$nrate" --batch 1 --input http --duration "$secs"
     run "$side-firehose-100-$i" firehose-100 --hub-bin "$bin" --duration "$secs"
   done
+  if [ "${AB_PIN:-0}" = 1 ]; then
+    prate=$(NCHAN_CPUS=0 nchan_rate "nchan-pinned-$i" "$secs" 8000 --cpus 1)
+    for side in a b; do
+      bin=$a
+      [ "$side" = b ] && bin=$b
+      run "$side-at-nchan-rate-pinned-$i" fanout-1k --hub-bin "$bin" --rate "$prate" --batch 1 --input http \
+        --duration "$secs" --cpus 1 --hub-cpus 0
+    done
+  fi
   echo "== rawlimit-100-$i" >&2
   "$raw" --sockets 100 --seconds "$secs" --json > "$out/rawlimit-100-$i.json"
 done
@@ -79,27 +94,41 @@ show("fanout-1k hub cpu s", "fanout-1k", "hub_cpu_secs", "{:.2f}")
 show("at Nchan's rate: p50 µs", "at-nchan-rate", "p50_us")
 show("at Nchan's rate: p99 µs", "at-nchan-rate", "p99_us")
 show("at Nchan's rate: p99 µs after the warm-up", "at-nchan-rate", "steady_p99_us")
+show("at Nchan's rate, HTTP, 1 per request: p50 µs", "at-nchan-rate-http", "p50_us")
+show("at Nchan's rate, HTTP, 1 per request: p99 µs", "at-nchan-rate-http", "p99_us")
+show("at Nchan's rate, HTTP, 1 per request: p99 µs after the warm-up", "at-nchan-rate-http", "steady_p99_us")
+show("at Nchan's rate, HTTP, 1 per request: hub cpu s", "at-nchan-rate-http", "hub_cpu_secs", "{:.2f}")
+if row("a-at-nchan-rate-pinned-1"):
+    show("pinned, at pinned Nchan's rate: p50 µs", "at-nchan-rate-pinned", "p50_us")
+    show("pinned, at pinned Nchan's rate: p99 µs", "at-nchan-rate-pinned", "p99_us")
+    show("pinned, at pinned Nchan's rate: p99 µs after the warm-up", "at-nchan-rate-pinned", "steady_p99_us")
 show("firehose-100 MB/s", "firehose-100", "bytes_per_sec", "{:,.0f}")
 show("idle-10k bytes per subscriber", "idle-10k", "bytes_per_subscriber")
 print("\n".join(lines).replace("| firehose-100 MB/s |", "| firehose-100 bytes/s |"))
 for side in ("a", "b"):
     fr = col(side, "firehose-100", "bytes_per_sec")
     pct = [f / r * 100 for f, r in zip(fr, raw) if f]
-    lost = sum((r or {}).get("lost", 0) for scen in ("max-ingest", "fanout-1k", "at-nchan-rate", "firehose-100")
+    lost = sum((r or {}).get("lost", 0) for scen in ("max-ingest", "fanout-1k", "at-nchan-rate", "at-nchan-rate-http",
+                                                     "at-nchan-rate-pinned", "firehose-100")
                for r in [row(f"{side}-{scen}-{i}") for i in range(1, rounds + 1)] if r)
     print(f"{side.upper()}: firehose-100 / rawlimit per round: {', '.join(f'{p:.1f} %' for p in pct)}; "
           f"median {med(pct):.1f} %; events lost in all runs: {lost}")
-n = [row(f"nchan-fanout-{i}") for i in range(1, rounds + 1)]
-if any(n):
-    print("Nchan fanout-1k per round: " + ", ".join(
-        f"{r['ingest_rate']:,.0f}/s p99 {r['p99_us']:,} µs ({r.get('steady_p99_us', 0):,} after the warm-up)" for r in n if r))
+for nchan, scen, label in (("nchan-fanout", "at-nchan-rate", "socket, 16 per write"),
+                           ("nchan-fanout", "at-nchan-rate-http", "HTTP, 1 per request"),
+                           ("nchan-pinned", "at-nchan-rate-pinned", "pinned, HTTP, 1 per request")):
+    n = [row(f"{nchan}-{i}") for i in range(1, rounds + 1)]
+    if not any(n):
+        continue
+    if scen != "at-nchan-rate-http":
+        print(f"Nchan ({nchan}) per round: " + ", ".join(
+            f"{r['ingest_rate']:,.0f}/s p50 {r['p50_us']:,} p99 {r['p99_us']:,} µs "
+            f"({r.get('steady_p99_us', 0):,} after the warm-up)" for r in n if r))
     for side in ("a", "b"):
-        ratios = [r["p99_us"] / x["p99_us"] for i, x in enumerate(n, 1) if x and (r := row(f"{side}-at-nchan-rate-{i}"))]
-        print(f"{side.upper()}: p99 at Nchan's rate / Nchan's p99, per round: "
-              f"{', '.join(f'{x:.2f}' for x in ratios)}; median {med(ratios):.2f}")
+        ratios = [r["p99_us"] / x["p99_us"] for i, x in enumerate(n, 1) if x and (r := row(f"{side}-{scen}-{i}"))]
         steady = [r["steady_p99_us"] / x["steady_p99_us"] for i, x in enumerate(n, 1)
-                  if x and x.get("steady_p99_us") and (r := row(f"{side}-at-nchan-rate-{i}"))]
-        if steady:
-            print(f"{side.upper()}: the same after the warm-up: "
+                  if x and x.get("steady_p99_us") and (r := row(f"{side}-{scen}-{i}"))]
+        if ratios:
+            print(f"{side.upper()} ({label}): p99 / Nchan's p99 per round: "
+                  f"{', '.join(f'{x:.2f}' for x in ratios)}; median {med(ratios):.2f}; after the warm-up: "
                   f"{', '.join(f'{x:.2f}' for x in steady)}; median {med(steady):.2f}")
 PY

@@ -53,6 +53,22 @@ pub fn wait_listening(addr: SocketAddr, socket: Option<&Path>) -> anyhow::Result
     bail!("hub did not start listening on {addr}")
 }
 
+/// Restricts the calling thread, and every thread and child it starts later, to `cpus` (call
+/// it before starting threads to pin a whole process).
+pub fn pin_to_cpus(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: `set` is a plain bit set on the stack, sized as the call is told.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A free loopback port (bound then released; fine for a benchmark on a private machine).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -61,13 +77,22 @@ pub fn free_port() -> anyhow::Result<u16> {
 impl HubProcess {
     /// Starts `bin` (the livetap binary) on a free port with an ingest socket and `extra`
     /// flags, and waits until `/healthz` answers.
-    pub fn start(bin: &Path, extra: &[String]) -> anyhow::Result<HubProcess> {
+    pub fn start(bin: &Path, extra: &[String], cpus: Option<&[usize]>) -> anyhow::Result<HubProcess> {
         let dir = TempDir::new("hub")?;
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let socket = dir.0.join("ingest.sock");
         let token = "perf-harness-token-0123456789".to_string();
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(cpus) = cpus {
+            let cpus = cpus.to_vec();
+            // SAFETY: between fork and exec the closure only makes one system call on the
+            // child itself and allocates nothing.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || pin_to_cpus(&cpus));
+            }
+        }
+        let child = cmd
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--admin-token")

@@ -121,6 +121,38 @@ struct Args {
     /// the hub: `perf/RESULTS.md` §11.4), 1 for the others.
     #[arg(long)]
     reader_threads: Option<usize>,
+    /// Run the harness itself on these CPUs only (a list like `1` or `0,2-3`). With
+    /// `--hub-cpus`, it keeps the load generator and the hub off each other's cores, so the
+    /// measured latency is the hub's and not how the kernel happened to place five busy
+    /// threads on two cores (`perf/RESULTS.md` §12). Default: every CPU.
+    #[arg(long, value_parser = parse_cpu_list)]
+    cpus: Option<Vec<usize>>,
+    /// Run the livetap hub this harness starts on these CPUs only (see `--cpus`). Nchan is
+    /// started separately: pin it with `taskset -c LIST perf/nchan/start.sh`.
+    #[arg(long, value_parser = parse_cpu_list)]
+    hub_cpus: Option<Vec<usize>>,
+}
+
+/// Parses a CPU list such as `1`, `0,2` or `0-3`.
+fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("not a CPU list: {s:?} (expected e.g. 1 or 0,2-3)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() || cpus.iter().any(|&c| c >= 1024) {
+        return Err(format!("not a CPU list: {s:?}"));
+    }
+    Ok(cpus)
 }
 
 impl Args {
@@ -185,7 +217,7 @@ fn start_hub(args: &Args) -> anyhow::Result<HubUnderTest> {
                 extra = vec![];
             }
             extra.extend(args.hub_args.iter().cloned());
-            let p = HubProcess::start(&bin, &extra)?;
+            let p = HubProcess::start(&bin, &extra, args.hub_cpus.as_deref())?;
             Ok(HubUnderTest {
                 addr: p.addr,
                 token: Some(p.token.clone()),
@@ -271,6 +303,10 @@ fn main() -> anyhow::Result<()> {
     disable_huge_pages();
     let args = Args::parse();
     raise_nofile();
+    if let Some(cpus) = &args.cpus {
+        // Before the runtime starts, so every thread of the harness inherits it.
+        hub::pin_to_cpus(cpus).context("--cpus")?;
+    }
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.readers()).enable_all().build()?;
     let report = match args.scenario {
@@ -586,4 +622,18 @@ fn hub_stats(addr: SocketAddr, token: &str) -> anyhow::Result<serde_json::Value>
         o.remove("subscriber_detail");
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpu_list;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("1"), Ok(vec![1]));
+        assert_eq!(parse_cpu_list("0,2-4"), Ok(vec![0, 2, 3, 4]));
+        for bad in ["", "x", "3-1", "1-", "-1", "5000"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad}");
+        }
+    }
 }
