@@ -2,8 +2,12 @@
 //!
 //! Subscribers are sharded across threads (`id % threads`); each thread reads *every* event
 //! from the ring in sequence order and matches it against its own shard's compiled index, so
-//! each subscriber is fed by exactly one thread and receives events in global order. Span
-//! following state is per thread for the same reason: no locks, no reordering.
+//! each subscriber is fed by exactly one shard and receives events in global order. Span
+//! following state is per shard for the same reason: no reordering.
+//!
+//! While a thread sleeps, a producer that has just published a few events may match them for
+//! the thread's shard itself ([`Helper`]), holding the lock the thread holds while it works:
+//! one shard, one cursor, one order, whoever runs it.
 //!
 //! Matcher threads never await and never block on a subscriber: a full queue drops for that
 //! subscriber alone (see `subscriber`). They park only when the ring is empty.

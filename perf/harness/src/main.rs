@@ -126,15 +126,19 @@ struct Args {
     /// measured latency is the hub's and not how the kernel happened to place five busy
     /// threads on two cores (`perf/RESULTS.md` §12). Default: every CPU.
     #[arg(long, value_parser = parse_cpu_list)]
-    cpus: Option<Vec<usize>>,
+    cpus: Option<CpuList>,
     /// Run the livetap hub this harness starts on these CPUs only (see `--cpus`). Nchan is
     /// started separately: pin it with `taskset -c LIST perf/nchan/start.sh`.
     #[arg(long, value_parser = parse_cpu_list)]
-    hub_cpus: Option<Vec<usize>>,
+    hub_cpus: Option<CpuList>,
 }
 
+/// A set of CPUs from the command line (a newtype, so clap takes the list as one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CpuList(Vec<usize>);
+
 /// Parses a CPU list such as `1`, `0,2` or `0-3`.
-fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
     let mut cpus = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let bad = || format!("not a CPU list: {s:?} (expected e.g. 1 or 0,2-3)");
@@ -152,7 +156,7 @@ fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
     if cpus.is_empty() || cpus.iter().any(|&c| c >= 1024) {
         return Err(format!("not a CPU list: {s:?}"));
     }
-    Ok(cpus)
+    Ok(CpuList(cpus))
 }
 
 impl Args {
@@ -217,7 +221,7 @@ fn start_hub(args: &Args) -> anyhow::Result<HubUnderTest> {
                 extra = vec![];
             }
             extra.extend(args.hub_args.iter().cloned());
-            let p = HubProcess::start(&bin, &extra, args.hub_cpus.as_deref())?;
+            let p = HubProcess::start(&bin, &extra, args.hub_cpus.as_ref().map(|c| c.0.as_slice()))?;
             Ok(HubUnderTest {
                 addr: p.addr,
                 token: Some(p.token.clone()),
@@ -305,7 +309,7 @@ fn main() -> anyhow::Result<()> {
     raise_nofile();
     if let Some(cpus) = &args.cpus {
         // Before the runtime starts, so every thread of the harness inherits it.
-        hub::pin_to_cpus(cpus).context("--cpus")?;
+        hub::pin_to_cpus(&cpus.0).context("--cpus")?;
     }
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.readers()).enable_all().build()?;
@@ -626,12 +630,12 @@ fn hub_stats(addr: SocketAddr, token: &str) -> anyhow::Result<serde_json::Value>
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cpu_list;
+    use super::{parse_cpu_list, CpuList};
 
     #[test]
     fn cpu_lists() {
-        assert_eq!(parse_cpu_list("1"), Ok(vec![1]));
-        assert_eq!(parse_cpu_list("0,2-4"), Ok(vec![0, 2, 3, 4]));
+        assert_eq!(parse_cpu_list("1"), Ok(CpuList(vec![1])));
+        assert_eq!(parse_cpu_list("0,2-4"), Ok(CpuList(vec![0, 2, 3, 4])));
         for bad in ["", "x", "3-1", "1-", "-1", "5000"] {
             assert!(parse_cpu_list(bad).is_err(), "{bad}");
         }
