@@ -210,6 +210,10 @@ impl Hub {
     /// the caller to drop where it costs least (see [`Ring::try_publish_vec`]: dropping them
     /// here would put a cache miss, and often the frees, of every old event on the
     /// producer's path). On an error `events` is untouched.
+    ///
+    /// A matcher thread that sleeps is not woken for a small batch: the batch is matched here,
+    /// before this returns, and its subscribers' writers are woken from this thread
+    /// ([`Helper::after_publish`]).
     pub fn try_publish(
         &self,
         events: &mut Vec<Arc<Event>>,
