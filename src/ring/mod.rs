@@ -153,8 +153,9 @@ impl<T: Send + Sync> Ring<T> {
     }
 
     /// [`Ring::try_publish_vec`] without waking sleeping consumers. The caller must then, for
-    /// every consumer, either consume the batch on its behalf or call [`Ring::wake_consumer`]
-    /// (the matcher pool's producers help a sleeping matcher this way, see `matcher`).
+    /// every consumer that [`Ring::consumer_sleeping`] says sleeps, either consume the batch on
+    /// its behalf or call [`Ring::wake_consumer`] (the matcher pool's producers help a sleeping
+    /// matcher this way, see `matcher`).
     pub fn try_publish_vec_quiet(
         &self,
         items: &mut Vec<T>,
@@ -233,10 +234,11 @@ impl<T: Send + Sync> Ring<T> {
         self.gates[index].sleeping.load(Ordering::Relaxed)
     }
 
-    /// Unparks consumer `index` if it sleeps (the counterpart of
-    /// [`Ring::try_publish_vec_quiet`]).
+    /// Unparks consumer `index` if it still sleeps (the counterpart of
+    /// [`Ring::try_publish_vec_quiet`]). Call it after [`Ring::consumer_sleeping`] said the
+    /// consumer sleeps: that call's fence already ordered the publication before the look, so
+    /// this one adds none.
     pub fn wake_consumer(&self, index: usize) {
-        fence(Ordering::SeqCst);
         Self::unpark(&self.gates[index]);
     }
 
