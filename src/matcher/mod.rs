@@ -21,7 +21,8 @@ use crate::metrics::{EventCounter, MetricsRegistry};
 use crate::ring::{Consumer, Ring};
 use crate::store::writer::HistoryWriter;
 use crate::subscriber::replay::ReplayLog;
-use crate::subscriber::{Push, Registry};
+use crate::subscriber::Registry;
+use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 use index::{CompiledIndex, Scratch};
 use parking_lot::Mutex;
@@ -107,7 +108,17 @@ struct ShardWorker {
     last_sweep: u64,
     to_wake: Vec<u32>,
     kept: Vec<Arc<Event>>,
+    /// Per subscriber (dense index of the batch's index), the batch's deliveries not yet
+    /// queued, in sequence order; see `step`.
+    staged: Vec<Vec<(u64, Bytes)>>,
+    /// The subscribers with something staged, in the order they were first matched.
+    touched: Vec<u32>,
 }
+
+/// A subscriber's staging vector keeps at most this many entries' worth of memory between
+/// batches; a larger one (a firehose subscriber's share of a big batch) is freed after use,
+/// so staging never holds memory that only a burst needed.
+const STAGED_KEEP: usize = 64;
 
 impl ShardWorker {
     /// Matches one batch of the events published so far and wakes the subscribers it queued
@@ -120,7 +131,10 @@ impl ShardWorker {
         let mut drops = 0u64;
         let first = self.consumer.cursor();
         let keep = self.config.replay.is_some() || self.config.history.is_some();
-        let ShardWorker { scratch, spans, to_wake, kept, counter, .. } = self;
+        let ShardWorker { scratch, spans, kept, counter, staged, touched, .. } = self;
+        if staged.len() != idx.len() {
+            staged.resize_with(idx.len(), Vec::new);
+        }
         let on_event = |seq: u64, ev: &Arc<Event>| {
             if keep {
                 kept.push(ev.clone());
@@ -132,20 +146,14 @@ impl ShardWorker {
             if let Some(span) = ev.span_id {
                 spans.follow(span, ev.span_end, now, &idx, scratch);
             }
+            // Staged, not queued: each subscriber's share of the batch is queued under one
+            // lock after the batch (`Subscriber::push_batch_quiet`).
             for &d in &scratch.out {
-                let sub = idx.sub(d);
-                if sub.is_closed() {
-                    continue;
+                let slot = &mut staged[d as usize];
+                if slot.is_empty() {
+                    touched.push(d);
                 }
-                match sub.push_quiet(seq, &ev.wire, now) {
-                    Push::Queued { wake } => {
-                        deliveries += 1;
-                        if wake {
-                            to_wake.push(d);
-                        }
-                    }
-                    Push::Dropped => drops += 1,
-                }
+                slot.push((seq, ev.wire.clone()));
             }
         };
         let batch = self.config.batch;
@@ -165,9 +173,27 @@ impl ShardWorker {
             log.append(first, &mut self.kept, now);
         }
         self.kept.clear();
-        // One wake per subscriber per batch, after the batch: a subscriber matched by several
-        // events of the batch costs one notification, and its writer finds all of them queued
-        // when it runs.
+        // Each matched subscriber gets its share of the batch at once, then one wake per
+        // subscriber per batch: a subscriber matched by several events of the batch costs one
+        // lock and one notification, and its writer finds all of them queued when it runs.
+        for &d in &self.touched {
+            let items = &mut self.staged[d as usize];
+            let sub = idx.sub(d);
+            if sub.is_closed() {
+                items.clear();
+            } else {
+                let pushed = sub.push_batch_quiet(items, now);
+                deliveries += pushed.queued;
+                drops += pushed.dropped;
+                if pushed.wake {
+                    self.to_wake.push(d);
+                }
+            }
+            if items.capacity() > STAGED_KEEP {
+                *items = Vec::new();
+            }
+        }
+        self.touched.clear();
         for d in self.to_wake.drain(..) {
             idx.sub(d).wake();
         }
@@ -276,6 +302,8 @@ impl MatcherPool {
                 last_sweep: 0,
                 to_wake: Vec::new(),
                 kept: Vec::new(),
+                staged: Vec::new(),
+                touched: Vec::new(),
             })));
         }
         let helper = Helper { shards: shards.into(), ring: ring.clone() };

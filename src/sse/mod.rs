@@ -60,9 +60,14 @@ impl SseChunk {
         c
     }
 
-    /// Appends the frames for `items` (events and lag markers, in queue order). Returns the
-    /// sequence number of the last event added, if any.
-    pub fn append_items(&mut self, items: &[Item], head: &mut BytesMut) -> Option<u64> {
+    /// Appends the frames for `items` (events and lag markers, in queue order) and leaves
+    /// `items` empty. Returns the sequence number of the last event added, if any.
+    ///
+    /// The events' bytes are moved into the chunk, not cloned: each clone and drop of a shared
+    /// `Bytes` is an atomic operation on a count that every subscriber of the event touches,
+    /// from both cores, and a delivery that moves its reference costs one clone (the matcher's
+    /// push) and one drop (after the write) instead of two of each.
+    pub fn append_items(&mut self, items: &mut Vec<Item>, head: &mut BytesMut) -> Option<u64> {
         // Reserve the parts once: a frame of n events has about 2n parts (each event and its
         // separator), and growing the vector by doubling from 8 cost ~18 % of the hub's CPU in
         // `firehose-100` (perf: `reserve_one_unchecked` and fresh pages from the allocator).
@@ -96,9 +101,13 @@ impl SseChunk {
                     self.push(head.split().freeze());
                     // Each event's wire form carries its own leading comma, so an event is one
                     // part; the first of the frame drops the comma (a view, no copy).
-                    for (k, it) in items[i..run_end].iter().enumerate() {
-                        if let Item::Event { wire, .. } = it {
-                            self.push(if k == 0 { wire.slice(1..) } else { wire.clone() });
+                    for (k, it) in items[i..run_end].iter_mut().enumerate() {
+                        // A placeholder takes the item's place; it owns nothing to drop.
+                        if let Item::Event { mut wire, .. } = std::mem::replace(it, Item::Lagged(0)) {
+                            if k == 0 {
+                                wire.advance(1);
+                            }
+                            self.push(wire);
                         }
                     }
                     self.push(TAIL.clone());
@@ -107,6 +116,7 @@ impl SseChunk {
                 }
             }
         }
+        items.clear();
         last
     }
 
@@ -252,8 +262,7 @@ impl Body for SseBody {
                 if this.head.capacity() < 256 {
                     this.head.reserve(4096);
                 }
-                chunk.append_items(&this.items, &mut this.head);
-                this.items.clear();
+                chunk.append_items(&mut this.items, &mut this.head);
             }
             if resume.items.is_empty() {
                 this.resume = None;
@@ -270,8 +279,7 @@ impl Body for SseBody {
             if this.head.capacity() < 256 {
                 this.head.reserve(4096);
             }
-            chunk.append_items(&this.items, &mut this.head);
-            this.items.clear();
+            chunk.append_items(&mut this.items, &mut this.head);
             if this.items.capacity() > 4096 {
                 this.items.shrink_to(64);
             }
@@ -314,10 +322,11 @@ mod tests {
     fn frames_from_items() {
         // Wire forms: a comma, then the JSON object.
         let e = |seq, s: &'static str| Item::Event { seq, wire: Bytes::from_static(s.as_bytes()) };
-        let items = vec![e(4, ",{\"a\":1}"), e(5, ",{\"b\":2}"), Item::Lagged(3), e(9, ",{}")];
+        let mut items = vec![e(4, ",{\"a\":1}"), e(5, ",{\"b\":2}"), Item::Lagged(3), e(9, ",{}")];
         let mut chunk = SseChunk::default();
         let mut head = BytesMut::new();
-        assert_eq!(chunk.append_items(&items, &mut head), Some(9));
+        assert_eq!(chunk.append_items(&mut items, &mut head), Some(9));
+        assert!(items.is_empty());
         let text = String::from_utf8(chunk.to_vec()).unwrap();
         assert_eq!(
             text,
@@ -337,10 +346,10 @@ mod tests {
 
     #[test]
     fn large_batches_split_into_frames() {
-        let items: Vec<_> =
+        let mut items: Vec<_> =
             (0..2500).map(|s| Item::Event { seq: s, wire: Bytes::from_static(b",{}") }).collect();
         let mut chunk = SseChunk::default();
-        chunk.append_items(&items, &mut BytesMut::new());
+        chunk.append_items(&mut items, &mut BytesMut::new());
         let text = String::from_utf8(chunk.to_vec()).unwrap();
         assert_eq!(text.matches("event: trace").count(), 3);
         assert!(text.contains("id: 1024\n") && text.contains("id: 2048\n") && text.contains("id: 2500\n"));
