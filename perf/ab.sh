@@ -10,6 +10,9 @@
 # over HTTP with one event per request, which is exactly how the harness publishes to Nchan.
 # AB_PIN=1 adds a third comparison on a machine with two or more CPUs: Nchan and livetap pinned
 # to CPU 0 and the harness to CPU 1, so neither hub shares a core with the load generator.
+# fanout-1k also runs on a warm hub (`--warm-secs 3`: its memory faulted in and its ring turned
+# over before the subscribers connect), and max-ingest also at a fixed 1,000,000 events/s,
+# where nothing may be lost or lagged.
 #
 # Typical use: build the old commit's binary to /tmp/livetap-before (git stash or a worktree)
 # and the new one to /tmp/livetap-after. Needs `cargo build --release -p livetap-perf`; Nchan
@@ -36,6 +39,8 @@ for i in $(seq 1 "$rounds"); do
     [ "$side" = b ] && bin=$b
     run "$side-max-ingest-$i" max-ingest --hub-bin "$bin" --duration "$secs"
     run "$side-fanout-1k-$i" fanout-1k --hub-bin "$bin" --duration "$secs"
+    run "$side-fanout-1k-warm-$i" fanout-1k --hub-bin "$bin" --duration "$secs" --warm-secs 3
+    run "$side-max-ingest-1m-$i" max-ingest --hub-bin "$bin" --duration "$secs" --rate 1000000
     run "$side-at-nchan-rate-$i" fanout-1k --hub-bin "$bin" --rate "$nrate" --batch 16 --duration "$secs"
     run "$side-at-nchan-rate-http-$i" fanout-1k --hub-bin "$bin" --rate "$nrate" --batch 1 --input http --duration "$secs"
     run "$side-firehose-100-$i" firehose-100 --hub-bin "$bin" --duration "$secs"
@@ -47,6 +52,8 @@ for i in $(seq 1 "$rounds"); do
       [ "$side" = b ] && bin=$b
       run "$side-at-nchan-rate-pinned-$i" fanout-1k --hub-bin "$bin" --rate "$prate" --batch 1 --input http \
         --duration "$secs" --cpus 1 --hub-cpus 0
+      run "$side-fanout-1k-pinned-warm-$i" fanout-1k --hub-bin "$bin" --duration "$secs" --warm-secs 3 \
+        --cpus 1 --hub-cpus 0
     done
   fi
   echo "== rawlimit-100-$i" >&2
@@ -91,6 +98,15 @@ show("fanout-1k p50 µs", "fanout-1k", "p50_us")
 show("fanout-1k p99 µs", "fanout-1k", "p99_us")
 show("fanout-1k p99 µs after the warm-up", "fanout-1k", "steady_p99_us")
 show("fanout-1k hub cpu s", "fanout-1k", "hub_cpu_secs", "{:.2f}")
+show("fanout-1k deliveries of 5 ms or more", "fanout-1k", "slow_deliveries")
+show("fanout-1k, warm hub (--warm-secs 3): p99 µs", "fanout-1k-warm", "p99_us")
+show("fanout-1k, warm hub: p99 µs after the warm-up", "fanout-1k-warm", "steady_p99_us")
+show("fanout-1k, warm hub: deliveries of 5 ms or more", "fanout-1k-warm", "slow_deliveries")
+if row("a-fanout-1k-pinned-warm-1"):
+    show("fanout-1k, warm hub, pinned: p99 µs", "fanout-1k-pinned-warm", "p99_us")
+    show("fanout-1k, warm hub, pinned: hub cpu s", "fanout-1k-pinned-warm", "hub_cpu_secs", "{:.2f}")
+show("max-ingest at 1,000,000/s: events/s", "max-ingest-1m", "ingest_rate")
+show("max-ingest at 1,000,000/s: p99 µs", "max-ingest-1m", "p99_us")
 show("at Nchan's rate: p50 µs", "at-nchan-rate", "p50_us")
 show("at Nchan's rate: p99 µs", "at-nchan-rate", "p99_us")
 show("at Nchan's rate: p99 µs after the warm-up", "at-nchan-rate", "steady_p99_us")
@@ -108,11 +124,14 @@ print("\n".join(lines).replace("| firehose-100 MB/s |", "| firehose-100 bytes/s 
 for side in ("a", "b"):
     fr = col(side, "firehose-100", "bytes_per_sec")
     pct = [f / r * 100 for f, r in zip(fr, raw) if f]
-    lost = sum((r or {}).get("lost", 0) for scen in ("max-ingest", "fanout-1k", "at-nchan-rate", "at-nchan-rate-http",
+    lost = sum((r or {}).get("lost", 0) for scen in ("max-ingest", "max-ingest-1m", "fanout-1k", "fanout-1k-warm",
+                                                     "fanout-1k-pinned-warm", "at-nchan-rate", "at-nchan-rate-http",
                                                      "at-nchan-rate-pinned", "firehose-100")
                for r in [row(f"{side}-{scen}-{i}") for i in range(1, rounds + 1)] if r)
+    lag1m = [r["lagged"] for i in range(1, rounds + 1) if (r := row(f"{side}-max-ingest-1m-{i}"))]
     print(f"{side.upper()}: firehose-100 / rawlimit per round: {', '.join(f'{p:.1f} %' for p in pct)}; "
-          f"median {med(pct):.1f} %; events lost in all runs: {lost}")
+          f"median {med(pct):.1f} %; events lost in all runs: {lost}; "
+          f"lagged at 1,000,000/s per round: {', '.join(str(x) for x in lag1m)}")
 for nchan, scen, label in (("nchan-fanout", "at-nchan-rate", "socket, 16 per write"),
                            ("nchan-fanout", "at-nchan-rate-http", "HTTP, 1 per request"),
                            ("nchan-pinned", "at-nchan-rate-pinned", "pinned, HTTP, 1 per request")):

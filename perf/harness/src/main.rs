@@ -53,7 +53,7 @@ enum Scenario {
 /// Which hub serves the subscribers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Peer {
-    /// livetap (started from `--hub-bin`, or `--target`).
+    /// livetap, started from `--hub-bin` (default: the `livetap` next to this program).
     Livetap,
     /// The linear baseline built into the harness: one broadcast channel, every subscriber
     /// checks its own filter.
@@ -131,6 +131,13 @@ struct Args {
     /// started separately: pin it with `taskset -c LIST perf/nchan/start.sh`.
     #[arg(long, value_parser = parse_cpu_list)]
     hub_cpus: Option<CpuList>,
+    /// Seconds of the same load sent before any subscriber connects (livetap and the naive
+    /// hub; default 0). The hub parses, logs and matches those events against no one, so by
+    /// the time the measured load starts its memory is faulted in and its ring has turned
+    /// over; what is left of a slow start is then the subscribers' own (`perf/RESULTS.md`
+    /// §13).
+    #[arg(long, default_value_t = 0.0)]
+    warm_secs: f64,
 }
 
 /// A set of CPUs from the command line (a newtype, so clap takes the list as one value).
@@ -357,6 +364,9 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
     let hub = start_hub(args)?;
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    if args.warm_secs > 0.0 && args.peer != Peer::Nchan {
+        warm_up(args, &hub, rate, &templates, epoch)?;
+    }
 
     eprintln!("connecting {} subscribers to {:?} at {}", filters.len(), args.peer, hub.addr);
     let mut tasks = Vec::new();
@@ -392,6 +402,7 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
     });
 
     let before = hub.sample();
+    let load_from_ns = epoch.elapsed().as_nanos() as u64;
     let sent = Arc::new(Sent::default());
     let stop_producers = Arc::new(AtomicBool::new(false));
     let channels = Arc::new(nchan_channels(&table, &filters));
@@ -497,6 +508,7 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
         &latencies.all.lock().expect("every subscriber has ended"),
         &latencies.steady.lock().expect("every subscriber has ended"),
     );
+    row.set_timeline(&latencies.timeline.lock().expect("every subscriber has ended"), load_from_ns);
     row.warmup_secs = args.warmup_ms as f64 / 1000.0;
     row.reader_threads = args.readers();
     row.hub_cpu_secs = after_produce.cpu_secs - before.cpu_secs;
@@ -508,6 +520,32 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
         row.hub_stats = hub_stats(hub.addr, token).ok();
     }
     Ok(Report::single(row))
+}
+
+/// Sends `--warm-secs` of the load to a hub nobody subscribes to yet (see `Args::warm_secs`).
+fn warm_up(
+    args: &Args,
+    hub: &HubUnderTest,
+    rate: Option<u64>,
+    templates: &Arc<Vec<pool::Template>>,
+    epoch: Instant,
+) -> anyhow::Result<()> {
+    let via = match args.input {
+        Input::Socket => Via::Socket(hub.socket.clone().context("the hub has an ingest socket")?),
+        Input::Http => Via::Http { addr: hub.addr, token: hub.token.clone().unwrap_or_default() },
+        Input::Webhook => Via::Webhook { addr: hub.addr, token: hub.token.clone().unwrap_or_default() },
+    };
+    let p = Producer { via, rate, batch: args.batch, templates: templates.clone() };
+    let (sent, stop) = (Arc::new(Sent::default()), Arc::new(AtomicBool::new(false)));
+    let (s2, st2) = (sent.clone(), stop.clone());
+    let t = std::thread::spawn(move || p.run(epoch, s2, st2));
+    std::thread::sleep(Duration::from_secs_f64(args.warm_secs));
+    stop.store(true, Ordering::SeqCst);
+    t.join().map_err(|_| anyhow::anyhow!("warm-up producer panicked"))??;
+    eprintln!("warm-up: {} events sent before any subscriber", sent.accepted.load(Ordering::Relaxed));
+    // Let the hub finish them before the subscribers arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
 }
 
 /// For the Nchan peer: per template, the channels to publish to (every filter it matches and

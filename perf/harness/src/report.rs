@@ -1,7 +1,21 @@
 //! Results of a run: one row per measured configuration, printed as a table and saved as JSON.
 
+use crate::subscriber::{Slice, SLICE_NS, SLOW_US};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+/// The deliveries of the events sent in one slice of the load (see `subscriber::SLICE_NS`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TimelineSlice {
+    /// Start of the slice, milliseconds after the load started.
+    pub from_ms: u64,
+    /// Events delivered.
+    pub events: u64,
+    /// Of those, delivered 5 ms or more after they were sent.
+    pub slow: u64,
+    /// The slowest delivery, microseconds.
+    pub max_us: u64,
+}
 
 /// The numbers of one run against one hub.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -52,6 +66,12 @@ pub struct Row {
     pub steady_p999_us: u64,
     /// Seconds at the start of the load left out of the steady-state percentiles.
     pub warmup_secs: f64,
+    /// Deliveries 5 ms or more after their event was sent, over the whole run.
+    pub slow_deliveries: u64,
+    /// Of those, the ones whose event was sent in the load's first second.
+    pub slow_first_second: u64,
+    /// Per 100 ms of the load (by send time): deliveries, slow deliveries and the slowest.
+    pub timeline: Vec<TimelineSlice>,
     /// Harness threads that read the subscribers' streams.
     pub reader_threads: usize,
     /// Hub CPU seconds while producing.
@@ -94,6 +114,29 @@ impl Row {
             self.steady_p99_us = steady.value_at_quantile(0.99);
             self.steady_p999_us = steady.value_at_quantile(0.999);
         }
+    }
+}
+
+impl Row {
+    /// Fills the timeline from the harness's slices, from the slice holding `load_from_ns`
+    /// (nanoseconds since the run's epoch) to the last one with deliveries.
+    pub fn set_timeline(&mut self, slices: &[Slice], load_from_ns: u64) {
+        let first = (load_from_ns / SLICE_NS) as usize;
+        let last = slices.iter().rposition(|s| s.events > 0).unwrap_or(0);
+        self.timeline = (first..=last.max(first))
+            .filter_map(|i| {
+                let s = slices.get(i)?;
+                Some(TimelineSlice {
+                    from_ms: ((i as u64 * SLICE_NS).saturating_sub(load_from_ns)) / 1_000_000,
+                    events: s.events,
+                    slow: s.slow,
+                    max_us: s.max_us,
+                })
+            })
+            .collect();
+        self.slow_deliveries = self.timeline.iter().map(|s| s.slow).sum();
+        // The slice holding the start counts as the first; ten slices make the first second.
+        self.slow_first_second = self.timeline.iter().take(10).map(|s| s.slow).sum();
     }
 }
 
@@ -178,6 +221,18 @@ impl Report {
                     r.hub_rss_before as f64 / (1 << 20) as f64,
                     r.hub_rss_after as f64 / (1 << 20) as f64,
                     r.bytes_per_subscriber
+                );
+            }
+            if r.slow_deliveries > 0 {
+                let worst = r.timeline.iter().max_by_key(|s| s.max_us).cloned().unwrap_or_default();
+                println!(
+                    "    {} deliveries took {} ms or more, {} of them sent in the first second; slowest {} µs, sent {}-{} ms into the load",
+                    r.slow_deliveries,
+                    SLOW_US / 1000,
+                    r.slow_first_second,
+                    worst.max_us,
+                    worst.from_ms,
+                    worst.from_ms + SLICE_NS / 1_000_000
                 );
             }
             for e in &r.errors {

@@ -50,6 +50,26 @@ pub struct Latencies {
     /// Send time (nanoseconds since the run's epoch) from which an event counts as steady
     /// state; `u64::MAX` until the load starts.
     pub steady_from_ns: AtomicU64,
+    /// Per [`SLICE_NS`] of send time since the run's epoch: where in the run the slow
+    /// deliveries were, so a burst at the start can be told from one spread over the run.
+    pub timeline: Mutex<Vec<Slice>>,
+}
+
+/// Width of one timeline slice: 100 ms of send time.
+pub const SLICE_NS: u64 = 100_000_000;
+
+/// A latency at or above this is counted as slow in the timeline (the `fanout-1k` target).
+pub const SLOW_US: u64 = 5_000;
+
+/// The deliveries of events sent within one slice of the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Slice {
+    /// Events delivered.
+    pub events: u64,
+    /// Of those, delivered [`SLOW_US`] or more after they were sent.
+    pub slow: u64,
+    /// The slowest delivery, microseconds.
+    pub max_us: u64,
 }
 
 impl Latencies {
@@ -64,7 +84,13 @@ impl Latencies {
             h.reset();
             Mutex::new(h)
         };
-        Arc::new(Latencies { all: h(), steady: h(), steady_from_ns: AtomicU64::new(u64::MAX) })
+        Arc::new(Latencies {
+            all: h(),
+            steady: h(),
+            steady_from_ns: AtomicU64::new(u64::MAX),
+            // 10 minutes of slices, so recording never grows the vector.
+            timeline: Mutex::new(vec![Slice::default(); 6_000]),
+        })
     }
 
     /// Records `(send time ns, latency µs)` pairs, taking each lock once.
@@ -74,6 +100,16 @@ impl Latencies {
             let mut all = self.all.lock().expect("no recorder panics while holding the histogram");
             for &(_, v) in lat.iter() {
                 let _ = all.record(v);
+            }
+        }
+        {
+            let mut timeline = self.timeline.lock().expect("no recorder panics while holding the timeline");
+            for &(t, v) in lat.iter() {
+                if let Some(slice) = timeline.get_mut((t / SLICE_NS) as usize) {
+                    slice.events += 1;
+                    slice.slow += u64::from(v >= SLOW_US);
+                    slice.max_us = slice.max_us.max(v);
+                }
             }
         }
         if lat.iter().any(|&(t, _)| t >= from) {
