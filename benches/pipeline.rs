@@ -711,7 +711,7 @@ fn frame(c: &mut Criterion) {
                 for (seq, json) in jsons.iter().enumerate() {
                     sub.push(seq as u64, json, 0);
                 }
-                sub.drain_into(&mut out);
+                sub.drain_into(&mut out, usize::MAX);
                 black_box(out.len());
                 out.clear();
             })

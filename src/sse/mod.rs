@@ -273,7 +273,9 @@ impl Body for SseBody {
         // Register before looking, so a push between the look and the return wakes us.
         sub.register_waker(cx.waker());
         this.items.clear();
-        sub.drain_into(&mut this.items);
+        // One frame's worth at a time: a backlog is sent in frames of at most this many
+        // events, each written before the next is taken (see `Subscriber::drain_into`).
+        sub.drain_into(&mut this.items, MAX_EVENTS_PER_FRAME);
         if !this.items.is_empty() {
             let mut chunk = SseChunk::default();
             if this.head.capacity() < 256 {

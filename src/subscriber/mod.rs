@@ -114,6 +114,10 @@ pub struct Subscriber {
     queue: Mutex<Queue>,
     waker: AtomicWaker,
     closed: AtomicBool,
+    /// Set while the queue is full (under the queue's lock; cleared by a drain). Read without
+    /// the lock by the matcher threads, so an event for a lagging subscriber is counted as
+    /// dropped without taking a reference to it; see [`Subscriber::is_full`].
+    full: AtomicBool,
     delivered: AtomicU64,
     dropped: AtomicU64,
     /// The first sequence number the stream sends from its queue (its live start); 0 until
@@ -147,6 +151,7 @@ impl Subscriber {
             queue: Mutex::new(Queue { items: VecDeque::new(), pending_drop: 0, full_since: None }),
             waker: AtomicWaker::new(),
             closed: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             live_start: AtomicU64::new(0),
@@ -191,6 +196,9 @@ impl Subscriber {
                 q.items.push_back(Item::Lagged(n));
             }
             q.items.push_back(Item::Event { seq, wire: wire.clone() });
+            if q.items.len() >= self.capacity {
+                self.full.store(true, Ordering::Relaxed);
+            }
         }
         self.delivered.fetch_add(1, Ordering::Relaxed);
         Push::Queued { wake: was_empty }
@@ -202,7 +210,10 @@ impl Subscriber {
     /// subscriber and hand each subscriber its share at once: one lock and one counter update
     /// per subscriber per batch instead of per event, on memory the subscriber's writer also
     /// touches from the other core.
-    pub fn push_batch_quiet(&self, items: &mut Vec<(u64, Bytes)>, now_ms: u64) -> BatchPush {
+    ///
+    /// An entry without bytes (`None`) is an event the matcher saw this subscriber's queue
+    /// full for ([`Subscriber::is_full`]); it is counted as dropped wherever it falls.
+    pub fn push_batch_quiet(&self, items: &mut Vec<(u64, Option<Bytes>)>, now_ms: u64) -> BatchPush {
         let n = items.len() as u64;
         if n == 0 {
             return BatchPush { queued: 0, dropped: 0, wake: false };
@@ -216,11 +227,11 @@ impl Subscriber {
             q.items.reserve(room + 1);
             let mut queued = 0u64;
             for (seq, wire) in items.drain(..) {
-                if q.items.len() >= self.capacity {
+                let Some(wire) = wire.filter(|_| q.items.len() < self.capacity) else {
                     q.pending_drop += 1;
                     q.full_since.get_or_insert(now_ms);
                     continue;
-                }
+                };
                 if q.pending_drop > 0 {
                     let lost = std::mem::take(&mut q.pending_drop);
                     q.items.push_back(Item::Lagged(lost));
@@ -228,6 +239,7 @@ impl Subscriber {
                 q.items.push_back(Item::Event { seq, wire });
                 queued += 1;
             }
+            self.full.store(q.items.len() >= self.capacity, Ordering::Relaxed);
             (queued, was_empty)
         };
         let dropped = n - queued;
@@ -240,23 +252,37 @@ impl Subscriber {
         BatchPush { queued, dropped, wake: was_empty && queued > 0 }
     }
 
-    /// Moves everything queued into `out` (called by the writer). A lag that happened after
-    /// the last queued event is reported at the end. Returns how many items were moved.
-    pub fn drain_into(&self, out: &mut Vec<Item>) -> usize {
+    /// Moves up to `max` queued items into `out` (called by the writer), oldest first. A lag
+    /// that happened after the last queued event is reported at the end, once the queue is
+    /// empty. Returns how many items were moved.
+    ///
+    /// Why a bound: a subscriber that fell behind has up to `subscriber-queue` events waiting,
+    /// and taking them all at once built a frame of that many parts, megabytes of vectors that
+    /// the allocator handed back to the system after the write and faulted in again for the
+    /// next one (`perf/RESULTS.md` §13). A writer takes one frame's worth at a time instead and
+    /// comes back for the rest as soon as it is written.
+    pub fn drain_into(&self, out: &mut Vec<Item>, max: usize) -> usize {
         let mut q = self.queue.lock();
         let start = self.live_start.load(Ordering::Relaxed);
         if matches!(q.items.front(), Some(Item::Event { seq, .. }) if *seq < start) {
             q.items.retain(|i| !matches!(i, Item::Event { seq, .. } if *seq < start));
         }
-        let n = q.items.len();
-        out.extend(q.items.drain(..));
-        if q.pending_drop > 0 {
-            out.push(Item::Lagged(std::mem::take(&mut q.pending_drop)));
+        let n = q.items.len().min(max);
+        out.extend(q.items.drain(..n));
+        if n > 0 {
+            q.full_since = None;
+            self.full.store(false, Ordering::Relaxed);
         }
-        q.full_since = None;
-        // Give back memory a burst grew, so an idle subscriber stays small.
-        if q.items.capacity() > 1024 {
-            q.items.shrink_to(64);
+        if q.items.is_empty() {
+            if q.pending_drop > 0 {
+                out.push(Item::Lagged(std::mem::take(&mut q.pending_drop)));
+            }
+            q.full_since = None;
+            self.full.store(false, Ordering::Relaxed);
+            // Give back memory a burst grew, so an idle subscriber stays small.
+            if q.items.capacity() > 1024 {
+                q.items.shrink_to(64);
+            }
         }
         n
     }
@@ -284,6 +310,15 @@ impl Subscriber {
     /// Marks the subscriber gone (its stream ended); matchers skip it from now on.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+    }
+
+    /// True while the queue is full, as last seen under its lock: a hint, read without the
+    /// lock. A matcher that sees it stages the event as dropped without cloning its bytes (two
+    /// atomic operations on a count other cores are changing); a drain in the meantime only
+    /// means one more event is reported as lagged than strictly had to be.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
     }
 
     /// True once the stream has ended.
@@ -327,7 +362,7 @@ mod tests {
 
     fn items(s: &Subscriber) -> Vec<String> {
         let mut out = vec![];
-        s.drain_into(&mut out);
+        s.drain_into(&mut out, usize::MAX);
         out.into_iter()
             .map(|i| match i {
                 Item::Event { seq, .. } => format!("e{seq}"),
@@ -337,9 +372,36 @@ mod tests {
     }
 
     #[test]
+    fn a_bounded_drain_takes_the_oldest_and_reports_lag_when_empty() {
+        let b = Bytes::from_static(b",{}");
+        let s = Subscriber::new(1, Expr::True, true, 3, None);
+        for q in 0..5 {
+            s.push(q, &b, 1);
+        }
+        assert!(s.is_full());
+        let mut out = vec![];
+        assert_eq!(s.drain_into(&mut out, 2), 2);
+        assert_eq!(out.len(), 2, "no lag marker while events are still queued");
+        assert!(!s.is_full() && s.full_since().is_none());
+        assert_eq!(s.queued(), 1);
+        let rest: Vec<_> = {
+            let mut more = vec![];
+            s.drain_into(&mut more, 2);
+            more.into_iter()
+                .map(|i| match i {
+                    Item::Event { seq, .. } => format!("e{seq}"),
+                    Item::Lagged(n) => format!("lag{n}"),
+                })
+                .collect()
+        };
+        assert_eq!(rest, vec!["e2", "lag2"]);
+        assert_eq!(s.queued(), 0);
+    }
+
+    #[test]
     fn a_batch_push_behaves_like_pushes_one_by_one() {
         let b = Bytes::from_static(b",{}");
-        let batch = |seqs: std::ops::Range<u64>| seqs.map(|q| (q, b.clone())).collect::<Vec<_>>();
+        let batch = |seqs: std::ops::Range<u64>| seqs.map(|q| (q, Some(b.clone()))).collect::<Vec<_>>();
         // Capacity 3: a batch of 5 into an empty queue queues 3, drops 2, and asks for a wake.
         let s = Subscriber::new(1, Expr::True, true, 3, None);
         let mut items_in = batch(0..5);
@@ -368,7 +430,7 @@ mod tests {
         u.push(0, &b, 0);
         u.push(1, &b, 0);
         let mut first = vec![];
-        u.drain_into(&mut first);
+        u.drain_into(&mut first, usize::MAX);
         assert_eq!(first.len(), 2, "the event and its lag marker");
         u.push(2, &b, 0);
         u.push(3, &b, 0);
@@ -396,7 +458,7 @@ mod tests {
         s.push(0, &b, 0);
         s.push(1, &b, 0);
         let mut out = vec![];
-        s.drain_into(&mut out);
+        s.drain_into(&mut out, usize::MAX);
         assert_eq!(out.len(), 2);
         assert_eq!(s.dropped(), 1);
         assert_eq!(s.delivered(), 1);

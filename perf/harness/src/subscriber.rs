@@ -232,6 +232,14 @@ fn number_after(finder: &memmem::Finder<'_>, s: &[u8], from: usize) -> Option<(u
     (i > at).then_some((v, i))
 }
 
+/// Where the line starting at `start` in `body` ends (the position of its newline), searching
+/// only from `searched` on when the first `searched` bytes are known to hold none.
+#[inline]
+fn line_end(body: &[u8], start: usize, searched: usize) -> Option<usize> {
+    let from = start.max(searched);
+    memchr::memchr(b'\n', &body[from..]).map(|i| from + i)
+}
+
 /// Runs one subscriber until `stop` is set or the stream ends. `epoch` is the run's clock
 /// origin shared with the producers (event `t` fields are nanoseconds since it).
 pub async fn run(
@@ -275,14 +283,18 @@ async fn stream(
         }
     };
     feed(&first, &mut body);
+    // Bytes at the start of `body` already searched for a newline: a frame's `data:` line holds
+    // up to 1,024 events (300 KB and more), which arrives over several reads, and searching it
+    // from its start after every read made the reader's work grow with the square of the line.
+    let mut searched = 0;
     loop {
         // Handle every complete line in the body buffer.
         let mut start = 0;
         let mut received = 0u64;
         let mut disorder = 0u64;
-        while let Some(i) = memchr::memchr(b'\n', &body[start..]) {
-            let line = &body[start..start + i];
-            start += i + 1;
+        while let Some(end) = line_end(&body, start, searched) {
+            let line = &body[start..end];
+            start = end + 1;
             if line.is_empty() {
                 event_name.clear();
             } else if let Some(name) = line.strip_prefix(b"event: ") {
@@ -316,6 +328,8 @@ async fn stream(
             }
         }
         body.drain(..start);
+        // What is left is one incomplete line with no newline in it.
+        searched = body.len();
         if !lat.is_empty() {
             hist.record(&mut lat);
         }
@@ -356,6 +370,18 @@ mod tests {
             d.feed(&body[split..], &mut out);
             assert_eq!(out, b"hello world", "split at {split}");
         }
+    }
+
+    #[test]
+    fn line_ends_skip_what_was_searched() {
+        let body = b"data: [1,2,3]\nevent: x\n\npartial";
+        assert_eq!(line_end(body, 0, 0), Some(13));
+        assert_eq!(line_end(body, 14, 0), Some(22));
+        assert_eq!(line_end(body, 23, 0), Some(23));
+        assert_eq!(line_end(body, 24, 0), None);
+        // The first 10 bytes were searched before more arrived: the answer is the same.
+        assert_eq!(line_end(body, 0, 10), Some(13));
+        assert_eq!(line_end(b"0123456789\n", 0, 10), Some(10));
     }
 
     #[test]

@@ -46,7 +46,7 @@ fn main() {
     let mut builder = EventBuilder::new(&catalogue, &keys);
     let mut scratch = Scratch::default();
     let mut items: Vec<Item> = Vec::new();
-    let mut staged: Vec<Vec<(u64, Bytes)>> = vec![Vec::new(); subs.len()];
+    let mut staged: Vec<Vec<(u64, Option<Bytes>)>> = vec![Vec::new(); subs.len()];
     let mut touched: Vec<u32> = Vec::new();
     let mut head = BytesMut::new();
     let mut body = Vec::with_capacity(256 * 400);
@@ -76,7 +76,7 @@ fn main() {
                 if slot.is_empty() {
                     touched.push(d);
                 }
-                slot.push((seq, ev.wire.clone()));
+                slot.push((seq, Some(ev.wire.clone())));
             }
         });
         for d in touched.drain(..) {
@@ -85,7 +85,7 @@ fn main() {
         // Frame, as each subscriber's writer does.
         for s in &subs {
             items.clear();
-            if s.drain_into(&mut items) > 0 {
+            if s.drain_into(&mut items, usize::MAX) > 0 {
                 if head.capacity() < 4096 {
                     head.reserve(1 << 16);
                 }
