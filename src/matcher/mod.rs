@@ -21,8 +21,7 @@ use crate::metrics::{EventCounter, MetricsRegistry};
 use crate::ring::{Consumer, Ring};
 use crate::store::writer::HistoryWriter;
 use crate::subscriber::replay::ReplayLog;
-use crate::subscriber::Registry;
-use bytes::Bytes;
+use crate::subscriber::{Push, Registry};
 use crossbeam_utils::CachePadded;
 use index::{CompiledIndex, Scratch};
 use parking_lot::Mutex;
@@ -106,76 +105,8 @@ struct ShardWorker {
     scratch: Scratch,
     spans: SpanTable,
     last_sweep: u64,
-    kept: Vec<Arc<Event>>,
-    staging: Staging,
-}
-
-/// A subscriber's staging vector keeps at most this many entries' worth of memory between
-/// flushes; a larger one is freed after use, so staging never holds memory that only a burst
-/// needed.
-const STAGED_KEEP: usize = 64;
-
-/// Staged deliveries are queued once there are this many, even in the middle of a batch:
-/// 96 KiB of entries, which stay in the core's cache between staging and queueing. A batch of
-/// 256 events to 100 unfiltered subscribers would otherwise stage 25,600 entries (600 KiB),
-/// write them out to memory and read them back (`perf/RESULTS.md` §13).
-const STAGE_FLUSH: usize = 4096;
-
-/// Deliveries staged per subscriber, then queued each subscriber's share at once under one
-/// lock (`Subscriber::push_batch_quiet`): one lock and one counter update per subscriber per
-/// flush instead of per event, on memory the subscriber's writer also touches from the other
-/// core. Wakes are collected and sent once per batch, after it.
-#[derive(Default)]
-struct Staging {
-    /// Per subscriber (dense index in the batch's index), the deliveries not yet queued, in
-    /// sequence order.
-    staged: Vec<Vec<(u64, Option<Bytes>)>>,
-    /// The subscribers with something staged, in the order they were first matched.
-    touched: Vec<u32>,
-    /// Entries staged since the last flush.
-    count: usize,
-    /// Subscribers whose queue was empty when they got events: their writers may sleep.
     to_wake: Vec<u32>,
-    /// Queued and dropped so far in this batch.
-    deliveries: u64,
-    drops: u64,
-}
-
-impl Staging {
-    /// Stages one delivery; for a subscriber whose queue is full, a drop (no reference to
-    /// the bytes is taken).
-    #[inline]
-    fn stage(&mut self, d: u32, seq: u64, wire: &Bytes, full: bool) {
-        let slot = &mut self.staged[d as usize];
-        if slot.is_empty() {
-            self.touched.push(d);
-        }
-        slot.push((seq, (!full).then(|| wire.clone())));
-        self.count += 1;
-    }
-
-    /// Queues everything staged, each subscriber's share under one lock.
-    fn flush(&mut self, idx: &CompiledIndex, now: u64) {
-        for &d in &self.touched {
-            let items = &mut self.staged[d as usize];
-            let sub = idx.sub(d);
-            if sub.is_closed() {
-                items.clear();
-            } else {
-                let pushed = sub.push_batch_quiet(items, now);
-                self.deliveries += pushed.queued;
-                self.drops += pushed.dropped;
-                if pushed.wake {
-                    self.to_wake.push(d);
-                }
-            }
-            if items.capacity() > STAGED_KEEP {
-                *items = Vec::new();
-            }
-        }
-        self.touched.clear();
-        self.count = 0;
-    }
+    kept: Vec<Arc<Event>>,
 }
 
 impl ShardWorker {
@@ -185,12 +116,11 @@ impl ShardWorker {
     fn step(&mut self, wait: bool) -> usize {
         let (idx, limit) = load_consistent(&self.shard, self.consumer.ring());
         let now = self.clock.now_ms();
+        let mut deliveries = 0u64;
+        let mut drops = 0u64;
         let first = self.consumer.cursor();
         let keep = self.config.replay.is_some() || self.config.history.is_some();
-        let ShardWorker { scratch, spans, kept, counter, staging, .. } = self;
-        if staging.staged.len() != idx.len() {
-            staging.staged.resize_with(idx.len(), Vec::new);
-        }
+        let ShardWorker { scratch, spans, to_wake, kept, counter, .. } = self;
         let on_event = |seq: u64, ev: &Arc<Event>| {
             if keep {
                 kept.push(ev.clone());
@@ -202,12 +132,20 @@ impl ShardWorker {
             if let Some(span) = ev.span_id {
                 spans.follow(span, ev.span_end, now, &idx, scratch);
             }
-            // Staged, not queued: see `Staging`.
             for &d in &scratch.out {
-                staging.stage(d, seq, &ev.wire, idx.sub(d).is_full());
-            }
-            if staging.count >= STAGE_FLUSH {
-                staging.flush(&idx, now);
+                let sub = idx.sub(d);
+                if sub.is_closed() {
+                    continue;
+                }
+                match sub.push_quiet(seq, &ev.wire, now) {
+                    Push::Queued { wake } => {
+                        deliveries += 1;
+                        if wake {
+                            to_wake.push(d);
+                        }
+                    }
+                    Push::Dropped => drops += 1,
+                }
             }
         };
         let batch = self.config.batch;
@@ -227,15 +165,12 @@ impl ShardWorker {
             log.append(first, &mut self.kept, now);
         }
         self.kept.clear();
-        // What is still staged is queued, then one wake per subscriber per batch: a
-        // subscriber matched by several events of the batch costs one notification, and its
-        // writer finds all of them queued when it runs.
-        self.staging.flush(&idx, now);
-        for d in self.staging.to_wake.drain(..) {
+        // One wake per subscriber per batch, after the batch: a subscriber matched by several
+        // events of the batch costs one notification, and its writer finds all of them queued
+        // when it runs.
+        for d in self.to_wake.drain(..) {
             idx.sub(d).wake();
         }
-        let deliveries = std::mem::take(&mut self.staging.deliveries);
-        let drops = std::mem::take(&mut self.staging.drops);
         if n > 0 {
             self.stats.events.fetch_add(n as u64, Ordering::Relaxed);
             self.stats.deliveries.fetch_add(deliveries, Ordering::Relaxed);
@@ -339,8 +274,8 @@ impl MatcherPool {
                 counter: metrics.event_counter(i),
                 scratch: Scratch::default(),
                 last_sweep: 0,
+                to_wake: Vec::new(),
                 kept: Vec::new(),
-                staging: Staging::default(),
             })));
         }
         let helper = Helper { shards: shards.into(), ring: ring.clone() };

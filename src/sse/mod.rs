@@ -32,6 +32,15 @@ static TAIL: Bytes = Bytes::from_static(b"]\n\n");
 /// Most events placed in one `trace` frame; more pending events go into the next frame.
 pub const MAX_EVENTS_PER_FRAME: usize = 1024;
 
+/// Most queue items a writer takes at once. A chunk of that many events (one part each) with
+/// its framing (frame head and tail, a trailing lag marker, the chunk's size line and CRLF)
+/// fits the `IOV_MAX` parts of one `writev`: taking a full 1,024-event frame made every such
+/// chunk a large write followed by a second of a few bytes (the last parts), a TCP segment and
+/// a reader wake-up of its own (`perf/RESULTS.md` §13). Lag markers between events split the
+/// frame and add parts; such a chunk still goes out, in more than one call.
+const DRAIN_MAX: usize = socket::MAX_IOV - 8;
+const _: () = assert!(DRAIN_MAX <= MAX_EVENTS_PER_FRAME, "a drained share is at most one frame");
+
 /// A sequence of byte parts written as one HTTP body chunk with vectored I/O.
 #[derive(Debug, Default)]
 pub struct SseChunk {
@@ -273,9 +282,9 @@ impl Body for SseBody {
         // Register before looking, so a push between the look and the return wakes us.
         sub.register_waker(cx.waker());
         this.items.clear();
-        // One frame's worth at a time: a backlog is sent in frames of at most this many
-        // events, each written before the next is taken (see `Subscriber::drain_into`).
-        sub.drain_into(&mut this.items, MAX_EVENTS_PER_FRAME);
+        // A bounded share at a time: a backlog is sent in chunks that each fit one `writev`,
+        // each written before the next is taken (see `Subscriber::drain_into`).
+        sub.drain_into(&mut this.items, DRAIN_MAX);
         if !this.items.is_empty() {
             let mut chunk = SseChunk::default();
             if this.head.capacity() < 256 {
@@ -344,6 +353,17 @@ mod tests {
         assert_eq!(chunk.chunk(), &text.as_bytes()[10..26]);
         chunk.advance(text.len() - 10);
         assert_eq!(chunk.remaining(), 0);
+    }
+
+    #[test]
+    fn a_full_drain_fits_one_writev() {
+        let mut items: Vec<_> =
+            (0..DRAIN_MAX as u64).map(|s| Item::Event { seq: s, wire: Bytes::from_static(b",{}") }).collect();
+        items.push(Item::Lagged(7));
+        let mut chunk = SseChunk::default();
+        chunk.append_items(&mut items, &mut BytesMut::new());
+        // The chunk's size line and its closing CRLF are the two parts `socket` adds.
+        assert!(chunk.parts_left() + 2 <= socket::MAX_IOV, "{} parts", chunk.parts_left());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// Most parts passed to one `writev` (Linux's `IOV_MAX`; more is `EINVAL`).
-const MAX_IOV: usize = 1024;
+pub(crate) const MAX_IOV: usize = 1024;
 
 /// The CRLF that ends a chunk's data.
 const CRLF: &[u8] = b"\r\n";

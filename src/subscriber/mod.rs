@@ -89,17 +89,6 @@ pub enum Push {
     Dropped,
 }
 
-/// What [`Subscriber::push_batch_quiet`] did with a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchPush {
-    /// Events queued.
-    pub queued: u64,
-    /// Events refused because the queue was full (counted, reported in-band later).
-    pub dropped: u64,
-    /// The queue was empty before, so the writer may be asleep and must be woken.
-    pub wake: bool,
-}
-
 /// A live subscriber.
 pub struct Subscriber {
     /// Unique id (also selects the matcher thread that owns it).
@@ -114,10 +103,6 @@ pub struct Subscriber {
     queue: Mutex<Queue>,
     waker: AtomicWaker,
     closed: AtomicBool,
-    /// Set while the queue is full (under the queue's lock; cleared by a drain). Read without
-    /// the lock by the matcher threads, so an event for a lagging subscriber is counted as
-    /// dropped without taking a reference to it; see [`Subscriber::is_full`].
-    full: AtomicBool,
     delivered: AtomicU64,
     dropped: AtomicU64,
     /// The first sequence number the stream sends from its queue (its live start); 0 until
@@ -151,7 +136,6 @@ impl Subscriber {
             queue: Mutex::new(Queue { items: VecDeque::new(), pending_drop: 0, full_since: None }),
             waker: AtomicWaker::new(),
             closed: AtomicBool::new(false),
-            full: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             live_start: AtomicU64::new(0),
@@ -196,60 +180,9 @@ impl Subscriber {
                 q.items.push_back(Item::Lagged(n));
             }
             q.items.push_back(Item::Event { seq, wire: wire.clone() });
-            if q.items.len() >= self.capacity {
-                self.full.store(true, Ordering::Relaxed);
-            }
         }
         self.delivered.fetch_add(1, Ordering::Relaxed);
         Push::Queued { wake: was_empty }
-    }
-
-    /// Queues a batch of events, in order, under one lock, without waking the writer, and
-    /// leaves `items` empty. What does not fit in the queue is dropped and reported in-band,
-    /// as with [`Subscriber::push_quiet`]. The matcher threads stage a batch's deliveries per
-    /// subscriber and hand each subscriber its share at once: one lock and one counter update
-    /// per subscriber per batch instead of per event, on memory the subscriber's writer also
-    /// touches from the other core.
-    ///
-    /// An entry without bytes (`None`) is an event the matcher saw this subscriber's queue
-    /// full for ([`Subscriber::is_full`]); it is counted as dropped wherever it falls.
-    pub fn push_batch_quiet(&self, items: &mut Vec<(u64, Option<Bytes>)>, now_ms: u64) -> BatchPush {
-        let n = items.len() as u64;
-        if n == 0 {
-            return BatchPush { queued: 0, dropped: 0, wake: false };
-        }
-        let (queued, was_empty) = {
-            let mut q = self.queue.lock();
-            let was_empty = q.items.is_empty();
-            // The same rule as `push_quiet`, event by event: once the queue is full the rest
-            // of the batch is dropped (nothing drains it while the lock is held).
-            let room = self.capacity.saturating_sub(q.items.len()).min(items.len());
-            q.items.reserve(room + 1);
-            let mut queued = 0u64;
-            for (seq, wire) in items.drain(..) {
-                let Some(wire) = wire.filter(|_| q.items.len() < self.capacity) else {
-                    q.pending_drop += 1;
-                    q.full_since.get_or_insert(now_ms);
-                    continue;
-                };
-                if q.pending_drop > 0 {
-                    let lost = std::mem::take(&mut q.pending_drop);
-                    q.items.push_back(Item::Lagged(lost));
-                }
-                q.items.push_back(Item::Event { seq, wire });
-                queued += 1;
-            }
-            self.full.store(q.items.len() >= self.capacity, Ordering::Relaxed);
-            (queued, was_empty)
-        };
-        let dropped = n - queued;
-        if queued > 0 {
-            self.delivered.fetch_add(queued, Ordering::Relaxed);
-        }
-        if dropped > 0 {
-            self.dropped.fetch_add(dropped, Ordering::Relaxed);
-        }
-        BatchPush { queued, dropped, wake: was_empty && queued > 0 }
     }
 
     /// Moves up to `max` queued items into `out` (called by the writer), oldest first. A lag
@@ -259,8 +192,8 @@ impl Subscriber {
     /// Why a bound: a subscriber that fell behind has up to `subscriber-queue` events waiting,
     /// and taking them all at once built a frame of that many parts, megabytes of vectors that
     /// the allocator handed back to the system after the write and faulted in again for the
-    /// next one (`perf/RESULTS.md` §13). A writer takes one frame's worth at a time instead and
-    /// comes back for the rest as soon as it is written.
+    /// next one (`perf/RESULTS.md` §13). A writer takes what fits one `writev` at a time
+    /// instead and comes back for the rest as soon as it is written.
     pub fn drain_into(&self, out: &mut Vec<Item>, max: usize) -> usize {
         let mut q = self.queue.lock();
         let start = self.live_start.load(Ordering::Relaxed);
@@ -270,15 +203,13 @@ impl Subscriber {
         let n = q.items.len().min(max);
         out.extend(q.items.drain(..n));
         if n > 0 {
+            // There is room again: a stall is counted from the next refusal.
             q.full_since = None;
-            self.full.store(false, Ordering::Relaxed);
         }
         if q.items.is_empty() {
             if q.pending_drop > 0 {
                 out.push(Item::Lagged(std::mem::take(&mut q.pending_drop)));
             }
-            q.full_since = None;
-            self.full.store(false, Ordering::Relaxed);
             // Give back memory a burst grew, so an idle subscriber stays small.
             if q.items.capacity() > 1024 {
                 q.items.shrink_to(64);
@@ -310,15 +241,6 @@ impl Subscriber {
     /// Marks the subscriber gone (its stream ended); matchers skip it from now on.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-    }
-
-    /// True while the queue is full, as last seen under its lock: a hint, read without the
-    /// lock. A matcher that sees it stages the event as dropped without cloning its bytes (two
-    /// atomic operations on a count other cores are changing); a drain in the meantime only
-    /// means one more event is reported as lagged than strictly had to be.
-    #[inline]
-    pub fn is_full(&self) -> bool {
-        self.full.load(Ordering::Relaxed)
     }
 
     /// True once the stream has ended.
@@ -361,8 +283,12 @@ mod tests {
     use super::*;
 
     fn items(s: &Subscriber) -> Vec<String> {
+        items_up_to(s, usize::MAX)
+    }
+
+    fn items_up_to(s: &Subscriber, max: usize) -> Vec<String> {
         let mut out = vec![];
-        s.drain_into(&mut out, usize::MAX);
+        s.drain_into(&mut out, max);
         out.into_iter()
             .map(|i| match i {
                 Item::Event { seq, .. } => format!("e{seq}"),
@@ -378,66 +304,13 @@ mod tests {
         for q in 0..5 {
             s.push(q, &b, 1);
         }
-        assert!(s.is_full());
-        let mut out = vec![];
-        assert_eq!(s.drain_into(&mut out, 2), 2);
-        assert_eq!(out.len(), 2, "no lag marker while events are still queued");
-        assert!(!s.is_full() && s.full_since().is_none());
+        assert_eq!(s.full_since(), Some(1));
+        // No lag marker while events are still queued: the drops came after them.
+        assert_eq!(items_up_to(&s, 2), vec!["e0", "e1"]);
+        assert!(s.full_since().is_none());
         assert_eq!(s.queued(), 1);
-        let rest: Vec<_> = {
-            let mut more = vec![];
-            s.drain_into(&mut more, 2);
-            more.into_iter()
-                .map(|i| match i {
-                    Item::Event { seq, .. } => format!("e{seq}"),
-                    Item::Lagged(n) => format!("lag{n}"),
-                })
-                .collect()
-        };
-        assert_eq!(rest, vec!["e2", "lag2"]);
+        assert_eq!(items_up_to(&s, 2), vec!["e2", "lag2"]);
         assert_eq!(s.queued(), 0);
-    }
-
-    #[test]
-    fn a_batch_push_behaves_like_pushes_one_by_one() {
-        let b = Bytes::from_static(b",{}");
-        let batch = |seqs: std::ops::Range<u64>| seqs.map(|q| (q, Some(b.clone()))).collect::<Vec<_>>();
-        // Capacity 3: a batch of 5 into an empty queue queues 3, drops 2, and asks for a wake.
-        let s = Subscriber::new(1, Expr::True, true, 3, None);
-        let mut items_in = batch(0..5);
-        let r = s.push_batch_quiet(&mut items_in, 9);
-        assert!(items_in.is_empty());
-        assert_eq!(r, BatchPush { queued: 3, dropped: 2, wake: true });
-        assert_eq!((s.delivered(), s.dropped(), s.full_since()), (3, 2, Some(9)));
-        // The same through single pushes gives the same queue.
-        let t = Subscriber::new(2, Expr::True, true, 3, None);
-        for q in 0..5 {
-            t.push(q, &b, 9);
-        }
-        assert_eq!(items(&t), vec!["e0", "e1", "e2", "lag2"]);
-        assert_eq!(items(&s), vec!["e0", "e1", "e2", "lag2"]);
-        // After a drain, a non-empty queue asks for no wake, and an empty batch does nothing.
-        let mut more = batch(5..6);
-        assert_eq!(s.push_batch_quiet(&mut more, 10), BatchPush { queued: 1, dropped: 0, wake: true });
-        let mut more = batch(6..7);
-        assert_eq!(s.push_batch_quiet(&mut more, 10), BatchPush { queued: 1, dropped: 0, wake: false });
-        assert_eq!(s.push_batch_quiet(&mut Vec::new(), 10), BatchPush { queued: 0, dropped: 0, wake: false });
-        assert_eq!(items(&s), vec!["e5", "e6"]);
-        // A drop not yet reported goes in front of the next batch's first event. A drain
-        // reports pending drops itself, so the state is reached here by emptying the queue
-        // directly.
-        let u = Subscriber::new(3, Expr::True, true, 1, None);
-        u.push(0, &b, 0);
-        u.push(1, &b, 0);
-        let mut first = vec![];
-        u.drain_into(&mut first, usize::MAX);
-        assert_eq!(first.len(), 2, "the event and its lag marker");
-        u.push(2, &b, 0);
-        u.push(3, &b, 0);
-        u.queue.lock().items.clear();
-        let mut more = batch(4..5);
-        u.push_batch_quiet(&mut more, 0);
-        assert_eq!(items(&u), vec!["lag1", "e4"]);
     }
 
     #[test]

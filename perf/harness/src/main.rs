@@ -24,7 +24,7 @@ use producer::{Producer, Sent, Via};
 use report::{Report, Row};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subscriber::{Progress, Target};
@@ -138,6 +138,15 @@ struct Args {
     /// §13).
     #[arg(long, default_value_t = 0.0)]
     warm_secs: f64,
+    /// Closed loop: the producer stays at most this many events ahead of the slowest
+    /// unfiltered subscriber (default: open loop, the producer keeps its rate whatever the
+    /// readers do). With `firehose-100` on two cores the harness's readers, not the hub, set
+    /// the highest rate; open loop, a hub that accepts faster only starves them (its producer
+    /// takes their CPU) and the hub drops for them, so delivered bytes fall as the hub gets
+    /// faster. Closed loop measures what the hub delivers at the rate the readers can take
+    /// (`perf/RESULTS.md` §13).
+    #[arg(long)]
+    window: Option<u64>,
 }
 
 /// A set of CPUs from the command line (a newtype, so clap takes the list as one value).
@@ -406,6 +415,26 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
     let sent = Arc::new(Sent::default());
     let stop_producers = Arc::new(AtomicBool::new(false));
     let channels = Arc::new(nchan_channels(&table, &filters));
+    // Closed-loop pacing: a thread keeps the slowest unfiltered subscriber's count (received
+    // plus reported lagged) where the producer can see it.
+    let slowest = Arc::new(AtomicU64::new(0));
+    let firehoses: Vec<Arc<Progress>> =
+        filters.iter().zip(&progress).filter(|(f, _)| f.channel.is_none()).map(|(_, p)| p.clone()).collect();
+    let window = args.window.filter(|_| !firehoses.is_empty()).map(|w| (slowest.clone(), w));
+    if window.is_some() {
+        let (slowest, stop) = (slowest.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let min = firehoses
+                    .iter()
+                    .map(|p| p.received.load(Ordering::Relaxed) + p.lagged.load(Ordering::Relaxed))
+                    .min()
+                    .unwrap_or(0);
+                slowest.store(min, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
     // One producer: event numbers must be one increasing sequence for order checking.
     let producers: Vec<_> = (0..1)
         .map(|_| {
@@ -424,6 +453,7 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
                 rate,
                 batch: if args.peer == Peer::Nchan { 1 } else { args.batch },
                 templates: templates.clone(),
+                window: window.clone(),
             };
             let (sent, stop) = (sent.clone(), stop_producers.clone());
             std::thread::spawn(move || p.run(epoch, sent, stop))
@@ -535,7 +565,7 @@ fn warm_up(
         Input::Http => Via::Http { addr: hub.addr, token: hub.token.clone().unwrap_or_default() },
         Input::Webhook => Via::Webhook { addr: hub.addr, token: hub.token.clone().unwrap_or_default() },
     };
-    let p = Producer { via, rate, batch: args.batch, templates: templates.clone() };
+    let p = Producer { via, rate, batch: args.batch, templates: templates.clone(), window: None };
     let (sent, stop) = (Arc::new(Sent::default()), Arc::new(AtomicBool::new(false)));
     let (s2, st2) = (sent.clone(), stop.clone());
     let t = std::thread::spawn(move || p.run(epoch, s2, st2));

@@ -51,6 +51,9 @@ pub struct Producer {
     pub batch: usize,
     /// Event templates.
     pub templates: Arc<Vec<Template>>,
+    /// Closed-loop pacing: the producer never runs more than `window` events ahead of the
+    /// slowest unfiltered subscriber's count (kept up to date by the coordinator).
+    pub window: Option<(Arc<AtomicU64>, u64)>,
 }
 
 impl Producer {
@@ -68,8 +71,14 @@ impl Producer {
         }
     }
 
-    /// Sleeps until event `n` is due at the configured rate.
+    /// Sleeps until event `n` is due at the configured rate, and with a window until the
+    /// slowest reader is close enough.
     fn pace(&self, epoch: Instant, start: Duration, n: u64) {
+        if let Some((slowest, window)) = &self.window {
+            while n > slowest.load(Ordering::Relaxed) + window {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
         if let Some(rate) = self.rate {
             let due = start + Duration::from_nanos(n.saturating_mul(1_000_000_000) / rate.max(1));
             let now = epoch.elapsed();

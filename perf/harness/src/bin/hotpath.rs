@@ -2,17 +2,16 @@
 //! counts under `valgrind --tool=callgrind` (see `perf/callgrind.sh`).
 //!
 //! It parses NDJSON lines into events (the one serialisation), publishes them through the ring,
-//! matches each against a compiled index of the `fanout-1k` subscriber mix, stages the event
-//! bytes per matching subscriber and queues each one's share at once, and drains the queues
-//! into SSE chunks. No sockets and no threads, so the count is the hub's own work and nothing
-//! else.
+//! matches each against a compiled index of the `fanout-1k` subscriber mix, pushes the event
+//! bytes into every matching subscriber's queue, and drains the queues into SSE chunks. No
+//! sockets and no threads, so the count is the hub's own work and nothing else.
 //! Usage: `hotpath EVENTS FILTERED UNFILTERED`.
 
 #[path = "../pool.rs"]
 #[allow(dead_code)]
 mod pool;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use livetap::event::{Catalogue, EventBuilder};
 use livetap::ingest::parse_ndjson;
 use livetap::matcher::index::{CompiledIndex, Scratch};
@@ -46,8 +45,6 @@ fn main() {
     let mut builder = EventBuilder::new(&catalogue, &keys);
     let mut scratch = Scratch::default();
     let mut items: Vec<Item> = Vec::new();
-    let mut staged: Vec<Vec<(u64, Option<Bytes>)>> = vec![Vec::new(); subs.len()];
-    let mut touched: Vec<u32> = Vec::new();
     let mut head = BytesMut::new();
     let mut body = Vec::with_capacity(256 * 400);
     let (mut delivered, mut bytes) = (0u64, 0u64);
@@ -65,23 +62,17 @@ fn main() {
         assert_eq!(batch.events.len() as u64, count, "every line is valid");
         let evs = batch.events;
         ring.try_publish(evs.len(), |i| evs[(i - n) as usize].clone()).expect("the ring has room");
-        // Match, stage per subscriber, and queue each subscriber's share under one lock, as a
-        // matcher thread does.
+        // Match and queue, as a matcher thread does.
         let limit = ring.head();
         consumer.consume(limit, 1 << 20, |seq, ev| {
             index.begin(&mut scratch);
             index.match_event(ev, &mut scratch);
             for &d in &scratch.out {
-                let slot = &mut staged[d as usize];
-                if slot.is_empty() {
-                    touched.push(d);
+                if index.sub(d).push(seq, &ev.wire, 0) {
+                    delivered += 1;
                 }
-                slot.push((seq, Some(ev.wire.clone())));
             }
         });
-        for d in touched.drain(..) {
-            delivered += index.sub(d).push_batch_quiet(&mut staged[d as usize], 0).queued;
-        }
         // Frame, as each subscriber's writer does.
         for s in &subs {
             items.clear();
