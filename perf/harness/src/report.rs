@@ -115,9 +115,7 @@ impl Row {
             self.steady_p999_us = steady.value_at_quantile(0.999);
         }
     }
-}
 
-impl Row {
     /// Fills the timeline from the harness's slices, from the slice holding `load_from_ns`
     /// (nanoseconds since the run's epoch) to the last one with deliveries.
     pub fn set_timeline(&mut self, slices: &[Slice], load_from_ns: u64) {
@@ -242,5 +240,26 @@ impl Report {
         for n in &self.notes {
             println!("  {n}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_starts_with_the_load_and_counts_its_first_second() {
+        // The load starts 250 ms into the run: slice 2 holds its start.
+        let mut slices = vec![Slice::default(); 20];
+        slices[2] = Slice { events: 10, slow: 4, max_us: 9_000 };
+        slices[11] = Slice { events: 10, slow: 1, max_us: 6_000 };
+        slices[12] = Slice { events: 10, slow: 2, max_us: 5_500 };
+        let mut row = Row::default();
+        row.set_timeline(&slices, 250_000_000);
+        assert_eq!(row.timeline.len(), 11, "slices 2 to 12");
+        assert_eq!((row.timeline[0].from_ms, row.timeline[1].from_ms), (0, 50));
+        assert_eq!(row.slow_deliveries, 7);
+        // Slices 2-11 are the first ten; slice 12 is not.
+        assert_eq!(row.slow_first_second, 5);
     }
 }
