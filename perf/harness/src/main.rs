@@ -198,6 +198,15 @@ impl HubUnderTest {
         self.pid.map(sample).unwrap_or_default()
     }
 
+    /// How a producer feeds this hub (livetap or the naive hub) over `input`.
+    fn via(&self, input: Input) -> Via {
+        match input {
+            Input::Socket => Via::Socket(self.socket.clone().expect("the hub has an ingest socket")),
+            Input::Http => Via::Http { addr: self.addr, token: self.token.clone().unwrap_or_default() },
+            Input::Webhook => Via::Webhook { addr: self.addr, token: self.token.clone().unwrap_or_default() },
+        }
+    }
+
     fn target(&self, f: &FilterSpec, peer: Peer) -> Target {
         let path = match peer {
             Peer::Nchan => format!("/sub/{}", f.channel.as_deref().unwrap_or("all")),
@@ -438,15 +447,9 @@ async fn load(args: &Args, opts: LoadOpts) -> anyhow::Result<Report> {
     // One producer: event numbers must be one increasing sequence for order checking.
     let producers: Vec<_> = (0..1)
         .map(|_| {
-            let via = match (args.peer, args.input) {
-                (Peer::Nchan, _) => Via::Nchan { addr: hub.addr, channels: channels.clone() },
-                (_, Input::Socket) => Via::Socket(hub.socket.clone().expect("the hub has an ingest socket")),
-                (_, Input::Http) => {
-                    Via::Http { addr: hub.addr, token: hub.token.clone().unwrap_or_default() }
-                }
-                (_, Input::Webhook) => {
-                    Via::Webhook { addr: hub.addr, token: hub.token.clone().unwrap_or_default() }
-                }
+            let via = match args.peer {
+                Peer::Nchan => Via::Nchan { addr: hub.addr, channels: channels.clone() },
+                _ => hub.via(args.input),
             };
             let p = Producer {
                 via,
@@ -560,12 +563,13 @@ fn warm_up(
     templates: &Arc<Vec<pool::Template>>,
     epoch: Instant,
 ) -> anyhow::Result<()> {
-    let via = match args.input {
-        Input::Socket => Via::Socket(hub.socket.clone().context("the hub has an ingest socket")?),
-        Input::Http => Via::Http { addr: hub.addr, token: hub.token.clone().unwrap_or_default() },
-        Input::Webhook => Via::Webhook { addr: hub.addr, token: hub.token.clone().unwrap_or_default() },
+    let p = Producer {
+        via: hub.via(args.input),
+        rate,
+        batch: args.batch,
+        templates: templates.clone(),
+        window: None,
     };
-    let p = Producer { via, rate, batch: args.batch, templates: templates.clone(), window: None };
     let (sent, stop) = (Arc::new(Sent::default()), Arc::new(AtomicBool::new(false)));
     let (s2, st2) = (sent.clone(), stop.clone());
     let t = std::thread::spawn(move || p.run(epoch, s2, st2));
