@@ -3,6 +3,7 @@
 #
 #   nginx + libnginx-mod-nchan   the Nchan peer (perf/nchan/start.sh, loadgen --peer nchan)
 #   valgrind                     instruction counts (perf/callgrind.sh)
+#   linux-perf                   system call counts (perf/syscalls.sh) and profiles
 #
 # Usage: perf/install-deps.sh             report what is present and what is missing
 #        perf/install-deps.sh --install   also apt-get install what is missing (needs root)
@@ -29,6 +30,7 @@ have_nchan() {
     [ -f /usr/share/nginx/modules-available/mod-http-nchan.conf ]
 }
 have_valgrind() { command -v valgrind >/dev/null 2>&1; }
+have_perf() { command -v perf >/dev/null 2>&1; }
 
 missing=()
 report() {
@@ -52,6 +54,12 @@ report() {
   else
     echo "MISSING  valgrind             (Debian package: valgrind)"
     missing+=(valgrind)
+  fi
+  if have_perf; then
+    echo "ok       perf ($(perf --version 2>/dev/null || echo present))"
+  else
+    echo "MISSING  perf                 (Debian package: linux-perf)"
+    missing+=(linux-perf)
   fi
 }
 
