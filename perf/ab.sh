@@ -10,8 +10,8 @@
 # over HTTP with one event per request, which is exactly how the harness publishes to Nchan.
 # AB_PIN=1 adds a third comparison on a machine with two or more CPUs: Nchan and livetap pinned
 # to CPU 0 and the harness to CPU 1, so neither hub shares a core with the load generator.
-# fanout-1k also runs on a warm hub (`--warm-secs 3`: its memory faulted in and its ring turned
-# over before the subscribers connect), and max-ingest also at a fixed 1,000,000 events/s,
+# fanout-1k also runs on a warm hub (`--warm-secs 3`: load before the subscribers connect, as
+# on a hub that has been running; RESULTS §14.4), and max-ingest also at a fixed 1,000,000 events/s,
 # where nothing may be lost or lagged.
 #
 # Typical use: build the old commit's binary to /tmp/livetap-before (git stash or a worktree)

@@ -132,10 +132,10 @@ struct Args {
     #[arg(long, value_parser = parse_cpu_list)]
     hub_cpus: Option<CpuList>,
     /// Seconds of the same load sent before any subscriber connects (livetap and the naive
-    /// hub; default 0). The hub parses, logs and matches those events against no one, so by
-    /// the time the measured load starts its memory is faulted in and its ring has turned
-    /// over; what is left of a slow start is then the subscribers' own (`perf/RESULTS.md`
-    /// §13).
+    /// hub; default 0). The hub parses, logs and matches those events against no one, so the
+    /// measured load meets a hub that has been running. A cold hub's first 50-100 ms at full
+    /// rate are slow, and even one producer write beforehand prevents it (`perf/RESULTS.md`
+    /// §14.4).
     #[arg(long, default_value_t = 0.0)]
     warm_secs: f64,
     /// Closed loop: the producer stays at most this many events ahead of the slowest
