@@ -18,7 +18,7 @@ install=0
 case "${1:-}" in
   --install) install=1 ;;
   "") ;;
-  -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
   *) echo "unknown argument: $1 (use --install or nothing)" >&2; exit 2 ;;
 esac
 
