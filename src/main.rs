@@ -358,6 +358,54 @@ fn disable_transparent_huge_pages() {
 #[cfg(not(target_os = "linux"))]
 fn disable_transparent_huge_pages() {}
 
+/// Descriptor slots the table is sized for at start-up: enough for about 65,000 connections,
+/// 512 KiB of kernel memory.
+#[cfg(target_os = "linux")]
+const FD_TABLE_SLOTS: u64 = 65_536;
+
+/// Raises the soft limit on open files to the hard limit, and grows the descriptor table to
+/// [`FD_TABLE_SLOTS`] (or that limit) now, while the process has a single thread.
+///
+/// A hub holds a descriptor per subscriber, and the kernel's default soft limit (1,024 under
+/// systemd) would refuse connections long before the hard limit does. The kernel grows a
+/// process's descriptor table by doubling, and when other threads share the table it waits for
+/// an RCU grace period before freeing the old one. On this kind of machine that kept an
+/// `accept` call, and the I/O thread making it, blocked for 15-18 ms each time the number of
+/// descriptors passed a power of two: with about 1,024 connections, it was the slow start of
+/// `fanout-1k` (`perf/RESULTS.md` §14.5). Growing it before any thread exists costs no wait.
+#[cfg(target_os = "linux")]
+fn prepare_descriptor_table() {
+    use std::os::fd::AsRawFd;
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `getrlimit` writes one `rlimit` that lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: `setrlimit` reads one `rlimit`; raising the soft limit up to the hard one
+        // needs no privilege, and a refusal (an unlimited hard limit above `nr_open`) leaves
+        // the soft limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let highest = lim.rlim_cur.min(FD_TABLE_SLOTS).saturating_sub(1);
+    let Ok(null) = std::fs::File::open("/dev/null") else { return };
+    // SAFETY: `F_DUPFD_CLOEXEC` duplicates a descriptor this function owns onto the lowest free
+    // number at or above `highest`, growing the table to cover it; the copy is closed at once.
+    unsafe {
+        let fd = libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest as libc::c_int);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
+}
+
+/// Other systems keep their defaults.
+#[cfg(not(target_os = "linux"))]
+fn prepare_descriptor_table() {}
+
 fn main() -> anyhow::Result<()> {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
@@ -398,6 +446,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let (token, origin) = resolve_admin_token(config.admin_token.as_deref(), config.data_dir.as_deref())
         .context("cannot create or read the admin token")?;
+    // Before the runtime starts its threads (see the function).
+    prepare_descriptor_table();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.effective_io_threads())
         .enable_all()

@@ -183,6 +183,23 @@ async fn demo_generator_feeds_subscribers() {
     if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
         assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
     }
+    // The soft limit on open files is raised to the hard one, and the descriptor table is
+    // sized at start-up (up to 65,536 slots), so `accept` never waits for the kernel to grow
+    // it under load.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", lt.child.id())).unwrap();
+    let files = limits.lines().find(|l| l.starts_with("Max open files")).expect("a limit on open files");
+    let words: Vec<&str> = files.split_whitespace().collect();
+    let (soft, hard) = (words[3], words[4]);
+    if hard != "unlimited" {
+        assert_eq!(soft, hard, "{files}");
+    }
+    let soft: u64 = soft.parse().unwrap_or(u64::MAX);
+    let slots: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize in the process status");
+    assert!(slots >= soft.min(65_536), "FDSize {slots} with a limit of {soft} open files");
     let mut sub = SseClient::connect(addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
     assert_eq!(sub.status, 200);
     let got = sub.collect(100, Duration::from_secs(10)).await;
