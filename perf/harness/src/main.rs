@@ -133,9 +133,8 @@ struct Args {
     hub_cpus: Option<CpuList>,
     /// Seconds of the same load sent before any subscriber connects (livetap and the naive
     /// hub; default 0). The hub parses, logs and matches those events against no one, so the
-    /// measured load meets a hub that has been running. A cold hub's first 50-100 ms at full
-    /// rate are slow, and even one producer write beforehand prevents it (`perf/RESULTS.md`
-    /// §14.4).
+    /// measured load meets a hub that has been running (`perf/RESULTS.md` §14.4-14.5 for
+    /// what a cold start cost).
     #[arg(long, default_value_t = 0.0)]
     warm_secs: f64,
     /// Closed loop: the producer stays at most this many events ahead of the slowest
