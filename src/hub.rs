@@ -118,12 +118,15 @@ impl Hub {
             None => (None, start_seq),
         };
         let reserved = AtomicU64::new(lease.as_ref().map_or(u64::MAX, |l| l.reserved()));
+        let unknown_ids = lease.as_ref().map(|l| l.unknown_ids().to_vec()).unwrap_or_default();
         let history_store = history.as_ref().map(|h| h.store.clone());
         let history_writer = history.map(|h| Arc::new(h.writer));
         let (ring, consumers) = Ring::starting_at(config.ring_capacity, threads, start_seq);
         let registry = Registry::new(threads, config.max_subscribers, config.subscriber_queue, ring.clone())?;
         let clock = Clock::new();
-        let replay = Arc::new(ReplayLog::starting_at(config.replay_limits(), start_seq));
+        let replay = Arc::new(
+            ReplayLog::starting_at(config.replay_limits(), start_seq).with_unknown_ids(&unknown_ids),
+        );
         let metrics = MetricsRegistry::new(&catalogue, &keys, threads, config.max_metrics);
         let pool = MatcherPool::start(
             ring.clone(),
@@ -290,6 +293,37 @@ impl Hub {
         }
     }
 
+    /// Publishes `events` in order, in slices the ring can always take, waiting for space as
+    /// long as it takes (until shutdown), and returns the id of the first. For sources that
+    /// stream and owe the producer no all-or-nothing answer (the Unix socket): one read of a
+    /// busy producer can hold more events than the ring, and must wait for room rather than
+    /// fail. On success `events` is left empty; at shutdown what was not published is dropped
+    /// with the error, since nothing acknowledged it.
+    pub async fn publish_stream(&self, events: &mut Vec<Arc<Event>>) -> Result<u64, PublishError> {
+        // A quarter of the ring: a slice fits while matchers still hold the rest of the ring,
+        // so the producer waits for a part of the ring to drain, not for all of it.
+        let max = (self.ring.capacity() / 4).max(1) as usize;
+        if events.len() <= max {
+            return self.publish(events, None).await;
+        }
+        let mut first = None;
+        while !events.is_empty() {
+            let mut slice: Vec<Arc<Event>> = events.drain(..max.min(events.len())).collect();
+            let id = self.publish(&mut slice, None).await?;
+            first.get_or_insert(id);
+        }
+        Ok(first.unwrap_or_default())
+    }
+
+    /// Notes on disk (a hint, not synced) that every id below the ring head was handed out, so
+    /// a restart after a crash knows which skipped ids may not have been used
+    /// (`ring::lease`). Called about once a second; cheap when nothing changed.
+    pub fn mark_ids_used(&self) {
+        if let Some(lease) = self.lease.lock().as_mut() {
+            lease.mark_used(self.ring.head());
+        }
+    }
+
     /// The current counters.
     pub fn stats(&self) -> StatsSnapshot {
         let subs = self.registry.snapshot();
@@ -360,6 +394,15 @@ impl Hub {
         }
         if let Some(pool) = self.matchers.lock().take() {
             pool.stop();
+        }
+        // Record where ids stop, so the next run continues there and a resume across the
+        // restart counts no ids that were never handed out. Producers check `accepting` before
+        // reserving ids, so by now the head no longer moves (a producer would have to be
+        // suspended between that check and its reservation for the whole drain).
+        if let Some(lease) = self.lease.lock().as_mut() {
+            if let Err(e) = lease.stop(self.ring.head()) {
+                tracing::warn!(error = %e, "cannot record the clean stop in the data directory");
+            }
         }
         if let Some(w) = &self.history_writer {
             // Everything matched was offered to the writer; write it before the process ends.

@@ -884,3 +884,70 @@ async fn the_token_key_is_kept_private_in_the_data_dir() {
     assert_eq!(c.status, 401);
     server.shutdown().await;
 }
+
+/// Issue 21, item 5: a query string whose percent-encoding is broken, or whose decoded bytes
+/// are not UTF-8, is a `400` naming the parameter on every endpoint that reads one, instead of
+/// being read with U+FFFD or a literal `%` in place of what the client meant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_percent_encoding_is_refused_naming_the_parameter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let server = start_server(|c| {
+        tight(c);
+        c.data_dir = Some(data.clone());
+    })
+    .await;
+    let addr = server.addr;
+    let mut w = Witness::connect(addr).await;
+    let auth = format!("Bearer {TOKEN}");
+    // Each query with the parameter its answer must name: the name as far as it decodes.
+    let broken = [
+        ("domain=%c3%28", "domain"),
+        ("filter=%ff%fe", "filter"),
+        ("q=%ff", "q"),
+        ("domain=%zz", "domain"),
+        ("domain=50%", "domain"),
+        ("do%ffmain=x", "do"),
+        ("metrics=%c3%28", "metrics"),
+        ("interval=5%", "interval"),
+        ("token=%ff", "token"),
+    ];
+    let expect_400 = |status: u16, body: &Value, what: &str, param: &str| {
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"], "invalid query parameter", "{what}: {body}");
+        assert_eq!(body["parameter"].as_str(), Some(param), "{what}: {body}");
+    };
+    for (query, param) in broken {
+        for live in ["/api/telemetry/traces/live", "/api/telemetry/metrics/live"] {
+            let what = format!("{live}?{query}");
+            let c = SseClient::connect(addr, &what, Some(TOKEN)).await;
+            let body = if c.status == 200 { Value::Null } else { c.error_json() };
+            expect_400(c.status, &body, &what, param);
+        }
+        for list in ["/api/telemetry/traces", "/api/telemetry/metrics", "/api/livetap/query-check"] {
+            let what = format!("{list}?{query}");
+            let r = request(addr, "GET", &what, &[("Authorization", &auth)], b"").await;
+            expect_400(r.status, &r.json(), &what, param);
+        }
+    }
+    // Valid encodings still work, `+` and `%2B` included.
+    for path in [
+        "/api/telemetry/traces/live?domain=ex%61mple.org",
+        "/api/telemetry/traces/live?q=level%3Derror",
+        "/api/telemetry/traces/live?filter=mailbox+full&reason=a%2Bb",
+        "/api/telemetry/metrics/live?metrics=%2A.request-time&interval=5",
+    ] {
+        let c = SseClient::connect(addr, path, Some(TOKEN)).await;
+        assert_eq!(c.status, 200, "{path}");
+    }
+    for path in [
+        "/api/telemetry/traces?filter=ex%61mple.org&queue_id=Q%34%32",
+        "/api/telemetry/metrics?metrics=queue%2E*&after=2026-11-01",
+        "/api/livetap/query-check?q=level%3Derror",
+    ] {
+        let r = request(addr, "GET", path, &[("Authorization", &auth)], b"").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    still_fine(&server, &mut w, "broken percent-encoding").await;
+    server.shutdown().await;
+}

@@ -82,7 +82,20 @@ fuzz_target!(|r: Request<'_>| {
     }
     assert!(verify_signature(Some(real.as_bytes()), key, &r.body).is_ok());
 
-    // The body through the parser of its endpoint.
+    // The body through the parser of its endpoint, twice: as configured, and with a tiny
+    // max-event-bytes, which sends every document over 512 bytes through the splitter
+    // (`ingest::split`) instead of the tape.
+    let mut small_body = r.body.clone();
+    let mut small = EventBuilder::new(&s.catalogue, &s.keys).with_max_bytes(64);
+    let split = if r.webhook {
+        parse_webhook(&mut small_body, &mut small, 1_795_091_696).ok()
+    } else {
+        Some(parse_ndjson(&mut small_body, &mut small, 1_795_091_696))
+    };
+    if let Some(p) = split {
+        assert!(p.errors.len() <= MAX_REPORTED_ERRORS && p.errors.len() <= p.rejected);
+        assert!(p.events.iter().all(|e| e.json.len() <= 64), "an event over max-event-bytes was built");
+    }
     let mut body = r.body;
     let mut b = EventBuilder::new(&s.catalogue, &s.keys);
     let parsed = if r.webhook {

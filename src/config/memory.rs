@@ -33,6 +33,16 @@ pub const H2_STREAM_WINDOW: u32 = 64 << 10;
 pub const H2_SEND_BUF: usize = 64 << 10;
 /// Per source address tracked by the failed-authentication limiter.
 pub const FAILURE_ENTRY: u64 = 64;
+/// Per event built from an ingest body and not yet published, beyond three times its share of
+/// the body: the `Event` with its inline field list, its `Arc`, its handle in the batch, and
+/// what the builder adds to every event (text, details, time, level). A body of 13-byte events
+/// measured about 450 bytes per event.
+pub const BUILT_EVENT: u64 = 1024;
+/// The shortest input one event can come from: `{"type":"a"}` and a newline.
+pub const MIN_EVENT_INPUT: u64 = 13;
+/// Tape bytes per input byte at worst: a 16-byte token per two input bytes (`0,`), doubled for
+/// the vector's growth.
+pub const TAPE_PER_BYTE: u64 = 16;
 
 /// The terms of the worst case, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +60,12 @@ pub struct MemoryBound {
     pub queued_json: u64,
     /// `max-connections × per-connection buffers` (the larger of HTTP/1.1 and HTTP/2).
     pub connections: u64,
-    /// `max-concurrent-ingest × 4 × max-body-bytes` (the body, its parsed events, the answer).
+    /// Ingest bodies (`http::gate`): two byte budgets of `max-concurrent-ingest ×
+    /// max-body-bytes` being read (trusted and not yet verified), doubled for a buffer's growth;
+    /// plus, per parse slot (`max-concurrent-ingest`), the tape over the longest document it
+    /// parses whole (`8 × max-event-bytes`, larger ones are split), the events' JSON and text
+    /// (three times the body) and at most a ring's worth of built events (a body with more is
+    /// refused as soon as it holds that many).
     pub ingest: u64,
     /// Concurrent password verifications × the largest Argon2 memory cost configured.
     pub passwords: u64,
@@ -78,6 +93,17 @@ impl Config {
     /// allowed request head, at least 64 KiB.
     pub fn http1_buffer(&self) -> usize {
         (self.max_header_bytes + self.max_url_bytes + 8192).max(64 << 10)
+    }
+
+    /// The ingest term of [`Config::memory_bound`]: the same for any event size, since the
+    /// worst case is many tiny events.
+    pub fn ingest_bound(&self) -> u64 {
+        let slots = self.max_concurrent_ingest as u64;
+        let body = self.max_body_bytes as u64;
+        let reading = 2 * slots * body * 2;
+        let whole = (crate::ingest::LARGE_FACTOR as u64 * self.max_event_bytes as u64).min(body);
+        let built = (self.ring_capacity.max(2).next_power_of_two() as u64).min(body / MIN_EVENT_INPUT);
+        reading + slots * (TAPE_PER_BYTE * whole + 3 * body + built * BUILT_EVENT)
     }
 
     /// The worst case for events whose JSON is `event_json` bytes.
@@ -108,7 +134,7 @@ impl Config {
             streams: 2 * subs * (queue * QUEUE_ITEM + STREAM),
             queued_json: subs * queue * event_json,
             connections: self.max_connections as u64 * (CONN_FIXED + tls + h1.max(h2)),
-            ingest: self.max_concurrent_ingest as u64 * 4 * self.max_body_bytes as u64,
+            ingest: self.ingest_bound(),
             passwords: crate::auth::password::MAX_CONCURRENT_VERIFICATIONS as u64 * m_cost,
             limiter: crate::auth::ratelimit::MAX_TRACKED_SOURCES as u64 * FAILURE_ENTRY,
         }
@@ -124,7 +150,12 @@ mod tests {
         let c = Config::default();
         let m = c.memory_bound(300);
         assert_eq!(m.ring, 65_536 * (3 * 300 + 512 + RING_SLOT));
-        assert_eq!(m.ingest, 8 * 4 * (8 << 20));
+        // Reading: 2 budgets of 8 × 8 MiB, doubled; per slot: a 512 KiB tape document, three
+        // times the body, 65,536 built events.
+        assert_eq!(
+            m.ingest,
+            4 * 8 * (8 << 20) + 8 * (16 * (512 << 10) + 3 * (8 << 20) + 65_536 * BUILT_EVENT)
+        );
         assert_eq!(m.passwords, 0);
         assert!(m.total() > m.ring + m.connections);
         let small = Config { max_connections: 100, max_subscribers: 10, ..Config::default() };

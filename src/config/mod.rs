@@ -255,8 +255,13 @@ pub struct Config {
     pub max_subscribers_per_principal: usize,
     /// Ingest events per second per configured principal; 0: unlimited.
     pub ingest_rate_per_principal: u64,
-    /// Ingest request bodies read and parsed at once; more wait (`ingest-wait-ms`), then 503.
+    /// Ingest bodies parsed at once; it also sizes the two byte budgets of bodies being read
+    /// (`max-concurrent-ingest × max-body-bytes` each, `http::gate`). More wait
+    /// (`ingest-wait-ms`), then 503.
     pub max_concurrent_ingest: usize,
+    /// Ingest bodies one source may send at once: a principal (the admin token is exempt), or
+    /// a source address for a signed webhook before its signature is checked. More get 429.
+    pub max_ingest_bodies_per_source: usize,
     /// Failed authentications per source address per window before it is refused (0: off).
     pub max_auth_failures: u32,
     /// The window of `max-auth-failures`, in seconds.
@@ -322,6 +327,7 @@ impl Default for Config {
             max_subscribers_per_principal: 1000,
             ingest_rate_per_principal: 100_000,
             max_concurrent_ingest: 8,
+            max_ingest_bodies_per_source: 4,
             max_auth_failures: 20,
             auth_failure_window_secs: 60,
             header_timeout_secs: 30,
@@ -489,7 +495,7 @@ impl Config {
                 return bad("token-key", "must be at least 32 characters".into());
             }
         }
-        let ranges: [(&'static str, u64, u64, u64); 14] = [
+        let ranges: [(&'static str, u64, u64, u64); 15] = [
             ("live-token-ttl-secs", self.live_token_ttl_secs, 1, 86_400),
             ("live-token-grace-secs", self.live_token_grace_secs, 0, 86_400),
             ("cors-max-age-secs", self.cors_max_age_secs, 0, 86_400),
@@ -499,6 +505,7 @@ impl Config {
             ("max-connections-per-ip", self.max_connections_per_ip as u64, 1, 1 << 24),
             ("max-subscribers-per-principal", self.max_subscribers_per_principal as u64, 1, 1 << 24),
             ("max-concurrent-ingest", self.max_concurrent_ingest as u64, 1, 4096),
+            ("max-ingest-bodies-per-source", self.max_ingest_bodies_per_source as u64, 1, 4096),
             ("max-auth-failures", self.max_auth_failures as u64, 0, 1 << 20),
             ("auth-failure-window-secs", self.auth_failure_window_secs, 1, 86_400),
             ("header-timeout-secs", self.header_timeout_secs, 1, 3600),

@@ -218,6 +218,11 @@ impl<'c> EventBuilder<'c> {
         self
     }
 
+    /// The largest serialised event this builder accepts.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Builds one event from a producer object (`{"type", "createdAt"?, "level"?, "text"?,
     /// "details"?, "data"?}`), parsed either onto a [`Tape`] (ingest) or into a [`RawValue`];
     /// `now` is used when `createdAt` is absent.

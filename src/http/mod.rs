@@ -11,6 +11,7 @@
 pub mod cors;
 mod dashboard;
 pub mod direct;
+pub mod gate;
 mod history;
 pub mod limits;
 mod metrics;
@@ -31,7 +32,6 @@ use crate::subscriber::ConnHandle;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use serde::Serialize;
 use std::convert::Infallible;
@@ -86,9 +86,16 @@ pub enum HttpError {
         /// Seconds until a retry may succeed.
         retry_after: u64,
     },
-    /// The ring is full; retry later (503 with Retry-After).
+    /// The ring is full, or the hub is shutting down; retry later (503 with Retry-After).
     #[error("busy")]
     Busy(PublishError),
+    /// The ingest gate's memory budget or parse slots stayed in use for `ingest-wait-ms`
+    /// (503 with Retry-After); the detail says which.
+    #[error("ingest busy")]
+    IngestBusy(String),
+    /// A body held more events than the ring can ever take at once (413).
+    #[error("batch too large")]
+    BatchTooLarge(u64),
     /// Too many subscribers (503).
     #[error("subscriber limit")]
     Subscribers(RegistryError),
@@ -129,8 +136,12 @@ impl HttpError {
             HttpError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             HttpError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HttpError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            HttpError::Busy(PublishError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
-            HttpError::Busy(_) | HttpError::Subscribers(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Busy(PublishError::TooLarge(_)) | HttpError::BatchTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            HttpError::Busy(_) | HttpError::Subscribers(_) | HttpError::IngestBusy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HttpError::HistoryOff => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -155,7 +166,10 @@ impl HttpError {
                 ("headers too large", format!("the limit is {n} bytes of header fields"))
             }
             HttpError::TooMany { detail, .. } => ("too many requests", detail.clone()),
+            HttpError::Busy(PublishError::TooLarge(n)) => ("batch too large", too_many_events(*n)),
+            HttpError::BatchTooLarge(n) => ("batch too large", too_many_events(*n)),
             HttpError::Busy(e) => ("unavailable", e.to_string()),
+            HttpError::IngestBusy(d) => ("ingest busy", d.clone()),
             HttpError::Subscribers(e) => ("unavailable", e.to_string()),
             HttpError::Io(d) => ("bad request", d.clone()),
             HttpError::Internal(d) => ("internal error", d.clone()),
@@ -182,7 +196,9 @@ impl HttpError {
             HttpError::Unauthorized(_) => {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            HttpError::Busy(PublishError::Busy | PublishError::ShuttingDown) | HttpError::Subscribers(_) => {
+            HttpError::Busy(PublishError::Busy | PublishError::ShuttingDown)
+            | HttpError::Subscribers(_)
+            | HttpError::IngestBusy(_) => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             HttpError::TooMany { retry_after, .. } => {
@@ -195,6 +211,11 @@ impl HttpError {
         }
         resp
     }
+}
+
+/// The detail of a 413 for a batch the ring can never hold.
+fn too_many_events(ring: u64) -> String {
+    format!("the body's batch of events is larger than the event ring ({ring} slots); send smaller batches")
 }
 
 /// Request bodies: hyper's, or none for a live-stream request read by [`direct`] (a `GET`
@@ -263,16 +284,16 @@ pub struct Ctx {
     pub security: Arc<Security>,
     /// Which browser origins may call.
     pub cors: cors::Cors,
-    /// Ingest bodies read and parsed at once (`max-concurrent-ingest`).
-    ingest_permits: tokio::sync::Semaphore,
+    /// What ingest bodies may hold while they are read and parsed, and who may hold it.
+    pub gate: gate::IngestGate,
 }
 
 impl Ctx {
     /// The shared state of the handlers of one server.
     pub fn new(hub: Arc<Hub>, security: Arc<Security>) -> Ctx {
         let cors = cors::Cors::new(&hub.config);
-        let ingest_permits = tokio::sync::Semaphore::new(hub.config.max_concurrent_ingest);
-        Ctx { hub, security, cors, ingest_permits }
+        let gate = gate::IngestGate::new(&hub.config);
+        Ctx { hub, security, cors, gate }
     }
 }
 
@@ -423,7 +444,10 @@ fn bump(counter: &std::sync::atomic::AtomicU64) {
 /// The single `token` parameter of a query, if any (twice is an error: which one would count?).
 pub fn query_token(query: &str) -> Result<Option<String>, HttpError> {
     let mut found = None;
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+    // Strict decoding, as for every other parameter: a broken escape is a 400 naming the
+    // parameter, not a token that then fails to verify.
+    for pair in crate::query::pairs(query) {
+        let (k, v) = pair?;
         if k == "token" {
             if found.is_some() {
                 return Err(HttpError::BadQuery(ParseError {
@@ -482,6 +506,18 @@ async fn authorize(
     }
 }
 
+/// A `Last-Event-ID` header's value: an id livetap sent (decimal digits, surrounding spaces
+/// allowed), or a 400 naming the header.
+fn parse_last_event_id(v: &[u8]) -> Result<u64, HttpError> {
+    std::str::from_utf8(v).ok().map(str::trim).and_then(|t| t.parse::<u64>().ok()).ok_or_else(|| {
+        HttpError::BadQuery(ParseError {
+            parameter: "Last-Event-ID".into(),
+            position: 0,
+            expected: "the numeric id of an event this stream sent".into(),
+        })
+    })
+}
+
 /// Takes one of the principal's live-stream places.
 fn stream_slot(p: &Arc<Principal>) -> Result<StreamSlot, HttpError> {
     acquire_stream(p).map_err(|cap| HttpError::TooMany {
@@ -522,13 +558,13 @@ async fn live_traces(
     let hub = &ctx.hub;
     let q = parse_pairs(req.uri().query().unwrap_or(""), &hub.keys, &hub.config.query_limits())?;
     // An EventSource reconnect carries the last `id:` it saw as a header; it wins over the
-    // parameter form. A header that is not one of our ids (another server's) is ignored
-    // rather than refused, since a browser would retry with it forever.
-    let header_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    // parameter form. A header that is not one of our ids is refused like a bad
+    // `last-event-id=`: starting a fresh stream instead would hide a gap from the client. A
+    // browser does not retry a stream answered with an error status, so this cannot loop.
+    let header_id = match req.headers().get("last-event-id") {
+        None => None,
+        Some(v) => Some(parse_last_event_id(v.as_bytes())?),
+    };
     let resume_from =
         header_id.or(q.last_event_id).map(ResumeFrom::AfterId).or(q.since.map(ResumeFrom::Since));
     drop(req);
@@ -560,31 +596,6 @@ async fn live_traces(
     // Tells nginx-style reverse proxies not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(r)
-}
-
-/// Reads the whole body under the size cap and the body timeout.
-async fn read_body(hub: &Hub, req: Request<RequestBody>) -> Result<Vec<u8>, HttpError> {
-    let limit = hub.config.max_body_bytes;
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
-        if len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_some_and(|n| n > limit as u64) {
-            bump(&hub.ingest.limit_refusals);
-            return Err(HttpError::PayloadTooLarge(limit));
-        }
-    }
-    let body = http_body_util::Limited::new(req.into_body(), limit);
-    let secs = hub.config.body_timeout_secs;
-    match tokio::time::timeout(Duration::from_secs(secs), body.collect()).await {
-        Err(_) => {
-            bump(&hub.ingest.request_timeouts);
-            Err(HttpError::Timeout(secs))
-        }
-        Ok(Ok(c)) => Ok(c.to_bytes().into()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            bump(&hub.ingest.limit_refusals);
-            Err(HttpError::PayloadTooLarge(limit))
-        }
-        Ok(Err(e)) => Err(HttpError::Io(e.to_string())),
-    }
 }
 
 /// The JSON answer of the ingest endpoints.
@@ -639,22 +650,6 @@ async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<Li
     Ok(json_ok(status, &answer))
 }
 
-/// Waits (up to `ingest-wait-ms`) for one of the `max-concurrent-ingest` places, so the bodies
-/// held in memory at once stay bounded.
-async fn ingest_permit(ctx: &Ctx) -> Result<tokio::sync::SemaphorePermit<'_>, HttpError> {
-    if !ctx.hub.is_accepting() {
-        return Err(HttpError::Busy(PublishError::ShuttingDown));
-    }
-    let wait = Duration::from_millis(ctx.hub.config.ingest_wait_ms);
-    match tokio::time::timeout(wait, ctx.ingest_permits.acquire()).await {
-        Ok(Ok(p)) => Ok(p),
-        _ => {
-            bump(&ctx.hub.ingest.refused_batches);
-            Err(HttpError::Busy(PublishError::Busy))
-        }
-    }
-}
-
 /// Refuses a principal that is over its ingest rate (before its body is read).
 fn check_rate(ctx: &Ctx, p: Option<&Principal>) -> Result<(), HttpError> {
     let Some(limiter) = p.and_then(|p| p.ingest_rate.as_ref()) else { return Ok(()) };
@@ -677,23 +672,59 @@ fn charge(p: Option<&Principal>, parsed: &ParsedBatch) {
     }
 }
 
+/// The declared `Content-Length` of a request, if any.
+fn content_length(req: &Request<RequestBody>) -> Option<u64> {
+    req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok())
+}
+
+/// The source an authenticated request's body is counted against (`None` for the admin
+/// token, which is exempt as for its streams).
+fn principal_source(p: Option<&Principal>) -> Option<gate::Source> {
+    p.filter(|p| p.name != auth::principal::ADMIN).map(|p| gate::Source::Principal(p.name.clone()))
+}
+
+/// Refuses a body that held more events than the ring can take: nothing of it is accepted, and
+/// the memory its events took goes back to the system.
+fn refuse_overflow(hub: &Hub, parsed: ParsedBatch, body_len: usize) -> HttpError {
+    drop(parsed);
+    bump(&hub.ingest.refused_batches);
+    gate::give_back_after(body_len);
+    HttpError::BatchTooLarge(hub.ring.capacity())
+}
+
 async fn ingest_ndjson(
     ctx: &Ctx,
     principal: Arc<Principal>,
     req: Request<RequestBody>,
 ) -> Result<Response<LiveBody>, HttpError> {
     check_rate(ctx, Some(&principal))?;
-    let _permit = ingest_permit(ctx).await?;
+    if !ctx.hub.is_accepting() {
+        return Err(HttpError::Busy(PublishError::ShuttingDown));
+    }
     let hub = &ctx.hub;
-    let mut body = read_body(hub, req).await?;
-    let parsed = ingest::parse_ndjson(&mut body, &mut hub.builder(), now_secs());
+    let _place = ctx.gate.enter(hub, principal_source(Some(&principal)))?;
+    let length = content_length(&req);
+    let mut body = ctx.gate.read(hub, req.into_body(), length, gate::Budget::Trusted).await?;
+    let _slot = ctx.gate.parse_slot(hub).await?;
+    let cap = hub.ring.capacity() as usize;
+    let parsed = ingest::parse_ndjson_capped(&mut body.bytes, &mut hub.builder(), now_secs(), cap);
+    let body_len = body.bytes.len();
     drop(body);
+    if parsed.overflow {
+        return Err(refuse_overflow(hub, parsed, body_len));
+    }
     charge(Some(&principal), &parsed);
-    publish_batch(hub, parsed).await
+    let answer = publish_batch(hub, parsed).await;
+    gate::give_back_after(body_len);
+    answer
 }
 
 /// `POST /api/telemetry/webhook`. With `webhook-key` set, the signature authenticates
 /// Stalwart (and `principal` is `None`); without one, the caller was authorized for `ingest`.
+///
+/// A signed body is read before anything proves who sent it, so until its signature checks it
+/// is counted against its source address and draws from the gate's unverified budget, which
+/// no authenticated producer uses ([`gate`]). It is parsed and published only once verified.
 async fn webhook(
     ctx: &Ctx,
     conn: &ConnInfo,
@@ -712,19 +743,37 @@ async fn webhook(
         }
     }
     check_rate(ctx, principal.as_deref())?;
+    if !hub.is_accepting() {
+        return Err(HttpError::Busy(PublishError::ShuttingDown));
+    }
+    let signed = hub.config.webhook_key.is_some();
+    let (source, budget) = if signed {
+        (Some(gate::Source::address(ip)), gate::Budget::Unverified)
+    } else {
+        (principal_source(principal.as_deref()), gate::Budget::Trusted)
+    };
+    let _place = ctx.gate.enter(hub, source)?;
     let sig = req.headers().get("x-signature").map(|v| v.as_bytes().to_vec());
-    let _permit = ingest_permit(ctx).await?;
-    let mut body = read_body(hub, req).await?;
+    let length = content_length(&req);
+    let mut body = ctx.gate.read(hub, req.into_body(), length, budget).await?;
     if let Some(key) = &hub.config.webhook_key {
-        auth::verify_signature(sig.as_deref(), key, &body).map_err(|e| {
+        auth::verify_signature(sig.as_deref(), key, &body.bytes).map_err(|e| {
             bump(&hub.ingest.auth_failures);
             ctx.security.failures.fail(ip);
             HttpError::Unauthorized(e)
         })?;
     }
-    let parsed =
-        ingest::parse_webhook(&mut body, &mut hub.builder(), now_secs()).map_err(HttpError::BadBody)?;
+    let _slot = ctx.gate.parse_slot(hub).await?;
+    let cap = hub.ring.capacity() as usize;
+    let parsed = ingest::parse_webhook_capped(&mut body.bytes, &mut hub.builder(), now_secs(), cap)
+        .map_err(HttpError::BadBody)?;
+    let body_len = body.bytes.len();
     drop(body);
+    if parsed.overflow {
+        return Err(refuse_overflow(hub, parsed, body_len));
+    }
     charge(principal.as_deref(), &parsed);
-    publish_batch(hub, parsed).await
+    let answer = publish_batch(hub, parsed).await;
+    gate::give_back_after(body_len);
+    answer
 }

@@ -164,7 +164,8 @@ async fn reaper(hub: Arc<Hub>) {
     }
 }
 
-/// Samples the accepted-events total once a second for `livetap.events-per-second`.
+/// Samples the accepted-events total once a second for `livetap.events-per-second`, and notes
+/// how far event ids were handed out (`Hub::mark_ids_used`).
 async fn rate_tick(hub: Arc<Hub>) {
     let mut shutdown = hub.shutdown_signal();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -173,6 +174,7 @@ async fn rate_tick(hub: Arc<Hub>) {
             _ = tick.tick() => {
                 let accepted = hub.ingest.accepted.load(std::sync::atomic::Ordering::Relaxed);
                 hub.metrics.own.tick(accepted);
+                hub.mark_ids_used();
             }
             _ = shutdown.changed() => return,
         }

@@ -20,6 +20,7 @@
 pub mod demo;
 pub mod pool;
 pub mod socket;
+pub mod split;
 
 use crate::event::{BuildError, Event, EventBuilder, JsonRef, Node, Tape};
 use crate::metrics::push::{self, MetricRecord};
@@ -51,6 +52,13 @@ pub struct ParsedBatch {
     pub samples: Vec<(usize, MetricRecord)>,
     /// Whether metric records are accepted (else they are rejected lines).
     accept_records: bool,
+    /// Most events this batch may build; past it parsing stops and [`ParsedBatch::overflow`]
+    /// is set. `0` means no cap.
+    max_events: usize,
+    /// Set when the body held more events than `max_events`: parsing stopped there, and the
+    /// events built so far should be refused with the batch, since it can never be published
+    /// whole.
+    pub overflow: bool,
 }
 
 impl ParsedBatch {
@@ -85,6 +93,25 @@ impl ParsedBatch {
         applied
     }
 
+    /// Whether parsing should stop: the event cap was reached.
+    fn full(&mut self) -> bool {
+        if self.max_events != 0 && self.events.len() >= self.max_events {
+            self.overflow = true;
+        }
+        self.overflow
+    }
+
+    /// Builds one event into the batch, unless the cap is reached.
+    fn push_built<'t, J: JsonRef<'t>>(&mut self, raw: J, line: usize, b: &mut EventBuilder<'_>, now: i64) {
+        if self.full() {
+            return;
+        }
+        match b.build(raw, now) {
+            Ok(ev) => self.events.push(Arc::new(ev)),
+            Err(e) => self.reject(line, e.to_string()),
+        }
+    }
+
     /// Adds the event (or events, for a `{"events":[...]}` object) in `raw`.
     fn add<'t, J: JsonRef<'t>>(&mut self, raw: J, line: usize, b: &mut EventBuilder<'_>, now: i64) {
         // One look at the top-level keys decides what the value is (three `get`s cost about
@@ -114,25 +141,107 @@ impl ParsedBatch {
         }
         if let (Some(Node::Array(list)), false) = (events.map(JsonRef::node), typed) {
             for item in list {
-                match b.build(item, now) {
-                    Ok(ev) => self.events.push(Arc::new(ev)),
-                    Err(e) => self.reject(line, e.to_string()),
-                }
+                self.push_built(item, line, b, now);
             }
             return;
         }
-        match b.build(raw, now) {
-            Ok(ev) => self.events.push(Arc::new(ev)),
+        self.push_built(raw, line, b, now);
+    }
+
+    /// Parses one document (a line or a body) with `tape`. One longer than `large` bytes is
+    /// never put on the tape whole: an array or a Stalwart batch is split into its elements
+    /// ([`split`]), each parsed on its own, and anything else is rejected unparsed, since no
+    /// event that long can be within `max-event-bytes` (see [`LARGE_FACTOR`]).
+    fn add_document(&mut self, tape: &mut Tape, doc: &[u8], line: usize, b: &mut EventBuilder<'_>, now: i64) {
+        let large = large_document(b);
+        if doc.len() <= large {
+            match tape.parse(doc) {
+                Ok(raw) => self.add(raw, line, b, now),
+                Err(e) => self.reject(line, BuildError::Json(e).to_string()),
+            }
+            return;
+        }
+        match split::shape(doc) {
+            Ok(split::Shape::Batch(inner)) => self.add_elements(tape, &doc[inner], |_| line, true, b, now),
+            Ok(split::Shape::Array(inner)) => self.add_elements(tape, &doc[inner], |_| line, false, b, now),
+            Ok(split::Shape::Single) => self.reject(line, too_long(large)),
             Err(e) => self.reject(line, e.to_string()),
         }
     }
+
+    /// Parses each element of the array whose inner bytes are `inner`; `number` gives the line
+    /// number reported for element `i` (0-based). Elements of a batch are events; elements of
+    /// an array body may also be batches or metric records, as in [`ParsedBatch::add`]. An
+    /// element longer than `large` is rejected unparsed: splitting stops at one level, so a
+    /// deeply nested document costs no stack.
+    fn add_elements(
+        &mut self,
+        tape: &mut Tape,
+        inner: &[u8],
+        number: impl Fn(usize) -> usize,
+        in_batch: bool,
+        b: &mut EventBuilder<'_>,
+        now: i64,
+    ) {
+        let large = large_document(b);
+        for (i, r) in split::Elements::new(inner).enumerate() {
+            if self.full() {
+                return;
+            }
+            let element = match r {
+                Ok(r) => &inner[r],
+                Err(e) => {
+                    self.reject(number(i), e.to_string());
+                    return;
+                }
+            };
+            if element.len() > large {
+                self.reject(number(i), too_long(large));
+                continue;
+            }
+            match tape.parse(element) {
+                Ok(raw) if in_batch => self.push_built(raw, number(i), b, now),
+                Ok(raw) => self.add(raw, number(i), b, now),
+                Err(e) => self.reject(number(i), BuildError::Json(e).to_string()),
+            }
+        }
+    }
+}
+
+/// A document longer than this many times `max-event-bytes` is not parsed whole. Its
+/// serialised form drops white space and may shrink escapes (`\u0041` is one byte), so a valid
+/// event's input can be a few times its serialised size, but not eight times in practice; and
+/// a tape over it costs at most 16 bytes per two input bytes.
+pub const LARGE_FACTOR: usize = 8;
+
+/// The length past which a document is split or rejected unparsed.
+fn large_document(b: &EventBuilder<'_>) -> usize {
+    b.max_bytes().saturating_mul(LARGE_FACTOR)
+}
+
+fn too_long(large: usize) -> String {
+    format!(
+        "longer than {large} bytes ({LARGE_FACTOR} × max-event-bytes) and not an array or a batch of events"
+    )
 }
 
 /// Parses an NDJSON body: one event object per line, or one JSON array of events, or lines
 /// holding Stalwart webhook batches (`{"events":[...]}`). Blank lines are skipped. Metric
 /// records are returned in [`ParsedBatch::samples`].
 pub fn parse_ndjson(body: &mut [u8], b: &mut EventBuilder<'_>, now: i64) -> ParsedBatch {
-    parse_ndjson_records(body, 1, None, b, now)
+    parse_lines(true, body, 1, None, 0, b, now)
+}
+
+/// [`parse_ndjson`] that builds at most `max_events` events: past that it stops and sets
+/// [`ParsedBatch::overflow`], so a body that can never be published (more events than the
+/// ring holds) costs at most that many built events, however small each is.
+pub fn parse_ndjson_capped(
+    body: &mut [u8],
+    b: &mut EventBuilder<'_>,
+    now: i64,
+    max_events: usize,
+) -> ParsedBatch {
+    parse_lines(true, body, 1, None, max_events.max(1), b, now)
 }
 
 /// [`parse_ndjson_from`] that also accepts metric records, returned in
@@ -144,7 +253,7 @@ pub fn parse_ndjson_records(
     b: &mut EventBuilder<'_>,
     now: i64,
 ) -> ParsedBatch {
-    parse_lines(true, body, first_line, max_line, b, now)
+    parse_lines(true, body, first_line, max_line, 0, b, now)
 }
 
 /// [`parse_ndjson`] numbering lines from `first_line` (for a stream read in pieces), and
@@ -157,19 +266,20 @@ pub fn parse_ndjson_from(
     b: &mut EventBuilder<'_>,
     now: i64,
 ) -> ParsedBatch {
-    parse_lines(false, body, first_line, max_line, b, now)
+    parse_lines(false, body, first_line, max_line, 0, b, now)
 }
 
-/// The two entry points above differ only in whether metric records are taken.
+/// The entry points above differ only in whether metric records are taken and in the cap.
 fn parse_lines(
     accept_records: bool,
     body: &mut [u8],
     first_line: usize,
     max_line: Option<usize>,
+    max_events: usize,
     b: &mut EventBuilder<'_>,
     now: i64,
 ) -> ParsedBatch {
-    let mut out = ParsedBatch { accept_records, ..ParsedBatch::default() };
+    let mut out = ParsedBatch { accept_records, max_events, ..ParsedBatch::default() };
     parse_into(&mut out, body, first_line, max_line, b, now);
     out
 }
@@ -182,12 +292,27 @@ fn parse_into(
     b: &mut EventBuilder<'_>,
     now: i64,
 ) {
-    // One tape for the whole body: its buffers grow to the longest line and are reused.
+    // One tape for the whole body: its buffers grow to the longest line (or array element)
+    // and are reused.
     let mut tape = Tape::new();
     if max_line.is_none() && body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'[') {
+        if body.len() > large_document(b) {
+            // A large array is split, so the tape holds one element at a time.
+            match split::shape(body) {
+                Ok(split::Shape::Array(inner)) => {
+                    out.add_elements(&mut tape, &body[inner], |i| i + 1, false, b, now)
+                }
+                Ok(_) => out.reject(1, "expected a JSON array"),
+                Err(e) => out.reject(1, e.to_string()),
+            }
+            return;
+        }
         match tape.parse(body).map(JsonRef::node) {
             Ok(Node::Array(items)) => {
                 for (i, item) in items.enumerate() {
+                    if out.full() {
+                        break;
+                    }
                     out.add(item, i + 1, b, now);
                 }
             }
@@ -199,7 +324,7 @@ fn parse_into(
     // Lines are found with memchr (vectorised) rather than a byte-by-byte split.
     let mut rest: &mut [u8] = body;
     let mut i = 0usize;
-    while !rest.is_empty() {
+    while !rest.is_empty() && !out.full() {
         let (line, tail) = match memchr::memchr(b'\n', rest) {
             Some(at) => {
                 let (l, t) = std::mem::take(&mut rest).split_at_mut(at);
@@ -218,10 +343,7 @@ fn parse_into(
         if line.is_empty() {
             continue;
         }
-        match tape.parse(line) {
-            Ok(raw) => out.add(raw, first_line + i, b, now),
-            Err(e) => out.reject(first_line + i, BuildError::Json(e).to_string()),
-        }
+        out.add_document(&mut tape, line, first_line + i, b, now);
     }
 }
 
@@ -229,13 +351,39 @@ fn parse_into(
 /// such an object; invalid events inside are counted and reported, the rest accepted (a 4xx
 /// would make Stalwart retry the batch forever for the sake of one bad event).
 pub fn parse_webhook(body: &mut [u8], b: &mut EventBuilder<'_>, now: i64) -> Result<ParsedBatch, String> {
+    parse_webhook_capped(body, b, now, 0)
+}
+
+/// [`parse_webhook`] that builds at most `max_events` events (`0`: no cap), as
+/// [`parse_ndjson_capped`].
+pub fn parse_webhook_capped(
+    body: &mut [u8],
+    b: &mut EventBuilder<'_>,
+    now: i64,
+    max_events: usize,
+) -> Result<ParsedBatch, String> {
+    const NOT_A_BATCH: &str = "expected an object {\"events\": [...]}";
+    let mut out = ParsedBatch { max_events, ..ParsedBatch::default() };
     let mut tape = Tape::new();
+    if body.len() > large_document(b) {
+        // A large batch is split, so the tape holds one event at a time.
+        match split::shape(body) {
+            Ok(split::Shape::Batch(inner)) => {
+                out.add_elements(&mut tape, &body[inner], |i| i + 1, false, b, now)
+            }
+            Ok(_) => return Err(NOT_A_BATCH.into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        return Ok(out);
+    }
     let raw = tape.parse(body).map_err(|e| BuildError::Json(e).to_string())?;
     let Some(Node::Array(list)) = raw.get("events").map(JsonRef::node) else {
-        return Err("expected an object {\"events\": [...]}".into());
+        return Err(NOT_A_BATCH.into());
     };
-    let mut out = ParsedBatch::default();
     for (i, item) in list.enumerate() {
+        if out.full() {
+            break;
+        }
         out.add(item, i + 1, b, now);
     }
     Ok(out)
@@ -298,6 +446,57 @@ mod tests {
         assert_eq!((p.events.len(), p.rejected), (1, 1));
         assert!(parse_webhook(&mut b"[]".to_vec(), &mut b, 0).is_err());
         assert!(parse_webhook(&mut b"{".to_vec(), &mut b, 0).is_err());
+    }
+
+    #[test]
+    fn large_documents_are_split_with_the_same_result() {
+        let (c, k) = setup();
+        let items: Vec<String> =
+            (0..200).map(|i| format!(r#"{{"type":"a.b","data":{{"n":{i},"s":"x,]\"}}"}}}}"#)).collect();
+        let array = format!("[{}]", items.join(" ,\n "));
+        let batch = format!(r#"{{"id":1,"events":[{}]}}"#, items.join(","));
+        let lines = format!("{batch}\n{}\n{batch}", items[0]);
+        let json = |p: &ParsedBatch| p.events.iter().map(|e| e.json.clone()).collect::<Vec<_>>();
+        for body in [&array, &lines] {
+            // A builder with a small max-event-bytes makes every document "large".
+            let whole = parse_ndjson(&mut body.clone().into_bytes(), &mut EventBuilder::new(&c, &k), 0);
+            let mut small = EventBuilder::new(&c, &k).with_max_bytes(200);
+            let split = parse_ndjson(&mut body.clone().into_bytes(), &mut small, 0);
+            assert!(whole.events.len() >= 200 && whole.rejected == 0, "{:?}", whole.errors);
+            assert_eq!((json(&whole), split.rejected), (json(&split), 0), "{:?}", split.errors);
+        }
+        let whole =
+            parse_webhook(&mut batch.clone().into_bytes(), &mut EventBuilder::new(&c, &k), 0).unwrap();
+        let mut small = EventBuilder::new(&c, &k).with_max_bytes(200);
+        let split = parse_webhook(&mut batch.clone().into_bytes(), &mut small, 0).unwrap();
+        assert_eq!((whole.events.len(), json(&whole)), (200, json(&split)));
+        assert!(parse_webhook(&mut array.clone().into_bytes(), &mut small, 0).is_err());
+        // A long document that is neither is rejected unparsed; a broken array keeps what came
+        // before the break.
+        let long = format!(r#"{{"type":"a.b","data":{{"s":"{}"}}}}"#, "x".repeat(3000));
+        let p = parse_ndjson(&mut long.into_bytes(), &mut small, 0);
+        assert!(p.errors[0].reason.contains("longer than 1600 bytes"), "{:?}", p.errors);
+        let broken = format!("[{},{} {}]", items[..60].join(","), items[60], items[61]);
+        let p = parse_ndjson(&mut broken.into_bytes(), &mut small, 0);
+        assert_eq!((p.events.len(), p.rejected), (61, 1), "{:?}", p.errors);
+        assert_eq!(p.errors[0].line, 62);
+    }
+
+    #[test]
+    fn the_event_cap_stops_building() {
+        let (c, k) = setup();
+        let mut b = EventBuilder::new(&c, &k);
+        let mut body = "{\"type\":\"a\"}\n".repeat(50).into_bytes();
+        let p = parse_ndjson_capped(&mut body.clone(), &mut b, 0, 10);
+        assert_eq!((p.events.len(), p.overflow), (10, true));
+        let p = parse_ndjson_capped(&mut body, &mut b, 0, 50);
+        assert_eq!((p.events.len(), p.overflow), (50, false));
+        let mut array = format!("[{}]", vec!["{\"type\":\"a\"}"; 50].join(",")).into_bytes();
+        let p = parse_ndjson_capped(&mut array, &mut b, 0, 49);
+        assert_eq!((p.events.len(), p.overflow), (49, true));
+        let mut hook = format!("{{\"events\":[{}]}}", vec!["{\"type\":\"a\"}"; 50].join(",")).into_bytes();
+        let p = parse_webhook_capped(&mut hook, &mut b, 0, 7).unwrap();
+        assert_eq!((p.events.len(), p.overflow), (7, true));
     }
 
     #[test]

@@ -258,12 +258,15 @@ async fn serve(hub: Arc<Hub>, mut stream: UnixStream) {
     }
 }
 
-/// Publishes one parsed chunk, waiting for ring space, and reports its rejected lines.
-/// Returns false when the hub is shutting down (what was not accepted is not acknowledged).
+/// Publishes one parsed chunk, waiting for ring space (in slices when it holds more events than
+/// the ring), and reports its rejected lines. Returns false when the hub is shutting down (what
+/// was not accepted is not acknowledged).
 async fn publish(hub: &Hub, stream: &UnixStream, mut parsed: ParsedBatch) -> bool {
     // The events a publish displaces are freed by the parse threads that built them
     // (`Hub::publish`), not on this task, which is the connection's one serial stage.
-    if !parsed.events.is_empty() && hub.publish(&mut parsed.events, None).await.is_err() {
+    // A chunk can hold more events than the ring (a busy producer's read is up to a few
+    // megabytes of short lines), so it is published in ring-sized slices, each waiting for room.
+    if !parsed.events.is_empty() && hub.publish_stream(&mut parsed.events).await.is_err() {
         return false;
     }
     // Metric records (`{"metric":...}` lines) count once their chunk is accepted.

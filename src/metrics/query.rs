@@ -3,11 +3,12 @@
 //! `metrics` takes exact names and globs (`delivery.*`, `*.request-time`), comma-separated or
 //! repeated; empty or absent means every metric, as in Stalwart. `interval` is whole seconds
 //! from 1 to the configured maximum (`metrics-max-interval-secs`, 3600 by default). Any other
-//! parameter, or a bad value, is a 400 that names the parameter, like the traces endpoint.
+//! parameter, or a bad value (a broken %-escape or bytes that are not UTF-8 included), is a
+//! 400 that names the parameter, like the traces endpoint.
 //! `token` is accepted and ignored for now, as on the traces endpoint.
 
 use crate::query::ast::{Glob, GlobPart};
-use crate::query::ParseError;
+use crate::query::{pairs, ParseError};
 use ahash::AHashSet;
 use std::time::Duration;
 
@@ -94,7 +95,8 @@ pub fn parse_live(
     let mut filter = NameFilter::default();
     let mut interval = None;
     let mut names = 0usize;
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+    for pair in pairs(query) {
+        let (name, value) = pair?;
         match name.as_ref() {
             "metrics" => {
                 let mut pos = 0;
@@ -192,5 +194,20 @@ mod tests {
         let many: Vec<String> = (0..65).map(|i| format!("m{i}")).collect();
         assert!(parse(&format!("metrics={}", many.join(","))).is_err());
         assert!(parse_live(&"a".repeat(100), 3600, 64, 64).is_err());
+    }
+
+    #[test]
+    fn broken_url_encoding_names_the_parameter() {
+        let cases = [
+            ("metrics=%c3%28", "metrics", 0),
+            ("metrics=queue.count&interval=5%", "interval", 1),
+            ("token=%ff", "token", 0),
+            ("in%zzterval=5", "in", 2),
+        ];
+        for (q, param, pos) in cases {
+            let e = parse(q).unwrap_err();
+            assert_eq!((e.parameter.as_str(), e.position), (param, pos), "{q}: {e}");
+        }
+        assert!(parse("metrics=queue%2Ecount&interval=%35").unwrap().filter.matches("queue.count"));
     }
 }

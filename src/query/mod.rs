@@ -1,4 +1,5 @@
-//! The live-stream query language: its syntax tree ([`ast`]) and its parser ([`parse`]).
+//! The live-stream query language: its syntax tree ([`ast`]) and its parser ([`parse`]), and
+//! the strict query-string decoder ([`urlenc`]) every endpoint reads its parameters with.
 //!
 //! A request's query string (the URL pair form, possibly with a `q=` expression) becomes one
 //! [`ast::Expr`]; [`ast::Expr::eval`] is its reference meaning, which the compiled index in
@@ -8,9 +9,11 @@
 
 pub mod ast;
 pub mod parse;
+pub mod urlenc;
 
 pub use ast::Expr;
 pub use parse::{parse_expr, parse_pairs, Limits, ParseError, ParsedQuery};
+pub use urlenc::{pairs, Pairs};
 
 /// Guarded conjuncts one subscriber's query may combine; the matcher keeps one bit per guard,
 /// and further conjuncts are still honoured, by evaluation after the guards.

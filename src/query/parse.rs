@@ -8,7 +8,8 @@
 //! # Grammar (EBNF)
 //!
 //! ```text
-//! (* URL pair form; names and values are URL-decoded first *)
+//! (* URL pair form; names and values are URL-decoded first, strictly: a bad %-escape or
+//!    bytes that are not UTF-8 are an error naming the parameter *)
 //! query    = [ pair { "&" pair } ] ;
 //! pair     = "filter=" text            (* substring, taken literally; empty means no filter *)
 //!          | "q=" [ expr ]             (* ANDed with the other pairs *)
@@ -100,6 +101,8 @@ pub struct ParseError {
     /// The parameter name (`q`, `remote-ip`, ...), or empty for the whole query.
     pub parameter: String,
     /// Byte offset within the parameter's value (or within the query when `parameter` is empty).
+    /// A name that cannot be URL-decoded is reported with the part of it that can, and the
+    /// offset within the name (see [`super::urlenc::pairs`]).
     pub position: usize,
     /// What was expected at that position.
     pub expected: String,
@@ -195,7 +198,8 @@ pub fn parse_pairs(query: &str, keys: &KeyRegistry, limits: &Limits) -> Result<P
     // Per field, in order of first appearance: positive terms (ORed) and negated ones (ANDed).
     let mut groups: Vec<(Field, Vec<Expr>, Vec<Expr>)> = Vec::new();
     let mut exprs = Vec::new();
-    for (pairs, (name, value)) in form_urlencoded::parse(query.as_bytes()).enumerate() {
+    for (pairs, pair) in super::urlenc::pairs(query).enumerate() {
+        let (name, value) = pair?;
         if pairs >= limits.max_terms {
             return Err(err(&name, 0, format!("at most {} parameters", limits.max_terms)));
         }
@@ -982,6 +986,37 @@ mod tests {
         }
         let e = parse_pairs("remote-ip=10.0.0.0/33", &k, &Limits::default()).unwrap_err();
         assert_eq!(e.to_string(), "invalid `remote-ip` at byte 9: expected a prefix length of at most 32");
+    }
+
+    #[test]
+    fn broken_url_encoding_is_refused_naming_the_parameter() {
+        let (_, k) = setup();
+        let cases = [
+            ("domain=%c3%28", "domain", 0, "UTF-8 text"),
+            ("filter=%ff%fe", "filter", 0, "UTF-8 text"),
+            ("q=%ff", "q", 0, "UTF-8 text"),
+            ("follow=1&q=level%3Derror%", "q", 11, "a valid percent-encoding (%XX)"),
+            ("domain=%zz", "domain", 0, "a valid percent-encoding (%XX)"),
+            ("domain=50%", "domain", 2, "a valid percent-encoding (%XX)"),
+            ("token=%ff", "token", 0, "UTF-8 text"),
+            ("do%ffmain=x", "do", 2, "a parameter name in UTF-8 text"),
+            // The decoding is checked before the parameter is looked up.
+            ("no-such-key=%ff", "no-such-key", 0, "UTF-8 text"),
+        ];
+        for (s, param, pos, expected) in cases {
+            let e = parse_pairs(s, &k, &Limits::default()).unwrap_err();
+            assert_eq!(
+                (e.parameter.as_str(), e.position, e.expected.as_str()),
+                (param, pos, expected),
+                "{s}"
+            );
+        }
+        // Escapes that decode to UTF-8 mean what they meant before.
+        assert_eq!(pairs(&k, "domain=ex%61mple.org"), pairs(&k, "domain=example.org"));
+        assert_eq!(
+            pairs(&k, "q=level%3Derror+OR+domain:%C3%A9.org"),
+            pairs(&k, "q=level=error OR domain:é.org")
+        );
     }
 
     #[test]

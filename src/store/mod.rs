@@ -368,10 +368,12 @@ pub struct MetricQuery {
 impl TraceQuery {
     /// Parses Stalwart's query string: `type`, `queue_id` (also `queue-id`), `filter`,
     /// `before`, `after`, `page`, `limit`. Times are RFC 3339, a date (`2026-11-01`, UTC
-    /// midnight) or Unix seconds. Unknown parameters are ignored, as Stalwart does.
+    /// midnight) or Unix seconds. Unknown parameters are ignored, as Stalwart does, but every
+    /// name and value must decode (whole `%XX` escapes, UTF-8), known or not.
     pub fn from_query_string(query: &str) -> Result<TraceQuery, ParseError> {
         let mut q = TraceQuery::default();
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        for pair in crate::query::pairs(query) {
+            let (name, value) = pair?;
             match name.as_ref() {
                 "type" if !value.is_empty() => q.event_type = Some(value.to_ascii_lowercase()),
                 "queue_id" | "queue-id" if !value.is_empty() => q.queue_id = Some(value.into_owned()),
@@ -389,10 +391,12 @@ impl TraceQuery {
 
 impl MetricQuery {
     /// Parses `after`, `before` (times as for traces), `metrics` (comma-separated names or
-    /// globs), `page` and `limit`. Unknown parameters are ignored.
+    /// globs), `page` and `limit`. Unknown parameters are ignored; every name and value must
+    /// decode, as for traces.
     pub fn from_query_string(query: &str) -> Result<MetricQuery, ParseError> {
         let mut q = MetricQuery::default();
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        for pair in crate::query::pairs(query) {
+            let (name, value) = pair?;
             match name.as_ref() {
                 "before" => q.before = Some(parse_time("before", &value)?),
                 "after" => q.after = Some(parse_time("after", &value)?),

@@ -17,6 +17,7 @@ use crate::matcher::index::{CompiledIndex, Scratch};
 use crate::matcher::spans::SpanTable;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Bookkeeping cost of one retained event beyond its JSON and match text (the `Event` struct
@@ -51,6 +52,10 @@ struct Inner {
 pub struct ReplayLog {
     limits: ReplayLimits,
     inner: Mutex<Inner>,
+    /// Ids that earlier runs reserved and may not have handed out (after a crash; see
+    /// `ring::lease`), sorted and disjoint. Set once before the log is shared; a gap over them
+    /// is reported as not exact rather than counted as missed events.
+    unknown: Vec<Range<u64>>,
 }
 
 impl std::fmt::Debug for ReplayLog {
@@ -78,13 +83,39 @@ pub struct ReplayRange {
 impl ReplayLog {
     /// An empty log.
     pub fn new(limits: ReplayLimits) -> ReplayLog {
-        ReplayLog { limits, inner: Mutex::new(Inner { entries: VecDeque::new(), start: 0, bytes: 0 }) }
+        ReplayLog {
+            limits,
+            inner: Mutex::new(Inner { entries: VecDeque::new(), start: 0, bytes: 0 }),
+            unknown: Vec::new(),
+        }
     }
 
     /// An empty log whose first event will be `start` (the ring's first sequence number, which
     /// after a restart continues from the last run's ids).
     pub fn starting_at(limits: ReplayLimits, start: u64) -> ReplayLog {
-        ReplayLog { limits, inner: Mutex::new(Inner { entries: VecDeque::new(), start, bytes: 0 }) }
+        ReplayLog {
+            limits,
+            inner: Mutex::new(Inner { entries: VecDeque::new(), start, bytes: 0 }),
+            unknown: Vec::new(),
+        }
+    }
+
+    /// Sets the ranges of ids that may never have been handed out (sorted and disjoint, from
+    /// `SeqLease::unknown_ids`).
+    pub fn with_unknown_ids(mut self, ranges: &[Range<u64>]) -> ReplayLog {
+        self.unknown = ranges.to_vec();
+        self
+    }
+
+    /// How many ids of `from..until` lie in the unknown ranges.
+    fn unknown_in(&self, from: u64, until: u64) -> u64 {
+        self.unknown.iter().map(|r| r.end.min(until).saturating_sub(r.start.max(from))).sum()
+    }
+
+    /// Whether id position `seq` lies in an unknown range.
+    fn is_unknown(&self, seq: u64) -> bool {
+        let i = self.unknown.partition_point(|r| r.end <= seq);
+        self.unknown.get(i).is_some_and(|r| r.start <= seq)
     }
 
     /// Whether the log retains anything at all.
@@ -242,14 +273,16 @@ pub async fn prepare(
     while log.enabled() && log.end() < live && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    let (log, sub) = (log.clone(), sub.clone());
+    let (log2, sub) = (log.clone(), sub.clone());
     // Matching a whole log (64 MiB by default) or reading the store is too long for an async
     // thread: it runs on the blocking pool.
     let job =
-        tokio::task::spawn_blocking(move || replay(&log, older.as_deref(), &sub, from, live, DISK_BOUNDS));
+        tokio::task::spawn_blocking(move || replay(&log2, older.as_deref(), &sub, from, live, DISK_BOUNDS));
     job.await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "resume failed; the stream starts live");
-        let missed = live - resume_start(from, live);
+        let start = resume_start(from, live);
+        let unknown = log.unknown_in(start, live);
+        let missed = Missed { missed: live - start - unknown, unknown };
         Resume { gap: Some(gap_json(from, live, Some(missed), 0, "resume failed")), ..Default::default() }
     })
 }
@@ -263,14 +296,23 @@ fn resume_start(from: ResumeFrom, live: u64) -> u64 {
     }
 }
 
+/// How many events a gap lost: `missed` certainly existed and are not replayed; `unknown` more
+/// ids in the gap were reserved by a run that crashed and may never have been handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Missed {
+    missed: u64,
+    unknown: u64,
+}
+
 /// The `event: gap` frame's JSON: where the client asked to start, after which id the stream
 /// is complete, how many of the hub's events in between are not kept (whether or not the filter
 /// would have matched them; unknown for a `since=` start), and how many came from the history
-/// store.
+/// store. When part of the gap lies in ids a crashed run may not have used, the count is a
+/// lower bound: `"exact":false` says so, and `missedAtMost` gives the upper bound.
 fn gap_json(
     from: ResumeFrom,
     resumed_after: u64,
-    missed: Option<u64>,
+    missed: Option<Missed>,
     from_history: u64,
     reason: &str,
 ) -> String {
@@ -278,7 +320,13 @@ fn gap_json(
         ResumeFrom::AfterId(id) => format!(r#""lastEventId":{id}"#),
         ResumeFrom::Since(t) => format!(r#""since":{t}"#),
     };
-    let missed = missed.map(|n| format!(r#","missed":{n}"#)).unwrap_or_default();
+    let missed = match missed {
+        None => String::new(),
+        Some(Missed { missed, unknown: 0 }) => format!(r#","missed":{missed}"#),
+        Some(Missed { missed, unknown }) => {
+            format!(r#","missed":{missed},"exact":false,"missedAtMost":{}"#, missed + unknown)
+        }
+    };
     let history = if from_history > 0 { format!(r#","fromHistory":{from_history}"#) } else { String::new() };
     format!(r#"{{{asked},"resumedAfter":{resumed_after}{missed}{history},"reason":"{reason}"}}"#)
 }
@@ -318,6 +366,8 @@ struct FromDisk {
     read: u64,
     /// Matching events dropped past the match bound (the oldest).
     dropped: u64,
+    /// Of `read`, those whose ids lie in the log's unknown ranges (they existed after all).
+    read_unknown: u64,
 }
 
 /// Reads and matches the kept events `from..until` from the store, oldest first, within the
@@ -325,6 +375,7 @@ struct FromDisk {
 /// stored) are what the caller reports as missed.
 fn read_older(
     older: &dyn OlderEvents,
+    log: &ReplayLog,
     m: &mut ReplayMatcher,
     from: u64,
     until: u64,
@@ -337,6 +388,9 @@ fn read_older(
         let Some(last) = page.last().map(|(seq, _)| *seq) else { break };
         for (seq, ev) in page {
             out.read += 1;
+            if log.is_unknown(seq) {
+                out.read_unknown += 1;
+            }
             if m.matches(&ev) {
                 if out.items.len() == bounds.matches {
                     out.items.pop_front();
@@ -393,16 +447,22 @@ fn replay(
     let mut missed = 0;
     let mut complete_after = start;
     let mut from_history = 0;
+    // Ids in the gap that a crashed run may never have handed out: not counted as missed.
+    let mut unknown = 0;
     if start < mem_from {
+        let reserved_unused = log.unknown_in(start, mem_from);
         if let Some(o) = older {
-            let disk = read_older(o, &mut m, start, mem_from, bounds);
+            let disk = read_older(o, log, &mut m, start, mem_from, bounds);
             from_history = disk.read;
+            unknown = reserved_unused - disk.read_unknown.min(reserved_unused);
             missed += (mem_from - start) - disk.read.min(mem_from - start) + disk.dropped;
             out.items = disk.items;
         } else {
+            unknown = reserved_unused;
             missed += mem_from - start;
         }
-        if missed > 0 {
+        missed -= unknown.min(missed);
+        if missed + unknown > 0 {
             complete_after = mem_from;
         }
     }
@@ -414,13 +474,16 @@ fn replay(
         missed += held_until - mem_from;
         complete_after = held_until;
     }
-    if missed > 0 && out.gap.is_none() {
-        let reason = if from_history > 0 {
+    if missed + unknown > 0 && out.gap.is_none() {
+        let reason = if missed == 0 {
+            "livetap restarted after a crash; some ids before its restart may never have been used"
+        } else if from_history > 0 {
             "older events are kept only in part (history keeps selected events)"
         } else {
             "older events are no longer retained"
         };
-        out.gap = Some(gap_json(from, complete_after, Some(missed), from_history, reason));
+        out.gap =
+            Some(gap_json(from, complete_after, Some(Missed { missed, unknown }), from_history, reason));
     }
     for (i, ev) in range.events.iter().enumerate() {
         if m.matches(ev) {
@@ -517,6 +580,42 @@ mod tests {
 
     fn everything() -> Arc<Subscriber> {
         Arc::new(Subscriber::new(1, crate::query::ast::Expr::True, false, 16, None))
+    }
+
+    #[test]
+    fn ids_a_crashed_run_may_not_have_used_are_not_counted_as_missed() {
+        let evs = events(40);
+        let limits = ReplayLimits { max_bytes: usize::MAX, max_age_ms: u64::MAX };
+        // This run starts at 30; ids 12..30 were reserved by a run that crashed.
+        let unknown = vec![Range { start: 12, end: 30 }];
+        let log = ReplayLog::starting_at(limits, 30).with_unknown_ids(&unknown);
+        log.append(30, &mut evs[30..].to_vec(), 0);
+        let big = DiskBounds { scan: 1000, matches: 1000 };
+        let r = replay(&log, None, &everything(), ResumeFrom::AfterId(5), 40, big);
+        let gap: serde_json::Value = serde_json::from_str(r.gap.as_deref().unwrap()).unwrap();
+        // 5..12 certainly existed; 12..30 may or may not have.
+        assert_eq!((gap["missed"].as_u64(), gap["exact"].as_bool()), (Some(7), Some(false)));
+        assert_eq!(gap["missedAtMost"], 25);
+        // A store that kept some of the unknown ids proves they existed (and replays them).
+        let (c, k) = Catalogue::with_keys(64);
+        let disk = EveryThird(evs.clone(), c, k);
+        let r = replay(&log, Some(&disk), &everything(), ResumeFrom::AfterId(5), 40, big);
+        let gap: serde_json::Value = serde_json::from_str(r.gap.as_deref().unwrap()).unwrap();
+        // Read from disk: 6, 9 (known) and 12..30 every third (6 ids, in the unknown range).
+        assert_eq!(gap["fromHistory"], 8);
+        assert_eq!((gap["missed"].as_u64(), gap["missedAtMost"].as_u64()), (Some(5), Some(17)));
+        // A resume entirely within this run, or after a clean restart, is exact.
+        let clean = ReplayLog::starting_at(limits, 30);
+        clean.append(30, &mut evs[30..].to_vec(), 0);
+        let r = replay(&clean, None, &everything(), ResumeFrom::AfterId(5), 40, big);
+        let gap: serde_json::Value = serde_json::from_str(r.gap.as_deref().unwrap()).unwrap();
+        assert_eq!((gap["missed"].as_u64(), gap.get("exact")), (Some(25), None));
+        // A gap made only of unknown ids says so instead of claiming a loss.
+        let r = replay(&log, None, &everything(), ResumeFrom::AfterId(12), 40, big);
+        let gap: serde_json::Value = serde_json::from_str(r.gap.as_deref().unwrap()).unwrap();
+        assert_eq!((gap["missed"].as_u64(), gap["missedAtMost"].as_u64()), (Some(0), Some(18)));
+        assert!(gap["reason"].as_str().unwrap().contains("crash"));
+        assert_eq!(seqs(&r), (30..40).collect::<Vec<_>>());
     }
 
     #[test]

@@ -8,7 +8,10 @@
 
 use livetap::{Config, Server};
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -737,4 +740,104 @@ pub async fn ingest_chunked(addr: SocketAddr, data: &[u8], chunk: usize) -> Resp
         &body,
     )
     .await
+}
+
+/// A running `livetap` process; killed on drop if the test did not stop it.
+pub struct Livetap {
+    /// The process.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Everything it printed on stdout so far.
+    pub stdout: Arc<Mutex<String>>,
+    /// Everything it printed on stderr so far.
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Livetap {
+    /// Starts the binary with `extra` arguments (two matcher threads) and waits for its banner.
+    pub fn start(extra: &[&str]) -> Livetap {
+        let mut child = livetap_command(2).args(extra).stderr(Stdio::piped()).spawn().expect("spawn livetap");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let out = child.stdout.take().unwrap();
+            let log = stdout.clone();
+            std::thread::spawn(move || {
+                let mut addr = None;
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        addr = Some(rest.trim().to_string());
+                    }
+                    // The `try:` line ends the banner.
+                    if line.trim_start().starts_with("try:") {
+                        if let Some(a) = addr.take() {
+                            let _ = tx.send(a);
+                        }
+                    }
+                }
+            });
+        }
+        {
+            let mut err = child.stderr.take().unwrap();
+            let log = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(DEADLINE) {
+            Ok(a) => a.parse().unwrap_or_else(|_| panic!("bad address in banner: {a}")),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no complete banner with a 'listening on' line; stderr: {}", stderr.lock().unwrap());
+            }
+        };
+        Livetap { child, addr, stdout, stderr }
+    }
+
+    pub fn sigterm(&self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// Waits for the process to exit (safety deadline), returning its status.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "livetap did not exit after SIGTERM; stderr: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Livetap {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
