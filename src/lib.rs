@@ -19,6 +19,7 @@ pub mod ring;
 pub mod sse;
 pub mod store;
 pub mod subscriber;
+pub mod tap;
 
 pub use config::Config;
 pub use http::server::Server;

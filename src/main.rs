@@ -147,8 +147,8 @@ struct Window {
     limit: Option<usize>,
 }
 
-/// Runs `livetap history …` against the database file directly (SQLite in WAL mode lets it
-/// read while a server writes).
+/// Runs `livetap history …` against the store directly, opened the way the server opens it
+/// (`store::open_store`); the embedded store lets it read while a server writes.
 fn history(
     config_path: Option<&std::path::Path>,
     data_dir: Option<PathBuf>,
@@ -156,19 +156,23 @@ fn history(
     json: bool,
     what: HistoryCommand,
 ) -> anyhow::Result<()> {
-    use livetap::store::{write_json_array, HistoryStore, MetricQuery, SqliteStore, TraceQuery};
-    let path = match db {
-        Some(p) => p,
+    use livetap::store::{write_json_array, HistoryConfig, MetricQuery, TraceQuery};
+    let (settings, path) = match db {
+        // A database file named on the command line is read with the default settings, so
+        // reading one needs no config file.
+        Some(p) => (HistoryConfig::default(), p),
         None => {
             let config = Config::load(config_path, Overrides { data_dir, ..Overrides::default() })?;
-            config
+            let path = config
                 .history
                 .resolve_path(config.data_dir.as_deref())
-                .context("no history database: pass --data-dir DIR or --db FILE")?
+                .context("no history database: pass --data-dir DIR or --db FILE")?;
+            (config.history, path)
         }
     };
     anyhow::ensure!(path.exists(), "no history database at {}", path.display());
-    let store = SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let store = livetap::store::open_store(&settings, &path)
+        .with_context(|| format!("opening {}", path.display()))?;
     // The same parameter parsing as the HTTP API, so both answer the same way.
     let mut q = form_urlencoded::Serializer::new(String::new());
     let mut add = |k: &str, v: Option<String>| {

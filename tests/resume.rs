@@ -144,7 +144,6 @@ async fn the_last_event_id_header_resumes_like_eventsource() {
 async fn stored(server: &livetap::http::server::Server, n: u64) {
     let store = server.hub.history_store.as_ref().expect("history is on");
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    use livetap::store::HistoryStore;
     while store.stats().unwrap().events < n {
         assert!(tokio::time::Instant::now() < deadline, "history did not store {n} events");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

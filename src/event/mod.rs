@@ -5,6 +5,7 @@
 //! `filter=` substring search. Matching therefore never looks at JSON and never allocates.
 
 pub mod catalogue;
+pub mod dialect;
 pub mod encode;
 pub mod json;
 pub mod keys;
@@ -61,6 +62,10 @@ impl Level {
     }
 }
 
+/// The [`Event::home`] of an event built outside the parse threads (HTTP ingest, the demo,
+/// history): it is freed wherever its last handle goes.
+pub const NO_HOME: u8 = u8::MAX;
+
 /// One ingested event: the bytes subscribers receive, plus what the matcher looks at.
 #[derive(Debug)]
 pub struct Event {
@@ -85,13 +90,16 @@ pub struct Event {
     /// `search_at` on: one allocation per event instead of two.
     text: Box<str>,
     search_at: u32,
-    /// The parse thread that built the event (`ingest::pool::NO_HOME` for any other), so its
+    /// The parse thread that built the event ([`NO_HOME`] for any other), so its
     /// memory can be freed on that thread.
     home: u8,
+    /// Its wire bytes in the other dialects streams use, encoded on first use
+    /// ([`Event::wire_in`]).
+    other_forms: dialect::OtherForms,
 }
 
 impl Event {
-    /// The parse thread that built this event, or `ingest::pool::NO_HOME`: freeing an event
+    /// The parse thread that built this event, or [`NO_HOME`]: freeing an event
     /// on the thread that allocated it avoids the allocator's cross-thread path (see
     /// `ingest::pool`).
     #[inline]
@@ -200,7 +208,7 @@ impl<'c> EventBuilder<'c> {
             ts_cache: (i64::MIN, [0; 20]),
             key_table: keys.snapshot(),
             max_bytes: usize::MAX,
-            home: crate::ingest::pool::NO_HOME,
+            home: NO_HOME,
         }
     }
 
@@ -361,6 +369,7 @@ impl<'c> EventBuilder<'c> {
             },
             search_at: self.canon.len() as u32,
             home: self.home,
+            other_forms: dialect::OtherForms::default(),
         };
         ev.wire = Bytes::copy_from_slice(&self.json);
         ev.json = ev.wire.slice(1..);

@@ -1,16 +1,17 @@
 //! Handlers of the history query API: `GET /api/telemetry/traces`, `/api/telemetry/trace/{id}`
 //! and `/api/telemetry/metrics`, answered from the embedded store (permission `history`).
 //!
-//! SQLite calls block, so each query runs on the blocking pool; the answers are Stalwart's
-//! classic shapes (`{"data":{"items":[…],"total":N}}` for lists, `{"data":[…]}` for a trace).
+//! The store is whatever backend the hub opened (`dyn HistoryStore`); its calls may block,
+//! so each query runs on the blocking pool. The answers are Stalwart's classic shapes
+//! (`{"data":{"items":[…],"total":N}}` for lists, `{"data":[…]}` for a trace).
 
 use super::{json_ok, json_response, HttpError};
 use crate::hub::Hub;
-use crate::store::{write_json_array, Data, HistoryStore, MetricQuery, SqliteStore, TraceQuery};
+use crate::store::{write_json_array, Data, HistoryStore, MetricQuery, TraceQuery};
 use http::{Response, StatusCode};
 use std::sync::Arc;
 
-fn store(hub: &Hub) -> Result<Arc<SqliteStore>, HttpError> {
+fn store(hub: &Hub) -> Result<Arc<dyn HistoryStore>, HttpError> {
     hub.history_store.clone().ok_or(HttpError::HistoryOff)
 }
 

@@ -7,7 +7,7 @@ use crate::hub::Hub;
 use crate::ingest::ParsedBatch;
 use crate::metrics::prometheus;
 use crate::metrics::query::parse_live;
-use crate::metrics::stream::{frame, MetricsBody};
+use crate::sse::metrics::{frame, MetricsBody};
 use crate::subscriber::registry::RegistryError;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};

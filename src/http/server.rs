@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::ingest::{demo::DemoSource, socket::SocketSource, Source};
 use crate::subscriber::ConnHandle;
+use crate::tap::history::HistoryTap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -61,6 +62,10 @@ impl Server {
         let listener = bind(config.listen)?;
         let addr = listener.local_addr()?;
         let hub = Hub::start(config, admin_token.clone())?;
+        // Taps before sources, so they see every event from the first.
+        if let Some(writer) = hub.history_writer.clone() {
+            hub.add_tap(Box::new(HistoryTap::new(writer))).await.map_err(std::io::Error::other)?;
+        }
         let security = Arc::new(Security::build(&hub.config, &admin_token, &hub.keys)?);
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         if let Some(path) = &hub.config.ingest_socket {
@@ -81,7 +86,7 @@ impl Server {
         tasks.push(tokio::spawn(rate_tick(hub.clone())));
         for i in 0..hub.config.scrape.len() {
             tracing::info!(url = %hub.config.scrape[i].url, "scraping into the live metrics");
-            tasks.push(tokio::spawn(crate::metrics::scrape::run(hub.clone(), i)));
+            tasks.push(tokio::spawn(crate::ingest::scrape::run(hub.clone(), i)));
         }
         let ctx = Arc::new(Ctx::new(hub.clone(), security.clone()));
         let accept = tokio::spawn(accept_loop(ctx, listener, tls.clone()));

@@ -20,8 +20,8 @@
 use super::Source;
 use crate::event::{encode, Catalogue, Event, Level, RawValue};
 use crate::hub::Hub;
+use crate::hub::IngestStats;
 use crate::metrics::push::MetricRecord;
-use crate::metrics::IngestStats;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::Future;

@@ -16,11 +16,23 @@
 //! Sources that push events on their own (the Unix socket, the demo generator, later NATS or
 //! log tails) implement [`Source`] and publish through the hub, so new ones slot in without
 //! touching the pipeline.
+//!
+//! A source of a byte stream (the Unix socket; later a followed file, a journal reader, a
+//! syslog listener) only reads: [`stage::run_stream`] frames its bytes into lines, parses them
+//! on the parse threads with the source's [`lines::LineFormat`] (NDJSON, [`lines::Ndjson`], for
+//! the socket), publishes them in order with backpressure, and hands rejected lines, with
+//! their numbers, to the source's [`stage::Reporter`].
+//!
+//! [`scrape`] is the one source that feeds the metrics registry rather than the ring: it polls
+//! upstream Prometheus endpoints.
 
 pub mod demo;
+pub mod lines;
 pub mod pool;
+pub mod scrape;
 pub mod socket;
 pub mod split;
+pub mod stage;
 
 use crate::event::{BuildError, Event, EventBuilder, JsonRef, Node, Tape};
 use crate::metrics::push::{self, MetricRecord};
@@ -101,8 +113,16 @@ impl ParsedBatch {
         self.overflow
     }
 
-    /// Builds one event into the batch, unless the cap is reached.
-    fn push_built<'t, J: JsonRef<'t>>(&mut self, raw: J, line: usize, b: &mut EventBuilder<'_>, now: i64) {
+    /// Builds one event from `raw` into the batch, unless the batch's event cap is reached; an
+    /// event the builder refuses becomes a rejection of line `line`. This is how a line format
+    /// ([`lines::LineFormat`]) that parses its lines itself adds their events.
+    pub fn push_built<'t, J: JsonRef<'t>>(
+        &mut self,
+        raw: J,
+        line: usize,
+        b: &mut EventBuilder<'_>,
+        now: i64,
+    ) {
         if self.full() {
             return;
         }
@@ -292,10 +312,10 @@ fn parse_into(
     b: &mut EventBuilder<'_>,
     now: i64,
 ) {
-    // One tape for the whole body: its buffers grow to the longest line (or array element)
-    // and are reused.
-    let mut tape = Tape::new();
     if max_line.is_none() && body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'[') {
+        // One tape for the whole body: its buffers grow to the longest array element and are
+        // reused.
+        let mut tape = Tape::new();
         if body.len() > large_document(b) {
             // A large array is split, so the tape holds one element at a time.
             match split::shape(body) {
@@ -321,30 +341,8 @@ fn parse_into(
         }
         return;
     }
-    // Lines are found with memchr (vectorised) rather than a byte-by-byte split.
-    let mut rest: &mut [u8] = body;
-    let mut i = 0usize;
-    while !rest.is_empty() && !out.full() {
-        let (line, tail) = match memchr::memchr(b'\n', rest) {
-            Some(at) => {
-                let (l, t) = std::mem::take(&mut rest).split_at_mut(at);
-                (l, &mut t[1..])
-            }
-            None => (std::mem::take(&mut rest), &mut [][..]),
-        };
-        rest = tail;
-        i += 1;
-        let i = i - 1;
-        if let Some(max) = max_line.filter(|&m| line.len() > m) {
-            out.reject(first_line + i, format!("line longer than {max} bytes"));
-            continue;
-        }
-        let line = trim_mut(line);
-        if line.is_empty() {
-            continue;
-        }
-        out.add_document(&mut tape, line, first_line + i, b, now);
-    }
+    // Lines go through the same loop and format as a stream's chunks (`lines`).
+    lines::parse_lines_into(&lines::Ndjson, out, body, first_line, max_line, b, now);
 }
 
 /// Parses a Stalwart webhook body `{"events":[...]}`. `Err` when the body as a whole is not

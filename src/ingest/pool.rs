@@ -19,9 +19,8 @@ use crossbeam_channel::{Receiver, Sender};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-/// The [`Event::home`] of an event built outside the parse threads (HTTP ingest, the demo,
-/// history): it is freed wherever its last handle goes.
-pub const NO_HOME: u8 = u8::MAX;
+/// Re-exported from `event`, where the field it marks lives.
+pub use crate::event::NO_HOME;
 
 type Job = Box<dyn FnOnce(u8) + Send>;
 

@@ -19,7 +19,6 @@ pub mod spans;
 use crate::event::Event;
 use crate::metrics::{EventCounter, MetricsRegistry};
 use crate::ring::{Consumer, Ring};
-use crate::store::writer::HistoryWriter;
 use crate::subscriber::replay::ReplayLog;
 use crate::subscriber::{Push, Registry};
 use crossbeam_utils::CachePadded;
@@ -66,8 +65,6 @@ pub struct MatcherConfig {
     pub span_ttl: Duration,
     /// The replay log that thread 0 appends every event to, in order (for resuming streams).
     pub replay: Option<Arc<ReplayLog>>,
-    /// The history writer that thread 0 offers every event to, in order (never blocking).
-    pub history: Option<Arc<HistoryWriter>>,
 }
 
 /// Counters of one matcher thread.
@@ -119,7 +116,7 @@ impl ShardWorker {
         let mut deliveries = 0u64;
         let mut drops = 0u64;
         let first = self.consumer.cursor();
-        let keep = self.config.replay.is_some() || self.config.history.is_some();
+        let keep = self.config.replay.is_some();
         let ShardWorker { scratch, spans, to_wake, kept, counter, .. } = self;
         let on_event = |seq: u64, ev: &Arc<Event>| {
             if keep {
@@ -137,7 +134,7 @@ impl ShardWorker {
                 if sub.is_closed() {
                     continue;
                 }
-                match sub.push_quiet(seq, &ev.wire, now) {
+                match sub.push_event_quiet(seq, ev, now) {
                     Push::Queued { wake } => {
                         deliveries += 1;
                         if wake {
@@ -154,10 +151,6 @@ impl ShardWorker {
         } else {
             self.consumer.consume_published(limit, batch, on_event)
         };
-        if let Some(w) = &self.config.history {
-            // A full history queue drops (counted by the writer); matching never waits for disk.
-            w.submit_batch(first, &self.kept);
-        }
         if let Some(log) = &self.config.replay {
             // Appended once per batch, before the wakes: a resuming subscriber waits until the
             // log has reached its start position, so it never waits on a sleeping writer. The
@@ -260,9 +253,8 @@ impl MatcherPool {
             stats.push(st.clone());
             let mut config = config.clone();
             if i != 0 {
-                // One writer keeps the log and the history in sequence order without coordination.
+                // One writer keeps the log in sequence order without coordination.
                 config.replay = None;
-                config.history = None;
             }
             shards.push(CachePadded::new(Mutex::new(ShardWorker {
                 consumer,
@@ -363,13 +355,8 @@ mod tests {
         let (ring, consumers) = Ring::new(ring_slots, shards);
         let registry = Registry::new(shards, 100, 1 << 20, ring.clone()).unwrap();
         let metrics = MetricsRegistry::new(&catalogue, &keys, shards, 16);
-        let config = MatcherConfig {
-            batch: 256,
-            max_spans: 16,
-            span_ttl: Duration::from_secs(60),
-            replay: None,
-            history: None,
-        };
+        let config =
+            MatcherConfig { batch: 256, max_spans: 16, span_ttl: Duration::from_secs(60), replay: None };
         let pool =
             MatcherPool::start(ring.clone(), consumers, &registry, config, Clock::new(), &metrics).unwrap();
         let events = (0..64)
@@ -403,7 +390,7 @@ mod tests {
         sub.sub.drain_into(&mut items, usize::MAX);
         for item in items {
             match item {
-                Item::Event { seq, .. } => into.push(seq),
+                Item::Event { seq, .. } | Item::Tapped { seq, .. } => into.push(seq),
                 Item::Lagged(n) => panic!("{n} events dropped"),
             }
         }

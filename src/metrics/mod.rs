@@ -1,28 +1,27 @@
-//! Metrics: livetap's operating counters and the live metrics registry behind
-//! `/api/telemetry/metrics/live` and `/metrics`.
+//! Metrics: the live metrics registry behind `/api/telemetry/metrics/live` and `/metrics`.
 //!
-//! - [`stats`]: the counters of `/api/livetap/stats` (ingest, rejections, backpressure).
+//! - [`model`]: the shared types ([`Kind`], [`Reading`], [`MetricValue`]) and the Prometheus
+//!   form of a name; every other metrics module builds on them and none on another just for them.
 //! - [`registry`]: the registry of event-type counters, gauges and histograms, with the
 //!   per-matcher-thread counting handle ([`registry::EventCounter`]).
 //! - [`histogram`]: log-linear atomic histograms (documented error ±3.125 %).
 //! - [`derive`]: which events feed which catalogue histogram.
 //! - [`push`]: metric records in the ingest body.
-//! - [`scrape`]: scraping upstream Prometheus endpoints.
 //! - [`prometheus`]: the text exposition format, written and read.
-//! - [`own`]: livetap's own samples (memory, ingest rate, subscribers, lag, ring).
 //! - [`query`]: the live request's parameters and the name filter.
-//! - [`stream`]: the `event: metrics` SSE body.
+//!
+//! What feeds or reads the registry lives with its layer: the counters of `/api/livetap/stats`
+//! and livetap's own samples with the hub (`hub::stats`, `hub::own`), the upstream scraper
+//! with the sources (`ingest::scrape`), and the `event: metrics` SSE body with the other
+//! stream bodies (`sse::metrics`).
 
 pub mod derive;
 pub mod histogram;
-pub mod own;
+pub mod model;
 pub mod prometheus;
 pub mod push;
 pub mod query;
 pub mod registry;
-pub mod scrape;
-pub mod stats;
-pub mod stream;
 
-pub use registry::{EventCounter, Kind, MetricValue, MetricsRegistry, Reading};
-pub use stats::{IngestStats, StatsSnapshot, SubscriberStats};
+pub use model::{Kind, MetricValue, Reading};
+pub use registry::{EventCounter, MetricsRegistry};

@@ -12,20 +12,14 @@
 //! are summed (livetap's registry has no labels); summaries are skipped.
 
 use super::histogram::External;
-use super::registry::{MetricValue, Reading};
+// `sanitize` was defined here; re-exported so `metrics::prometheus::sanitize` keeps working.
+pub use super::model::sanitize;
+use super::model::{Kind, MetricValue, Reading};
 use ahash::{AHashMap, AHashSet};
 use std::fmt::Write as _;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Appends the Prometheus-sanitised form of `name` to `out`.
-pub fn sanitize(name: &str, out: &mut String) {
-    if name.starts_with(|c: char| c.is_ascii_digit()) {
-        out.push('_');
-    }
-    out.extend(name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }));
-}
 
 /// A number as Prometheus writes it (`+Inf`, `-Inf`, `NaN`, or the shortest decimal).
 fn number(v: f64, out: &mut String) {
@@ -44,7 +38,7 @@ fn help(out: &mut String, family: &str, m: &MetricValue) {
         (Some(h), Some(u)) => format!("{h} ({u})"),
         (Some(h), None) => h.to_string(),
         (None, Some(u)) => format!("{} ({u})", m.name),
-        (None, None) if m.reading.kind() == super::registry::Kind::Counter => {
+        (None, None) if m.reading.kind() == Kind::Counter => {
             format!("{} since start", m.name)
         }
         (None, None) => m.name.to_string(),

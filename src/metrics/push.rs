@@ -16,7 +16,7 @@
 //! new name. Parsing here checks the record's shape; the registry then checks the name against
 //! what it already knows (a kind conflict is reported on the record's line).
 
-use super::registry::Kind;
+use super::model::Kind;
 use crate::event::RawValue;
 use smallvec::SmallVec;
 

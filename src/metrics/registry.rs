@@ -25,15 +25,18 @@
 //! `livetap.other-events`. Names pushed by producers or scraped are capped by `max-metrics`.
 
 use super::derive;
-use super::histogram::{bounds_for_unit, bump, External, Histogram, HistogramSnapshot, HistogramWriter};
-use super::own::OwnState;
+use super::histogram::{bounds_for_unit, bump, External, Histogram, HistogramWriter};
 use super::push::{check_value, MetricRecord, PushError};
 use super::query::NameFilter;
+// The model types were defined here; re-exported so `metrics::registry::Reading` and the
+// like keep naming them.
+pub use super::model::{Kind, MetricValue, Reading};
 use crate::event::{Catalogue, Event, KeyId, KeyRegistry};
 use ahash::{AHashMap, AHashSet};
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 /// Producer-invented event types counted under their own names (the catalogue interns at most
 /// this many unknown types too).
@@ -45,71 +48,36 @@ const PAGE: usize = 256;
 /// Per-thread cache entries at most (the cache holds a clone of each type name).
 const MAX_CACHED_TYPES: usize = 2 * (MAX_DYNAMIC_TYPES + 1024);
 
-/// The kind of a metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// A monotonic count (event types, pushed increments).
-    Counter,
-    /// A value that goes up and down.
-    Gauge,
-    /// A distribution of observations.
-    Histogram,
+// The registry holds this state (the server's tick writes it, a reading reads it), so it is
+// defined here rather than beside `hub::own`, which would make the registry import the hub.
+
+/// What the own samples remember between readings.
+#[derive(Debug, Default)]
+pub struct OwnState {
+    /// Events per second over the last tick, as `f64` bits.
+    rate: AtomicU64,
+    last: Mutex<Option<(Instant, u64)>>,
 }
 
-impl Kind {
-    /// Parses `counter`, `gauge` or `histogram`.
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "counter" => Some(Kind::Counter),
-            "gauge" => Some(Kind::Gauge),
-            "histogram" => Some(Kind::Histogram),
-            _ => None,
+impl OwnState {
+    /// Records the accepted-events total now; the rate is the increase since the last tick.
+    pub fn tick(&self, accepted: u64) {
+        let now = Instant::now();
+        let mut last = self.last.lock();
+        if let Some((then, before)) = *last {
+            let secs = now.duration_since(then).as_secs_f64();
+            if secs > 0.0 {
+                let rate = accepted.saturating_sub(before) as f64 / secs;
+                self.rate.store(rate.to_bits(), Ordering::Relaxed);
+            }
         }
+        *last = Some((now, accepted));
     }
 
-    /// The lowercase name, as in the catalogue and the samples.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
+    /// Events ingested per second over the last tick.
+    pub fn rate(&self) -> f64 {
+        f64::from_bits(self.rate.load(Ordering::Relaxed))
     }
-}
-
-/// One metric's reading.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reading {
-    /// Total since start.
-    Counter(u64),
-    /// Current value.
-    Gauge(f64),
-    /// Distribution so far.
-    Histogram(HistogramSnapshot),
-}
-
-impl Reading {
-    /// The kind of this reading.
-    pub fn kind(&self) -> Kind {
-        match self {
-            Reading::Counter(_) => Kind::Counter,
-            Reading::Gauge(_) => Kind::Gauge,
-            Reading::Histogram(_) => Kind::Histogram,
-        }
-    }
-}
-
-/// A named reading, as streamed and exported.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricValue {
-    /// Dotted name (`delivery.total-time`).
-    pub name: Arc<str>,
-    /// Unit, when known (`milliseconds`, `bytes`, …).
-    pub unit: Option<Arc<str>>,
-    /// A description for Prometheus' `# HELP`, when there is a better one than the name.
-    pub help: Option<&'static str>,
-    /// The value.
-    pub reading: Reading,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +133,7 @@ struct Names {
 impl Names {
     fn add(&mut self, meta: Meta, slot: Slot) {
         let mut s = String::with_capacity(meta.name.len() + 6);
-        super::prometheus::sanitize(&meta.name, &mut s);
+        super::model::sanitize(&meta.name, &mut s);
         self.prom.entry(s.into_boxed_str()).or_insert_with(|| meta.name.clone());
         self.map.insert(meta.name.clone(), slot);
     }
@@ -290,7 +258,7 @@ impl MetricsRegistry {
         for name in catalogue.event_keys.iter().map(|e| e.name.as_str()).chain(metric_counters) {
             if catalogue_types.insert(Box::<str>::from(name)) {
                 let mut s = String::with_capacity(name.len());
-                super::prometheus::sanitize(name, &mut s);
+                super::model::sanitize(name, &mut s);
                 names.prom.entry(s.into_boxed_str()).or_insert_with(|| Arc::from(name));
             }
         }

@@ -11,13 +11,142 @@
 //!
 //! Consumers spin briefly and then park; producers unpark only consumers that said they
 //! sleep, so a busy pipeline makes no wake-up system calls.
+//!
+//! Every field that threads share says in its comment who writes it, who reads it and with
+//! which memory ordering, and why that ordering is enough. The synchronisation primitives come
+//! from [`sync`], so the loom model tests (`tests/loom.rs`) check this very code.
 
 pub mod lease;
+use self::sync::thread::{self, Thread};
+use self::sync::{fence, spin_loop, AtomicBool, AtomicU64, Mutex, Ordering, UnsafeCell};
 use crossbeam_utils::CachePadded;
-use std::cell::UnsafeCell;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::thread::Thread;
 use std::time::Duration;
+
+/// The synchronisation primitives of the ring and of the subscriber queues
+/// (`crate::subscriber`).
+///
+/// A normal build takes std's atomics and threads and parking_lot's lock, each re-exported or
+/// behind a wrapper that inlines to the call it wraps, so the shim costs nothing. Under
+/// `--cfg livetap_loom` (the model tests in `tests/loom.rs`) the same names are loom's, whose
+/// atomics explore every interleaving and every value a weak ordering lets a load see, whose
+/// `UnsafeCell` reports a write that is not ordered against a read, and whose lock and parking
+/// report a deadlock.
+pub(crate) mod sync {
+    #[cfg(livetap_loom)]
+    pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+    #[cfg(not(livetap_loom))]
+    pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+
+    #[cfg(livetap_loom)]
+    pub(crate) use loom::hint::spin_loop;
+    #[cfg(not(livetap_loom))]
+    pub(crate) use std::hint::spin_loop;
+
+    #[cfg(livetap_loom)]
+    pub(crate) use loom::cell::UnsafeCell;
+
+    /// An `UnsafeCell` with loom's interface: its contents are reached only inside `with` (to
+    /// read) or `with_mut` (to write), which is how loom's cell knows when each access starts
+    /// and ends.
+    #[cfg(not(livetap_loom))]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    #[cfg(not(livetap_loom))]
+    impl<T> UnsafeCell<T> {
+        /// A cell holding `value`.
+        pub(crate) const fn new(value: T) -> UnsafeCell<T> {
+            UnsafeCell(std::cell::UnsafeCell::new(value))
+        }
+
+        /// Calls `f` with a pointer to read the contents through.
+        #[inline(always)]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        /// Calls `f` with a pointer to write the contents through.
+        #[inline(always)]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+
+    #[cfg(not(livetap_loom))]
+    pub(crate) use parking_lot::Mutex;
+
+    /// loom's lock with parking_lot's interface (`lock` returns the guard). Why not keep
+    /// parking_lot under loom: loom runs every modelled thread on one OS thread, so a real lock
+    /// held across one of its switches would block that thread for good, and loom could not
+    /// see the lock order either.
+    #[cfg(livetap_loom)]
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    #[cfg(livetap_loom)]
+    impl<T> Mutex<T> {
+        /// A lock around `value`.
+        pub(crate) fn new(value: T) -> Mutex<T> {
+            Mutex(loom::sync::Mutex::new(value))
+        }
+
+        /// Takes the lock. A model thread that panics with it held fails the model anyway,
+        /// so poisoning is unwrapped.
+        pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+            self.0.lock().unwrap()
+        }
+    }
+
+    #[cfg(not(livetap_loom))]
+    pub(crate) use atomic_waker::AtomicWaker;
+
+    /// loom's `AtomicWaker` with the interface of the `atomic-waker` crate. The models check
+    /// the subscriber's protocol against loom's waker, which promises what that crate does (a
+    /// wake after a registration, in happens-before order, wakes the registered task), not
+    /// against that crate's code.
+    #[cfg(livetap_loom)]
+    #[derive(Debug, Default)]
+    pub(crate) struct AtomicWaker(loom::future::AtomicWaker);
+
+    #[cfg(livetap_loom)]
+    impl AtomicWaker {
+        /// A waker cell with no waker registered.
+        pub(crate) fn new() -> AtomicWaker {
+            AtomicWaker(loom::future::AtomicWaker::new())
+        }
+
+        /// Stores `waker` as the one to wake.
+        pub(crate) fn register(&self, waker: &std::task::Waker) {
+            self.0.register_by_ref(waker);
+        }
+
+        /// Wakes the registered waker, if any.
+        pub(crate) fn wake(&self) {
+            self.0.wake();
+        }
+    }
+
+    /// Threads: the one that parks when a consumer has nothing to read, and the handle that
+    /// producers unpark it through.
+    pub(crate) mod thread {
+        #[cfg(livetap_loom)]
+        pub(crate) use loom::thread::{current, yield_now, Thread};
+        #[cfg(not(livetap_loom))]
+        pub(crate) use std::thread::{current, park_timeout, yield_now, Thread};
+
+        /// loom has no timed park, so the model parks until unparked. That is stricter than
+        /// the real timeout: a wake-up the protocol loses is a deadlock loom reports, where the
+        /// timeout would only have delayed the consumer.
+        #[cfg(livetap_loom)]
+        pub(crate) fn park_timeout(_timeout: std::time::Duration) {
+            loom::thread::park();
+        }
+    }
+}
+
+/// How many times a waiting consumer looks at the ring before it parks. The loom models go
+/// straight to the park path: loom makes a thread that yielded (as a spin does) see the newest
+/// stores afterwards, which would hide the stale last look that the sleep protocol must
+/// survive, and the spinning itself only repeats the look that `consume` makes.
+const SPINS_BEFORE_PARK: u32 = if cfg!(livetap_loom) { 0 } else { 200 };
 
 /// Why a reservation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,30 +169,108 @@ pub enum RingError {
     },
 }
 
+/// One place in the ring, holding the event of sequence numbers `i`, `i + capacity`, … in turn.
 struct Slot<T> {
-    /// `seq + 1` once the value for `seq` is written; 0 for never written.
+    /// `seq + 1` once the value for `seq` is in `value`; 0 while the slot was never written.
+    ///
+    /// Written by the one producer that reserved `seq` (`fill`), with a Release store made after
+    /// it wrote `value`. Read by consumers (`consume_inner`, `ready`, `consumer_ready`) with
+    /// Acquire loads. The pair is what publishes the value: a consumer that loads `seq + 1` also
+    /// sees the value written before the store, and a consumer that loads anything else leaves
+    /// `value` alone. Because it holds the sequence number and not a flag, an older turn's stamp
+    /// is never taken for this turn's, so a stamp needs no reset between turns.
     stamp: AtomicU64,
+    /// The value of the slot's latest turn (`None` before the first).
+    ///
+    /// No lock guards it; the reservation protocol does. Only the producer that reserved `seq`
+    /// writes it (`fill`), and only after it saw every consumer's cursor past `seq - capacity`,
+    /// the previous turn: its Acquire load of the cursors (`Gate::cursor`, directly or through
+    /// `Ring::gate_cache`) orders each consumer's reads of the old value before this write.
+    /// Consumers read it only after their Acquire load of `stamp` saw `seq + 1`, and never once
+    /// they have stored a cursor past `seq`. So a write never overlaps a read, which is what the
+    /// `Sync` impl of [`Ring`] rests on.
     value: UnsafeCell<Option<T>>,
 }
 
+/// What the producers know of one consumer: how far it has read and whether it sleeps.
 struct Gate {
+    /// The next sequence number this consumer reads: every slot below it is released.
+    ///
+    /// Written only by the thread that holds the [`Consumer`] (`consume_inner`), with a Release
+    /// store made once it has finished with the values below it. Read with Acquire by producers
+    /// (`Ring::tail` from `reserve`), by `consumer_ready` (a thread that waits for a consumer it
+    /// does not hold) and by the stats. The Release/Acquire pair is what lets a producer
+    /// overwrite the released slots: a load that sees the new cursor orders the consumer's reads
+    /// of the old values before the producer's writes. The consumer reads its own copy
+    /// (`Consumer::cursor`), so this is stored once per batch, not per event. Padded to a cache
+    /// line of its own, so a consumer's stores do not slow another consumer's.
     cursor: CachePadded<AtomicU64>,
+    /// True while the consumer is parked or about to park: producers must then unpark it.
+    ///
+    /// Set by the consumer's thread in `wait_consumer` (SeqCst store, then a SeqCst fence)
+    /// before its last look at the ring, and cleared by that thread (Relaxed) when it stops
+    /// waiting. Cleared by a producer with a swap (AcqRel) before it unparks the thread
+    /// (`unpark`), and by `wake_all`. Read by producers (Relaxed) after a SeqCst fence that
+    /// follows their stamps (`wake_consumers`, `consumer_sleeping`).
+    ///
+    /// The two SeqCst fences are the protocol: they fall one way or the other in the single
+    /// SeqCst order, so either the consumer's last look sees the producer's stamp, or the
+    /// producer's load sees `true` and it unparks the consumer. A wake-up is never lost. The
+    /// orderings of the loads and stores themselves add nothing to that, so Relaxed suffices
+    /// for the clearing stores and the producers' load: a stale `true` costs a spurious
+    /// unpark, and a producer that loads a later `false` leaves the event to a consumer that is
+    /// awake and will look again before it can park. The swap is AcqRel so that the producer
+    /// that wins it sees the `thread` the consumer registered before setting the flag.
     sleeping: AtomicBool,
-    thread: parking_lot::Mutex<Option<Thread>>,
+    /// The thread that waits for this consumer, registered on its first wait, for producers
+    /// to unpark.
+    ///
+    /// Written by the waiting thread (`wait_consumer`) and read by a producer that won the
+    /// `sleeping` swap and by `wake_all`, each under the lock, which orders them. Why a lock
+    /// and not an atomic: a `Thread` is not one word, and the lock is taken on the sleep path
+    /// only, never per event.
+    thread: Mutex<Option<Thread>>,
 }
 
 /// The shared ring. Create with [`Ring::new`], which also hands out the consumers.
 pub struct Ring<T> {
+    /// The slots; a sequence number's slot is `seq & mask`. The box never changes after
+    /// construction, only what its slots hold (see [`Slot`]).
     slots: Box<[Slot<T>]>,
+    /// `capacity - 1`, capacity being a power of two. Never changes.
     mask: u64,
+    /// The next sequence number to reserve: every number below it belongs to some producer.
+    ///
+    /// Written only by producers, with the compare-and-swap in `reserve` (AcqRel) that moves
+    /// it past their batch. The swap being one read-modify-write is what keeps reserved ranges
+    /// disjoint; its ordering publishes nothing, because nothing is read through `claim` (the
+    /// stamps publish values, the cursors release slots). Read by producers in `reserve`, and
+    /// by everyone else through [`Ring::head`] with SeqCst: the registry's index builder
+    /// (a SeqCst fence, then `head`) and `matcher::load_consistent` (an index load, `head`,
+    /// an index load) rely on that load taking its place in the single SeqCst order to agree on
+    /// which index matches which events. A head says an event is reserved, not that it is
+    /// published; consumers still wait for the stamp. Padded so that producers' swaps do not
+    /// slow the consumers' reads of `gate_cache` or the slots.
     claim: CachePadded<AtomicU64>,
+    /// A recent value of [`Ring::tail`] (the slowest cursor), so a producer with room to
+    /// spare need not read every consumer's cursor line.
+    ///
+    /// Written by producers in `reserve` (Release), only when the cached value says the batch
+    /// does not fit, with the tail they have just computed from the cursors; read by producers
+    /// in `reserve` (Acquire). Only values computed from the cursors are stored, and cursors
+    /// only grow, so it is never ahead of the true tail (two producers may store out of order
+    /// and move it back, which is only conservative: a producer then looks at the cursors
+    /// again). The Release/Acquire pair matters: a producer that trusts the cache reuses slots
+    /// on the strength of another producer's Acquire loads of the cursors, and the pair hands
+    /// those loads' happens-before (each consumer's reads of the old values) on to it.
     gate_cache: CachePadded<AtomicU64>,
+    /// One gate per consumer, indexed by [`Consumer::index`]; the box never changes.
     gates: Box<[Gate]>,
 }
 
 // SAFETY: a slot's value is written only by the producer that reserved its sequence number,
 // and only after every consumer's cursor has passed the previous occupant (checked in
-// `try_publish`); consumers read it only after the Release store of its stamp. So no slot
+// `reserve`); consumers read it only after the Release store of its stamp. So no slot
 // is ever written while it is read, and values cross threads, hence `T: Send + Sync`.
 unsafe impl<T: Send + Sync> Sync for Ring<T> {}
 unsafe impl<T: Send + Sync> Send for Ring<T> {}
@@ -88,7 +295,7 @@ impl<T: Send + Sync> Ring<T> {
             .map(|_| Gate {
                 cursor: CachePadded::new(AtomicU64::new(start)),
                 sleeping: AtomicBool::new(false),
-                thread: parking_lot::Mutex::new(None),
+                thread: Mutex::new(None),
             })
             .collect();
         let ring = std::sync::Arc::new(Ring {
@@ -204,14 +411,14 @@ impl<T: Send + Sync> Ring<T> {
         let slot = &self.slots[(seq & self.mask) as usize];
         // SAFETY: `seq` is reserved by this producer alone, and every consumer has passed
         // `seq - capacity` (checked in `reserve` against the gates), so nobody reads this slot.
-        let old = unsafe { (*slot.value.get()).replace(value) };
+        let old = slot.value.with_mut(|v| unsafe { (*v).replace(value) });
         slot.stamp.store(seq + 1, Ordering::Release);
         old
     }
 
     fn wake_consumers(&self) {
-        // Pairs with the SeqCst store of `sleeping` in `wait_consumer`: either the consumer
-        // sees our stamp on its re-check, or we see it sleeping here and unpark it.
+        // Pairs with the fence after the store of `sleeping` in `wait_consumer`: either the
+        // consumer sees our stamps on its last look, or we see it sleeping here and unpark it.
         fence(Ordering::SeqCst);
         for gate in self.gates.iter() {
             Self::unpark(gate);
@@ -253,25 +460,33 @@ impl<T: Send + Sync> Ring<T> {
     /// little, then parks. Called by the thread that consumes for `index`, which need not hold
     /// the [`Consumer`] while it waits (a producer may be consuming on its behalf meanwhile).
     pub fn wait_consumer(&self, index: usize, timeout: Duration) {
-        for _ in 0..200 {
+        // Empty under loom, on purpose (see `SPINS_BEFORE_PARK`).
+        #[cfg_attr(livetap_loom, allow(clippy::reversed_empty_ranges))]
+        for _ in 0..SPINS_BEFORE_PARK {
             if self.consumer_ready(index) {
                 return;
             }
-            std::hint::spin_loop();
+            spin_loop();
         }
         let gate = &self.gates[index];
         {
             let mut t = gate.thread.lock();
             if t.is_none() {
-                *t = Some(std::thread::current());
+                *t = Some(thread::current());
             }
         }
         gate.sleeping.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `wake_consumers` and `consumer_sleeping`. The SeqCst store
+        // alone does not order the Acquire loads of the look below after it (only SeqCst
+        // operations and fences take part in the single order), so without this fence the
+        // look could miss a stamp while the producer misses `sleeping`: the lost wake-up that
+        // the loom model `a_parked_consumer_is_woken` found.
+        fence(Ordering::SeqCst);
         if self.consumer_ready(index) {
             gate.sleeping.store(false, Ordering::Relaxed);
             return;
         }
-        std::thread::park_timeout(timeout);
+        thread::park_timeout(timeout);
         gate.sleeping.store(false, Ordering::Relaxed);
     }
 
@@ -288,8 +503,12 @@ impl<T: Send + Sync> Ring<T> {
 
 /// One reader of the ring; owned by exactly one thread.
 pub struct Consumer<T> {
+    /// The ring it reads.
     ring: std::sync::Arc<Ring<T>>,
+    /// Its gate in `ring.gates`.
     index: usize,
+    /// The next sequence number it reads. Only the thread holding the consumer reads or
+    /// writes this copy; others see the gate's cursor, stored from it once per batch.
     cursor: u64,
 }
 
@@ -332,9 +551,9 @@ impl<T: Send + Sync> Consumer<T> {
             while wait && slot.stamp.load(Ordering::Acquire) != seq + 1 {
                 spins += 1;
                 if spins > 64 {
-                    std::thread::yield_now();
+                    thread::yield_now();
                 } else {
-                    std::hint::spin_loop();
+                    spin_loop();
                 }
                 if spins > 1_000_000 {
                     // A producer reserved but never published: impossible without a bug, but
@@ -345,12 +564,13 @@ impl<T: Send + Sync> Consumer<T> {
             if slot.stamp.load(Ordering::Acquire) != seq + 1 {
                 break;
             }
-            // SAFETY: the stamp says the value for `seq` is written, and no producer may write
-            // this slot again until our cursor (stored below) has passed `seq`.
-            let value = unsafe { (*slot.value.get()).as_ref() };
-            if let Some(v) = value {
-                f(seq, v);
-            }
+            slot.value.with(|v| {
+                // SAFETY: the stamp says the value for `seq` is written, and no producer may
+                // write this slot again until our cursor (stored below) has passed `seq`.
+                if let Some(v) = unsafe { (*v).as_ref() } {
+                    f(seq, v);
+                }
+            });
             seq += 1;
         }
         if seq != start {

@@ -8,7 +8,11 @@
 //! [`SseBody`] drains a subscriber's queue whenever hyper can write, so a frame holds everything
 //! pending at write time (milliseconds of latency, never a fixed 1-second batch), sends `ping`
 //! after the idle interval, and ends cleanly at shutdown once the queue is empty.
+//!
+//! [`metrics`] is the other stream body: [`metrics::MetricsBody`], the `event: metrics` frames
+//! of the live metrics endpoint.
 
+pub mod metrics;
 pub mod socket;
 
 use crate::subscriber::registry::Subscription;
@@ -92,17 +96,19 @@ impl SseChunk {
                     self.push(head.split().freeze());
                     i += 1;
                 }
+                // A stream's queue never holds a tap's event handles (`crate::tap`).
+                Item::Tapped { .. } => i += 1,
                 Item::Event { .. } => {
                     // A run of events up to the next marker forms one frame; its id is the
                     // sequence number of its last event, so a reconnect resumes after it.
                     let run_end = items[i..]
                         .iter()
                         .take(MAX_EVENTS_PER_FRAME)
-                        .position(|it| matches!(it, Item::Lagged(_)))
+                        .position(|it| !matches!(it, Item::Event { .. }))
                         .map_or((i + MAX_EVENTS_PER_FRAME).min(items.len()), |p| i + p);
                     let last_seq = match &items[run_end - 1] {
                         Item::Event { seq, .. } => *seq,
-                        Item::Lagged(_) => unreachable!("a run ends before a marker"),
+                        _ => unreachable!("a run holds only events"),
                     };
                     head.extend_from_slice(b"id: ");
                     head.extend_from_slice(itoa::Buffer::new().format(last_seq + 1).as_bytes());

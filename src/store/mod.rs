@@ -12,6 +12,10 @@
 //! same trait (see the README's "History" section); the writer, the selection and the HTTP
 //! answers do not change.
 //!
+//! [`open_store`] is the one place that picks the backend; everything above `store/` (the hub,
+//! the HTTP API, the `livetap history` command) holds an `Arc<dyn HistoryStore>` and never
+//! names a backend. A backend's own errors reach callers boxed in [`StoreError::Backend`].
+//!
 //! Sequence numbers: `seq` is the event's ring position, and the public id in the stream is
 //! `seq + 1`. The store keys events by `seq`, so `seq` must keep growing across restarts: a
 //! hub that reopens an existing store starts its ring at [`HistoryStore::next_seq`].
@@ -47,35 +51,11 @@ pub const DEFAULT_FILE_NAME: &str = "history.sqlite3";
 /// Why a history operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database engine failed (I/O error, full disk, corrupt file, …).
-    #[error("history database: {0}")]
-    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A file next to the database could not be read or created.
-    #[error("history file {path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The database was written by a newer livetap.
-    #[error(
-        "history database {path} has schema version {found}; this livetap reads versions up to {supported}"
-    )]
-    SchemaTooNew {
-        /// The database file.
-        path: PathBuf,
-        /// Its `user_version`.
-        found: i64,
-        /// The newest version this build knows.
-        supported: i64,
-    },
-    /// The file is an SQLite database, but not a livetap history database.
-    #[error("{path} is not a livetap history database")]
-    NotHistory {
-        /// The database file.
-        path: PathBuf,
-    },
+    /// The backend failed (I/O error, full disk, corrupt or foreign file, a newer schema, …).
+    /// It carries the backend's own error (for SQLite, [`sqlite::SqliteError`]) and shows its
+    /// message unchanged, so callers above `store/` need no backend's types.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     /// The configured keep query does not parse.
     #[error("invalid history keep query: {0}")]
     KeepQuery(#[source] ParseError),
@@ -98,12 +78,6 @@ pub enum StoreError {
         /// The spawn error.
         source: std::io::Error,
     },
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(Box::new(e))
-    }
 }
 
 /// The `[history]` settings. Every field has a default, so an empty table (or none) works.
@@ -549,24 +523,6 @@ pub enum MetricKind {
     Histogram,
 }
 
-impl MetricKind {
-    fn code(self) -> i64 {
-        match self {
-            MetricKind::Counter => 0,
-            MetricKind::Gauge => 1,
-            MetricKind::Histogram => 2,
-        }
-    }
-
-    fn from_code(c: i64) -> MetricKind {
-        match c {
-            1 => MetricKind::Gauge,
-            2 => MetricKind::Histogram,
-            _ => MetricKind::Counter,
-        }
-    }
-}
-
 /// One metric reading handed to [`HistoryWriter::sample_metrics`]: totals since start for
 /// counters and histograms (the writer stores the increase since the previous sample),
 /// the current value for gauges.
@@ -756,23 +712,90 @@ pub trait HistoryStore: Send + Sync {
     /// Bytes the store takes on disk now, as the size bound counts them (cheap: the writer
     /// asks after every twentieth of the bound it writes).
     fn disk_bytes(&self) -> Result<u64, StoreError>;
+
+    /// [`HistoryStore::disk_bytes`] for reports and benchmarks that cannot act on an error:
+    /// 0 when the store cannot tell.
+    fn size_bytes(&self) -> u64 {
+        self.disk_bytes().unwrap_or(0)
+    }
+
+    /// Runs the backend's own consistency check and returns its findings, `["ok"]` when
+    /// sound. A backend with no check of its own has nothing to report, so it answers `["ok"]`.
+    fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        Ok(vec!["ok".to_string()])
+    }
+
+    /// The local file the store keeps its data in, for diagnostics and for tools that inspect
+    /// it; an empty path for a store that keeps none (in memory, or on a server).
+    fn path(&self) -> &Path {
+        Path::new("")
+    }
+}
+
+/// Opens (or creates) the store that `config` asks for at `path`, without a writer: the one
+/// place that picks the backend. [`History::open`] starts a writer on what it returns, and
+/// the `livetap history` command queries it directly (SQLite's write-ahead log lets it read
+/// while a server writes).
+///
+/// There is one backend today, the embedded SQLite file; a second one would be chosen here
+/// from a `[history]` setting, and nothing above `store/` would change.
+pub fn open_store(config: &HistoryConfig, path: &Path) -> Result<Arc<dyn HistoryStore>, StoreError> {
+    // The settings do not choose among backends yet; taking them here keeps every caller
+    // ready for when they do.
+    let _ = config;
+    Ok(Arc::new(SqliteStore::open(path)?))
 }
 
 /// An opened history: the store (for queries) and its running writer (for feeding).
 pub struct History {
     /// The store, shared with the writer; queries go here.
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn HistoryStore>,
     /// The writer; feed it events and metric samples.
     pub writer: HistoryWriter,
 }
 
 impl History {
-    /// Opens (or creates) the SQLite database at `path` and starts the writer and retention
-    /// threads with `config`. The keep query, if any, is parsed against `keys`.
+    /// Opens the history `config` asks for, in `data_dir` unless `config` names its own
+    /// place, and starts its writer; `None` when history is off or has no place. The keep
+    /// query, if any, is parsed against `keys`.
+    pub fn from_config(
+        config: &HistoryConfig,
+        data_dir: Option<&Path>,
+        keys: &KeyRegistry,
+    ) -> Result<Option<History>, StoreError> {
+        match config.resolve_path(data_dir) {
+            Some(path) => History::open(&path, config, keys).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens (or creates) the configured store at `path` ([`open_store`]) and starts the
+    /// writer and retention threads with `config`. The keep query, if any, is parsed against
+    /// `keys`.
     pub fn open(path: &Path, config: &HistoryConfig, keys: &KeyRegistry) -> Result<History, StoreError> {
+        // Checked before the store is opened, so a bad setting never creates a file.
         config.validate()?;
         let keep = keep_predicate(config, keys)?;
-        let store = Arc::new(SqliteStore::open(path)?);
+        History::start_with(open_store(config, path)?, config, keys, keep)
+    }
+
+    /// Starts the writer and retention threads with `config` on a store that is already open,
+    /// whatever its backend. The keep query, if any, is parsed against `keys`.
+    pub fn start(
+        store: Arc<dyn HistoryStore>,
+        config: &HistoryConfig,
+        keys: &KeyRegistry,
+    ) -> Result<History, StoreError> {
+        let keep = keep_predicate(config, keys)?;
+        History::start_with(store, config, keys, keep)
+    }
+
+    fn start_with(
+        store: Arc<dyn HistoryStore>,
+        config: &HistoryConfig,
+        keys: &KeyRegistry,
+        keep: Option<KeepFn>,
+    ) -> Result<History, StoreError> {
         let writer = HistoryWriter::start(store.clone(), HistoryKeys::resolve(keys), config, keep)?;
         Ok(History { store, writer })
     }

@@ -64,6 +64,66 @@ const SIZE_LOW_PERCENT: u64 = 80;
 /// The write-ahead log is truncated to this size after checkpoints.
 const JOURNAL_SIZE_LIMIT: i64 = 16 << 20;
 
+/// Why the SQLite backend failed. Callers above `store/` see it only inside
+/// [`StoreError::Backend`], which shows its message unchanged; `SqliteStore::open` returns it
+/// as is, so a caller that opened this backend by name can tell the cases apart.
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteError {
+    /// SQLite itself failed (I/O error, full disk, corrupt file, a lock held too long, …).
+    #[error("history database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The directory of the database file could not be created.
+    #[error("history file {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database could not be switched to write-ahead logging, which concurrent readers
+    /// and the crash guarantees need.
+    #[error("history database: cannot switch {path} to WAL (got {mode})")]
+    NotWal {
+        /// The database file.
+        path: PathBuf,
+        /// The journal mode SQLite kept.
+        mode: String,
+    },
+    /// The database was written by a newer livetap.
+    #[error(
+        "history database {path} has schema version {found}; this livetap reads versions up to {supported}"
+    )]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The file is an SQLite database, but not a livetap history database.
+    #[error("{path} is not a livetap history database")]
+    NotHistory {
+        /// The database file.
+        path: PathBuf,
+    },
+}
+
+/// The backend's errors travel through the generic [`StoreError`] boxed, so nothing above
+/// `store/` depends on SQLite's types.
+impl From<SqliteError> for StoreError {
+    fn from(e: SqliteError) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// Lets `?` turn a SQLite failure inside the backend's trait methods into a [`StoreError`].
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        SqliteError::Sqlite(e).into()
+    }
+}
+
 const SCHEMA: &str = r#"
 CREATE TABLE events (
     seq        INTEGER PRIMARY KEY,
@@ -163,6 +223,24 @@ impl Drop for Reader<'_> {
     }
 }
 
+/// The code a metric's kind is stored as in `metric_names.kind`.
+fn kind_code(kind: MetricKind) -> i64 {
+    match kind {
+        MetricKind::Counter => 0,
+        MetricKind::Gauge => 1,
+        MetricKind::Histogram => 2,
+    }
+}
+
+/// The kind stored as `code`; an unknown code reads as a counter.
+fn kind_from_code(code: i64) -> MetricKind {
+    match code {
+        1 => MetricKind::Gauge,
+        2 => MetricKind::Histogram,
+        _ => MetricKind::Counter,
+    }
+}
+
 /// Sequence numbers and times are stored as SQLite integers (signed 64-bit).
 fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::OutOfRange(seq))
@@ -231,10 +309,10 @@ struct SpanAgg {
 impl SqliteStore {
     /// Opens the database at `path`, creating it (and its directory) when missing, and
     /// upgrading its schema when it is older.
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub fn open(path: &Path) -> Result<SqliteStore, SqliteError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+                .map_err(|source| SqliteError::Io { path: dir.to_path_buf(), source })?;
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -244,9 +322,7 @@ impl SqliteStore {
         // last commits but leaves a consistent file.
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Database(
-                format!("cannot switch {} to WAL (got {mode})", path.display()).into(),
-            ));
+            return Err(SqliteError::NotWal { path: path.to_path_buf(), mode });
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
@@ -488,10 +564,10 @@ fn wal_path(path: &Path) -> PathBuf {
 
 /// Creates the schema in a new file, checks an existing one, and upgrades older versions
 /// (there are none yet: version 1 is the first).
-fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+fn migrate(conn: &Connection, path: &Path) -> Result<(), SqliteError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
+        return Err(SqliteError::SchemaTooNew {
             path: path.to_path_buf(),
             found: version,
             supported: SCHEMA_VERSION,
@@ -500,7 +576,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     if version == 0 {
         let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
         if tables != 0 {
-            return Err(StoreError::NotHistory { path: path.to_path_buf() });
+            return Err(SqliteError::NotHistory { path: path.to_path_buf() });
         }
         // Must precede the first table: a file only shrinks after deletes when it was
         // created with auto_vacuum on.
@@ -512,7 +588,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
     let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
     if app != APPLICATION_ID {
-        return Err(StoreError::NotHistory { path: path.to_path_buf() });
+        return Err(SqliteError::NotHistory { path: path.to_path_buf() });
     }
     Ok(())
 }
@@ -640,7 +716,7 @@ impl HistoryStore for SqliteStore {
                         (MetricKind::Histogram, Some(i64::try_from(*count).unwrap_or(i64::MAX)), Some(*sum))
                     }
                 };
-                let id: i64 = name_id.query_row(params![p.name(), kind.code()], |r| r.get(0))?;
+                let id: i64 = name_id.query_row(params![p.name(), kind_code(kind)], |r| r.get(0))?;
                 ins.execute(params![p.timestamp(), id, count, value])?;
             }
         }
@@ -733,7 +809,7 @@ impl HistoryStore for SqliteStore {
             for row in rows {
                 let (id, name, kind) = row?;
                 if filter.matches(&name) {
-                    names.insert(id, (name, MetricKind::from_code(kind)));
+                    names.insert(id, (name, kind_from_code(kind)));
                 }
             }
         }
@@ -854,6 +930,18 @@ impl HistoryStore for SqliteStore {
         Ok(self.size_bytes())
     }
 
+    fn size_bytes(&self) -> u64 {
+        SqliteStore::size_bytes(self)
+    }
+
+    fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        SqliteStore::integrity_check(self)
+    }
+
+    fn path(&self) -> &Path {
+        SqliteStore::path(self)
+    }
+
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let r = self.reader()?;
         let (oldest, newest): (Option<i64>, Option<i64>) =
@@ -902,13 +990,29 @@ mod tests {
         assert_eq!((v, av), (SCHEMA_VERSION, 2));
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         drop(conn);
-        assert!(matches!(SqliteStore::open(&path), Err(StoreError::SchemaTooNew { .. })));
+        assert!(matches!(SqliteStore::open(&path), Err(SqliteError::SchemaTooNew { .. })));
 
         let other = dir.path().join("other.db");
         let c = Connection::open(&other).unwrap();
         c.execute_batch("CREATE TABLE t (x)").unwrap();
         drop(c);
-        assert!(matches!(SqliteStore::open(&other), Err(StoreError::NotHistory { .. })));
+        assert!(matches!(SqliteStore::open(&other), Err(SqliteError::NotHistory { .. })));
+    }
+
+    #[test]
+    fn errors_keep_their_message_through_the_generic_error() {
+        let e =
+            StoreError::from(SqliteError::SchemaTooNew { path: "h.sqlite3".into(), found: 2, supported: 1 });
+        assert_eq!(
+            e.to_string(),
+            "history database h.sqlite3 has schema version 2; this livetap reads versions up to 1"
+        );
+        let e = StoreError::from(rusqlite::Error::InvalidQuery);
+        assert!(matches!(e, StoreError::Backend(_)));
+        assert_eq!(e.to_string(), format!("history database: {}", rusqlite::Error::InvalidQuery));
+        // The SQLite error is still reachable as the cause, as it was before the wrapping.
+        let cause = std::error::Error::source(&e).expect("a cause");
+        assert_eq!(cause.to_string(), rusqlite::Error::InvalidQuery.to_string());
     }
 
     #[test]

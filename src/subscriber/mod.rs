@@ -7,17 +7,20 @@
 //! the client is told in-band, at the right position, how many it missed. A queue that stays
 //! full past the stall timeout gets the subscriber's connection closed by the reaper.
 //! Nothing here blocks: ingest and the other subscribers never wait for a slow one.
+//!
+//! Every field that threads share says in its comment who writes it, who reads it and with
+//! which memory ordering, and why that ordering is enough. The lock, atomics and waker come
+//! from `ring::sync`, so the loom model tests (`tests/loom.rs`) check this very code.
 
 pub mod registry;
 pub mod replay;
 
+use crate::event::dialect::WireForm;
 use crate::matcher::plan::Plan;
 use crate::query::ast::Expr;
-use atomic_waker::AtomicWaker;
+use crate::ring::sync::{AtomicBool, AtomicU64, AtomicWaker, Mutex, Ordering};
 use bytes::Bytes;
-use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -35,9 +38,21 @@ pub enum Item {
     },
     /// This many events were dropped here because the queue was full.
     Lagged(u64),
+    /// An event for a tap (`crate::tap`): its sequence number and the event itself, which a
+    /// tap reads whole (keys, span, time), where a stream only needs the bytes.
+    Tapped {
+        /// Global sequence number.
+        seq: u64,
+        /// The event, shared with the ring.
+        event: Arc<crate::event::Event>,
+    },
 }
 
+/// What a subscriber's queue lock guards (`Subscriber::queue`): every field is read and
+/// written only with that lock held, which orders all of it.
 struct Queue {
+    /// The items not yet taken by the writer, oldest first, at most `capacity` events (plus
+    /// the `Lagged` markers between them).
     items: VecDeque<Item>,
     /// Drops not yet reported by a `Lagged` item.
     pending_drop: u64,
@@ -49,7 +64,20 @@ struct Queue {
 /// waits on it: the one serving the connection.
 #[derive(Debug, Default)]
 pub struct ConnHandle {
+    /// The waker of the task serving the connection.
+    ///
+    /// Registered by that task in `poll_killed`, before it loads `killed`; woken by `kill`
+    /// (the reaper), after it stored `killed`. The waker's own read-modify-writes order the
+    /// two: if the kill's wake comes after the registration, it wakes the task; if it comes
+    /// before, the registration synchronises with it, and the task's load of `killed` that
+    /// follows sees `true`. Either way the task does not sleep through a kill.
     waker: AtomicWaker,
+    /// True once the connection is to be dropped.
+    ///
+    /// Stored by `kill` (any thread: the reaper, `kill_connection`), loaded by the connection
+    /// task in `poll_killed`. Both are SeqCst, which is more than needed: as `waker` says, the
+    /// waker's ordering already makes a task that registered before the kill's wake either see
+    /// the flag or get woken. Nothing else is read through the flag.
     killed: AtomicBool,
 }
 
@@ -99,16 +127,62 @@ pub struct Subscriber {
     pub plan: Plan,
     /// Whether a match pulls in the rest of the span.
     pub follow: bool,
+    /// The most events `queue` holds; never changes.
     capacity: usize,
+    /// The queued items, the drops not yet reported and the start of a stall.
+    ///
+    /// Written by the one thread that matches for this subscriber (`push_quiet`: its shard's
+    /// matcher thread, or a producer matching for that thread while it sleeps, never both at
+    /// once, since both hold the shard's lock) and by the stream's writer task (`drain_into`);
+    /// read by the reaper (`full_since`) and the stats (`queued`). Everything in it is read and
+    /// written with the lock held, and the lock orders it all; no atomic ordering is involved.
+    /// The lock is held for a few pointer moves, never across a wake or an await.
     queue: Mutex<Queue>,
+    /// The writer task's waker.
+    ///
+    /// Registered by the writer task (`register_waker`) before each look at the queue; woken
+    /// by the matcher after a push that found the queue empty (once per batch, after the
+    /// batch), and by `kill_connection` and shutdown. No wake-up is lost: the writer returns
+    /// pending only after a look that found the queue empty, so the first push after that look
+    /// finds it empty too and says to wake, and since that push took the lock after the look,
+    /// the registration happens before the wake, which therefore sees it. Pushes after that
+    /// one and before the writer's next look find the queue non-empty and do not wake: the
+    /// writer, already woken, takes their items on that look.
     waker: AtomicWaker,
+    /// True once the stream has ended or the subscriber is killed; matchers skip it from then.
+    ///
+    /// Stored by `close` (the stream's `Subscription` dropped, or `kill_connection` from the
+    /// reaper) with Release; loaded with Acquire by matchers before each push (`is_closed`), by
+    /// the writer after it found the queue empty, and by the reaper. It publishes no data, so
+    /// its ordering is not what matters: a writer must notice it, and `kill_connection` wakes
+    /// the writer after storing it, while the writer loads it after registering its waker, so
+    /// (as for `ConnHandle::waker`) it either sees `true` or is woken. A matcher that loads a
+    /// stale `false` pushes an event or two more into a queue nobody drains, which its bound
+    /// makes harmless.
     closed: AtomicBool,
+    /// Events queued so far. Added to (Relaxed) by the matching thread after a push, read by
+    /// the stats. Relaxed suffices: it is a count nothing is ordered by, and a reader may see
+    /// it a few events behind.
     delivered: AtomicU64,
+    /// Events dropped because the queue was full. Added to (Relaxed) by the matching thread,
+    /// read by the stats; Relaxed for the same reason as `delivered`.
     dropped: AtomicU64,
     /// The first sequence number the stream sends from its queue (its live start); 0 until
     /// the subscription is answered. See [`Subscriber::set_live_start`].
+    ///
+    /// Stored once by the subscribing task (`set_live_start`), after the registry answered and
+    /// before it builds the stream; loaded by the writer under the queue lock (`drain_into`).
+    /// Relaxed suffices because the writer is that same task, or one it starts later, so the
+    /// store happens before every load by program order or by the runtime's hand-over of the
+    /// task. Matchers never read it: they may queue events below it, which the writer drops.
     live_start: AtomicU64,
+    /// The connection to close when the subscriber stalls, if it has one; never changes.
     conn: Option<Arc<ConnHandle>>,
+    /// True for a tap's queue (`crate::tap`), which holds event handles instead of wire
+    /// bytes; never changes.
+    tap: bool,
+    /// The dialect its events are written in; never changes after subscription.
+    form: WireForm,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -140,7 +214,32 @@ impl Subscriber {
             dropped: AtomicU64::new(0),
             live_start: AtomicU64::new(0),
             conn,
+            tap: false,
+            form: WireForm::Classic,
         }
+    }
+
+    /// The same subscriber, written in `form` (a wire dialect) instead of the classic form.
+    pub fn in_form(self, form: WireForm) -> Subscriber {
+        Subscriber { form, ..self }
+    }
+
+    /// `event`'s bytes as this stream sends them (its dialect's wire form), shared with every
+    /// other stream of that dialect.
+    #[inline]
+    pub fn wire_of(&self, event: &crate::event::Event) -> Bytes {
+        self.form.wire(event).clone()
+    }
+
+    /// The queue of a tap (`crate::tap`): the same bounded queue, lag markers and counters as
+    /// a stream's, holding event handles. A tap never follows spans and has no connection.
+    pub fn new_tap(id: u64, filter: Expr, capacity: usize) -> Subscriber {
+        Subscriber { tap: true, ..Subscriber::new(id, filter, false, capacity, None) }
+    }
+
+    /// True for a tap's queue.
+    pub fn is_tap(&self) -> bool {
+        self.tap
     }
 
     /// Queues one event (called by the owning matcher thread) and wakes the writer if the
@@ -164,6 +263,27 @@ impl Subscriber {
     /// event: a wake is a cross-thread notification, the most expensive part of a delivery).
     #[inline]
     pub fn push_quiet(&self, seq: u64, wire: &Bytes, now_ms: u64) -> Push {
+        self.push_item(|| Item::Event { seq, wire: wire.clone() }, now_ms)
+    }
+
+    /// [`Subscriber::push_quiet`] of an event as this subscriber takes it: a stream's queue
+    /// takes the event's bytes in its dialect (a reference count, no copy), a tap's takes the
+    /// event handle. This is what the matcher calls.
+    #[inline]
+    pub fn push_event_quiet(&self, seq: u64, event: &Arc<crate::event::Event>, now_ms: u64) -> Push {
+        if self.tap {
+            self.push_item(|| Item::Tapped { seq, event: event.clone() }, now_ms)
+        } else {
+            // Encoded (the first time any stream of the dialect asks) before the lock is taken.
+            let wire = self.form.wire(event);
+            self.push_item(|| Item::Event { seq, wire: wire.clone() }, now_ms)
+        }
+    }
+
+    /// Queues the item `make` builds, unless the queue is full; `make` runs only when the
+    /// item is queued, so a drop costs no reference count.
+    #[inline]
+    fn push_item(&self, make: impl FnOnce() -> Item, now_ms: u64) -> Push {
         let was_empty;
         {
             let mut q = self.queue.lock();
@@ -179,7 +299,7 @@ impl Subscriber {
                 let n = std::mem::take(&mut q.pending_drop);
                 q.items.push_back(Item::Lagged(n));
             }
-            q.items.push_back(Item::Event { seq, wire: wire.clone() });
+            q.items.push_back(make());
         }
         self.delivered.fetch_add(1, Ordering::Relaxed);
         Push::Queued { wake: was_empty }
@@ -197,8 +317,12 @@ impl Subscriber {
     pub fn drain_into(&self, out: &mut Vec<Item>, max: usize) -> usize {
         let mut q = self.queue.lock();
         let start = self.live_start.load(Ordering::Relaxed);
-        if matches!(q.items.front(), Some(Item::Event { seq, .. }) if *seq < start) {
-            q.items.retain(|i| !matches!(i, Item::Event { seq, .. } if *seq < start));
+        let before = |i: &Item| match i {
+            Item::Event { seq, .. } | Item::Tapped { seq, .. } => *seq < start,
+            Item::Lagged(_) => false,
+        };
+        if q.items.front().is_some_and(before) {
+            q.items.retain(|i| !before(i));
         }
         let n = q.items.len().min(max);
         out.extend(q.items.drain(..n));
@@ -292,6 +416,7 @@ mod tests {
         out.into_iter()
             .map(|i| match i {
                 Item::Event { seq, .. } => format!("e{seq}"),
+                Item::Tapped { seq, .. } => format!("t{seq}"),
                 Item::Lagged(n) => format!("lag{n}"),
             })
             .collect()

@@ -10,6 +10,7 @@
 //! a command that arrives after the rest is applied at once.
 
 use super::{ConnHandle, Subscriber};
+use crate::event::dialect::WireForm;
 use crate::event::Event;
 use crate::matcher::index::{CompiledIndex, IndexStats};
 use crate::query::ast::Expr;
@@ -19,7 +20,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 enum Command {
@@ -62,6 +63,10 @@ pub struct Registry {
     max_subscribers: usize,
     queue_capacity: usize,
     builder: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Taps among `all` (`crate::tap`). Written (Relaxed) when a tap subscribes or its
+    /// subscription ends, read by the subscriber cap: taps take no stream place. Relaxed
+    /// suffices because the cap is checked under `all`'s lock, which orders both.
+    taps: Arc<AtomicUsize>,
 }
 
 /// Removes its subscriber from the registry when dropped (the stream ended).
@@ -71,10 +76,15 @@ pub struct Subscription {
     /// Ring position from which every matching event reaches this subscriber.
     pub start: u64,
     tx: Option<Sender<Command>>,
+    /// The registry's tap count, for a tap's subscription (given back on drop).
+    taps: Option<Arc<AtomicUsize>>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if let Some(t) = &self.taps {
+            t.fetch_sub(1, Ordering::Relaxed);
+        }
         self.sub.close();
         if let Some(tx) = &self.tx {
             let _ = tx.send(Command::Remove(self.sub.id));
@@ -112,6 +122,7 @@ impl Registry {
             max_subscribers,
             queue_capacity,
             builder: Mutex::new(Some(builder)),
+            taps: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -127,18 +138,51 @@ impl Registry {
         follow: bool,
         conn: Option<Arc<ConnHandle>>,
     ) -> Result<Subscription, RegistryError> {
-        let tx = self.tx.lock().clone().ok_or(RegistryError::Closed)?;
+        self.subscribe_in(filter, follow, conn, WireForm::Classic).await
+    }
+
+    /// [`Registry::subscribe`] for a stream written in `form` (a wire dialect).
+    pub async fn subscribe_in(
+        &self,
+        filter: Expr,
+        follow: bool,
+        conn: Option<Arc<ConnHandle>>,
+        form: WireForm,
+    ) -> Result<Subscription, RegistryError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let sub = Arc::new(Subscriber::new(id, filter, follow, self.queue_capacity, conn));
+        let sub = Subscriber::new(id, filter, follow, self.queue_capacity, conn).in_form(form);
+        self.add(Arc::new(sub)).await
+    }
+
+    /// Adds a tap's queue (`crate::tap`): compiled into its shard's index like a stream, with
+    /// a queue of `capacity` events, and not counted against `max-subscribers`. Resolves once
+    /// the matcher indexes include it.
+    pub async fn subscribe_tap(&self, filter: Expr, capacity: usize) -> Result<Subscription, RegistryError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.add(Arc::new(Subscriber::new_tap(id, filter, capacity))).await
+    }
+
+    async fn add(&self, sub: Arc<Subscriber>) -> Result<Subscription, RegistryError> {
+        let tx = self.tx.lock().clone().ok_or(RegistryError::Closed)?;
+        let id = sub.id;
+        let tap = sub.is_tap();
         {
             let mut all = self.all.lock();
-            if all.len() >= self.max_subscribers {
+            if !tap && all.len() - self.taps.load(Ordering::Relaxed) >= self.max_subscribers {
                 return Err(RegistryError::Full(self.max_subscribers));
+            }
+            if tap {
+                self.taps.fetch_add(1, Ordering::Relaxed);
             }
             all.insert(id, sub.clone());
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let mut subscription = Subscription { sub: sub.clone(), start: 0, tx: Some(tx.clone()) };
+        let mut subscription = Subscription {
+            sub: sub.clone(),
+            start: 0,
+            tx: Some(tx.clone()),
+            taps: tap.then(|| self.taps.clone()),
+        };
         tx.send(Command::Add(sub, reply)).map_err(|_| RegistryError::Closed)?;
         subscription.start = rx.await.map_err(|_| RegistryError::Closed)?;
         // Before the stream can drain anything: it starts at `start` (see `set_live_start`).
@@ -146,14 +190,15 @@ impl Registry {
         Ok(subscription)
     }
 
-    /// Number of live subscribers.
+    /// Number of live streams (taps not counted).
     pub fn len(&self) -> usize {
-        self.all.lock().len()
+        let all = self.all.lock();
+        all.len() - self.taps.load(Ordering::Relaxed)
     }
 
-    /// True when nobody is subscribed.
+    /// True when nobody is subscribed, taps included (shutdown waits for this).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.all.lock().is_empty()
     }
 
     /// What the current shard indexes hold, summed over shards.
@@ -165,9 +210,9 @@ impl Registry {
         total
     }
 
-    /// A snapshot of the live subscribers.
+    /// A snapshot of the live streams (taps are reported by the hub, each with its name).
     pub fn snapshot(&self) -> Vec<Arc<Subscriber>> {
-        self.all.lock().values().cloned().collect()
+        self.all.lock().values().filter(|s| !s.is_tap()).cloned().collect()
     }
 
     /// Closes the connections of subscribers whose queue has been full for `stall_ms` or more.

@@ -15,6 +15,7 @@ use super::{Item, Subscriber};
 use crate::event::Event;
 use crate::matcher::index::{CompiledIndex, Scratch};
 use crate::matcher::spans::SpanTable;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -336,6 +337,8 @@ struct ReplayMatcher {
     idx: CompiledIndex,
     scratch: Scratch,
     spans: SpanTable,
+    /// The resuming subscriber, whose dialect the replayed bytes are written in.
+    sub: Arc<Subscriber>,
 }
 
 impl ReplayMatcher {
@@ -344,7 +347,13 @@ impl ReplayMatcher {
             idx: CompiledIndex::build(vec![sub.clone()], u64::MAX),
             scratch: Scratch::default(),
             spans: SpanTable::new(4096, u64::MAX / 2),
+            sub: sub.clone(),
         }
+    }
+
+    /// The event's bytes in the subscriber's dialect.
+    fn wire_of(&self, ev: &Event) -> Bytes {
+        self.sub.wire_of(ev)
     }
 
     fn matches(&mut self, ev: &Event) -> bool {
@@ -396,7 +405,7 @@ fn read_older(
                     out.items.pop_front();
                     out.dropped += 1;
                 }
-                out.items.push_back(Item::Event { seq, wire: ev.wire });
+                out.items.push_back(Item::Event { seq, wire: m.wire_of(&ev) });
             }
         }
         next = last + 1;
@@ -487,7 +496,7 @@ fn replay(
     }
     for (i, ev) in range.events.iter().enumerate() {
         if m.matches(ev) {
-            out.items.push_back(Item::Event { seq: range.first + i as u64, wire: ev.wire.clone() });
+            out.items.push_back(Item::Event { seq: range.first + i as u64, wire: sub.wire_of(ev) });
         }
     }
     out

@@ -10,7 +10,8 @@
 //! Between frames it sleeps on one timer; when the interval is longer than the ping interval,
 //! `event: ping` frames keep proxies from closing the idle connection.
 
-use super::registry::{MetricValue, Reading, StreamGuard};
+use crate::metrics::registry::StreamGuard;
+use crate::metrics::{MetricValue, Reading};
 use crate::sse::SseChunk;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};

@@ -2,46 +2,18 @@
 //!
 //! They are computed when a frame or `/metrics` is read, from the hub's stats snapshot, so
 //! they cost nothing between readings. The ingest rate needs two points in time; a one-second
-//! tick ([`OwnState::tick`]) keeps the last second's rate. `server.memory` is Stalwart's name
+//! tick ([`OwnState::tick`](crate::metrics::registry::OwnState::tick)) keeps the last second's rate. `server.memory` is Stalwart's name
 //! for the server's memory: livetap reports its own resident memory there unless a producer or
 //! a scrape supplies the mail server's value, and always as `livetap.memory`.
 
-use super::query::NameFilter;
-use super::registry::{MetricValue, MetricsRegistry, Reading};
 use super::stats::StatsSnapshot;
-use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::metrics::query::NameFilter;
+use crate::metrics::{MetricValue, MetricsRegistry, Reading};
+// `OwnState` lives with the registry that holds it; the tests below name it through `super::*`.
+#[cfg(test)]
+use crate::metrics::registry::OwnState;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
-
-/// What the own samples remember between readings.
-#[derive(Debug, Default)]
-pub struct OwnState {
-    /// Events per second over the last tick, as `f64` bits.
-    rate: AtomicU64,
-    last: Mutex<Option<(Instant, u64)>>,
-}
-
-impl OwnState {
-    /// Records the accepted-events total now; the rate is the increase since the last tick.
-    pub fn tick(&self, accepted: u64) {
-        let now = Instant::now();
-        let mut last = self.last.lock();
-        if let Some((then, before)) = *last {
-            let secs = now.duration_since(then).as_secs_f64();
-            if secs > 0.0 {
-                let rate = accepted.saturating_sub(before) as f64 / secs;
-                self.rate.store(rate.to_bits(), Ordering::Relaxed);
-            }
-        }
-        *last = Some((now, accepted));
-    }
-
-    /// Events ingested per second over the last tick.
-    pub fn rate(&self) -> f64 {
-        f64::from_bits(self.rate.load(Ordering::Relaxed))
-    }
-}
 
 /// The process' resident memory in bytes, from `/proc/self/statm` (Linux); `None` elsewhere.
 pub fn rss_bytes() -> Option<u64> {

@@ -5,22 +5,34 @@
 //! accepting, match everything already accepted, let every subscriber receive what it was
 //! queued, then close the streams. It also holds the live metrics registry, which the matcher
 //! threads count events into and the metrics endpoints read.
+//!
+//! - [`stats`]: the counters of `/api/livetap/stats` (ingest, rejections, backpressure) and
+//!   the snapshot [`Hub::stats`] reads from them.
+//! - [`own`]: livetap's own samples in the live metrics, computed from that snapshot.
+
+pub mod own;
+pub mod stats;
+
+pub use stats::{IngestStats, StatsSnapshot, SubscriberStats};
 
 use crate::config::Config;
+use crate::event::dialect::Dialects;
 use crate::event::{Catalogue, Event, EventBuilder, KeyKind, KeyRegistry};
 use crate::ingest::pool::ParsePool;
 use crate::matcher::{Clock, Helper, MatcherConfig, MatcherPool, MatcherStats};
-use crate::metrics::own::own_values;
 use crate::metrics::query::NameFilter;
-use crate::metrics::{IngestStats, MetricValue, MetricsRegistry, StatsSnapshot, SubscriberStats};
+use crate::metrics::{MetricValue, MetricsRegistry};
+use crate::query::{parse_pairs, ParseError};
 use crate::ring::lease::{SeqLease, LEASE_BLOCK};
 use crate::ring::{Ring, RingError};
 use crate::sse::Closing;
-use crate::store::sqlite::SqliteStore;
 use crate::store::writer::HistoryWriter;
 use crate::store::{History, HistoryStore};
+use crate::subscriber::registry::RegistryError;
 use crate::subscriber::replay::{OlderEvents, ReplayLog};
 use crate::subscriber::Registry;
+use crate::tap::{Tap, TapHandle, TapStats};
+use own::own_values;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +50,29 @@ pub enum PublishError {
     /// The hub is shutting down and accepts nothing new.
     #[error("the hub is shutting down")]
     ShuttingDown,
+}
+
+/// A receiver of a one-way `false` → `true` signal that reports a change already made.
+fn signal(tx: &tokio::sync::watch::Sender<bool>) -> tokio::sync::watch::Receiver<bool> {
+    let mut rx = tx.subscribe();
+    if *rx.borrow() {
+        rx.mark_changed();
+    }
+    rx
+}
+
+/// Why a tap could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// Its query does not parse.
+    #[error("tap `{0}`: invalid query: {1}")]
+    Query(String, ParseError),
+    /// The hub is shutting down.
+    #[error("tap `{0}`: {1}")]
+    Registry(String, RegistryError),
+    /// Its thread could not be started.
+    #[error("tap `{0}`: cannot start its thread: {1}")]
+    Thread(String, std::io::Error),
 }
 
 /// The running pipeline.
@@ -64,8 +99,9 @@ pub struct Hub {
     pub closing: Arc<Closing>,
     /// The live metrics: event counters (fed by the matcher threads), gauges, histograms.
     pub metrics: Arc<MetricsRegistry>,
-    /// The history database, for queries (`None` when history is off or has no data dir).
-    pub history_store: Option<Arc<SqliteStore>>,
+    /// The history store, for queries, whatever its backend (`None` when history is off or
+    /// has no data dir).
+    pub history_store: Option<Arc<dyn HistoryStore>>,
     /// The history writer, fed by matcher thread 0 and the metric sampler.
     pub history_writer: Option<Arc<HistoryWriter>>,
     /// The on-disk reservation of event ids (with a data directory).
@@ -82,6 +118,10 @@ pub struct Hub {
     matcher_stats: Vec<Arc<MatcherStats>>,
     /// The threads that parse socket ingest and free the events they built (`ingest::pool`).
     pub parse_pool: ParsePool,
+    /// The running taps (`crate::tap`), in the order they were added.
+    taps: Mutex<Vec<TapHandle>>,
+    /// The wire dialects streams may speak besides the classic one (`event::dialect`).
+    pub dialects: Dialects,
 }
 
 impl Hub {
@@ -95,13 +135,8 @@ impl Hub {
         }
         // History first: its next sequence number is where the ring starts, so event ids stay
         // unique and increasing across restarts and a resume can reach into what is stored.
-        let history = match config.history.resolve_path(config.data_dir.as_deref()) {
-            Some(path) => {
-                let h = History::open(&path, &config.history, &keys).map_err(std::io::Error::other)?;
-                Some(h)
-            }
-            None => None,
-        };
+        let history = History::from_config(&config.history, config.data_dir.as_deref(), &keys)
+            .map_err(std::io::Error::other)?;
         let start_seq = match &history {
             Some(h) => h.store.next_seq().map_err(std::io::Error::other)?,
             None => 0,
@@ -137,7 +172,6 @@ impl Hub {
                 max_spans: config.max_spans,
                 span_ttl: Duration::from_secs(config.span_ttl_secs),
                 replay: Some(replay.clone()),
-                history: history_writer.clone(),
             },
             clock,
             &metrics,
@@ -168,7 +202,33 @@ impl Hub {
             accepting: AtomicBool::new(true),
             shutdown_tx,
             streams_closed_tx,
+            taps: Mutex::new(Vec::new()),
+            dialects: Dialects::default(),
         }))
+    }
+
+    /// Adds a tap: its query is compiled into a matcher shard's index and its thread starts;
+    /// from the moment this returns, every accepted event that matches the query reaches it
+    /// (or is counted as dropped for it). Call before the sources start to miss nothing.
+    pub async fn add_tap(self: &Arc<Self>, tap: Box<dyn Tap>) -> Result<(), TapError> {
+        let name = tap.name().to_string();
+        let query = parse_pairs(tap.query(), &self.keys, &self.config.query_limits())
+            .map_err(|e| TapError::Query(name.clone(), e))?;
+        let subscription = self
+            .registry
+            .subscribe_tap(query.expr, tap.queue_capacity())
+            .await
+            .map_err(|e| TapError::Registry(name.clone(), e))?;
+        let closing = self.closing.clone();
+        let handle = crate::tap::spawn(tap, subscription, move || closing.is_set())
+            .map_err(|e| TapError::Thread(name, e))?;
+        self.taps.lock().push(handle);
+        Ok(())
+    }
+
+    /// The running taps' counters.
+    pub fn tap_stats(&self) -> Vec<TapStats> {
+        self.taps.lock().iter().map(TapHandle::stats).collect()
     }
 
     /// The history store as a resume's source of events older than the replay log (`None`
@@ -187,15 +247,19 @@ impl Hub {
         self.accepting.load(Ordering::SeqCst)
     }
 
-    /// A receiver that turns `true` when shutdown begins.
+    /// A receiver that turns `true` when shutdown begins. Its `changed()` resolves at once
+    /// when shutdown has already begun: a task started just before a shutdown (a server
+    /// stopped right after it started) subscribes after the change, and would otherwise wait
+    /// for a second change that never comes.
     pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.shutdown_tx.subscribe()
+        signal(&self.shutdown_tx)
     }
 
     /// A receiver that turns `true` when live metrics streams should end (at shutdown, once
-    /// everything accepted was matched and counted).
+    /// everything accepted was matched and counted); already changed if that happened, as
+    /// for [`Hub::shutdown_signal`].
     pub fn streams_closed_signal(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.streams_closed_tx.subscribe()
+        signal(&self.streams_closed_tx)
     }
 
     /// The live metrics `filter` selects: the registry's readings and livetap's own, sorted by
@@ -351,6 +415,7 @@ impl Hub {
             ..Default::default()
         };
         s.history = self.history_writer.as_ref().map(|w| w.stats());
+        s.taps = self.tap_stats();
         // Every matcher thread reads every event, so "matched" is how far the slowest got.
         s.matched = self.ring.tail();
         for m in &self.matcher_stats {
@@ -358,6 +423,11 @@ impl Hub {
             s.matched_inline += m.helped.load(Ordering::Relaxed);
             s.dropped += m.drops.load(Ordering::Relaxed);
             s.followed_spans += m.spans.load(Ordering::Relaxed);
+        }
+        // The matcher counts a tap's queue like a stream's; the totals are the streams'.
+        for t in &s.taps {
+            s.deliveries = s.deliveries.saturating_sub(t.matched);
+            s.dropped = s.dropped.saturating_sub(t.dropped);
         }
         s.subscriber_detail = subs
             .iter()
@@ -377,7 +447,9 @@ impl Hub {
     /// stop the matcher threads.
     pub async fn shutdown(&self) {
         self.accepting.store(false, Ordering::SeqCst);
-        let _ = self.shutdown_tx.send(true);
+        // `send_replace`, not `send`: `send` leaves the value unchanged when no receiver exists yet,
+        // so a task that subscribes later (a server stopped right after it started) never stops.
+        self.shutdown_tx.send_replace(true);
         self.registry.close();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.drain_timeout_secs);
         while self.ring.tail() < self.ring.head() && tokio::time::Instant::now() < deadline {
@@ -385,13 +457,22 @@ impl Hub {
         }
         self.closing.set();
         self.registry.wake_all();
-        let _ = self.streams_closed_tx.send(true);
+        self.streams_closed_tx.send_replace(true);
         while (!self.registry.is_empty() || self.metrics.streams() > 0)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
             self.registry.wake_all();
         }
+        // Taps end once they have taken everything matched (`closing` is set and their queue
+        // is empty); their threads may still be writing, so wait for them off the runtime.
+        let taps = std::mem::take(&mut *self.taps.lock());
+        let _ = tokio::task::spawn_blocking(move || {
+            for mut t in taps {
+                t.join();
+            }
+        })
+        .await;
         if let Some(pool) = self.matchers.lock().take() {
             pool.stop();
         }

@@ -19,11 +19,11 @@
 //! (the upstream's are complete); gauges are set. A failed scrape keeps the previous values,
 //! counts a failure (`livetap.scrape-failures`) and logs a warning once per run of failures.
 
-use super::prometheus::{families, parse_text, FamilyValue};
-use super::push::check_name;
-use super::registry::{MetricsRegistry, Scraped};
 use crate::config::ScrapeTarget;
 use crate::hub::Hub;
+use crate::metrics::prometheus::{families, parse_text, FamilyValue};
+use crate::metrics::push::check_name;
+use crate::metrics::registry::{MetricsRegistry, Scraped};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;

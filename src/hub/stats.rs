@@ -1,7 +1,7 @@
 //! livetap's own operating counters (ingest, rejections, backpressure), read by `/api/livetap/stats`.
 //!
 //! Updated once per ingest batch, never per event per subscriber. The same snapshot also feeds
-//! livetap's own samples in the live metrics (`livetap.*`, see `metrics::own`).
+//! livetap's own samples in the live metrics (`livetap.*`, see `hub::own`).
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,6 +106,9 @@ pub struct StatsSnapshot {
     /// history is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<crate::store::WriterStats>,
+    /// Per tap (`crate::tap`: the history writer, webhooks, sinks): its query, events matched,
+    /// dropped for a full queue, queued, delivered.
+    pub taps: Vec<crate::tap::TapStats>,
 }
 
 /// Counters of one subscriber.

@@ -1,0 +1,175 @@
+//! Wire dialects: the JSON form an event takes in a live stream (Stalwart's classic form
+//! today; Stalwart v0.16's next), encoded at most once per dialect in use.
+//!
+//! Every event is serialised once at ingest in the classic form ([`Event::wire`]), which
+//! nearly every stream uses. Another dialect is an [`Encoder`] registered with the hub's
+//! [`Dialects`]; a stream that speaks it holds the encoder, and the first time a matcher queues
+//! an event to such a stream, the event is encoded in that dialect and the bytes are kept in
+//! the event beside the classic ones ([`Event::wire_in`]). Every other stream of the same
+//! dialect then shares them: one encoding per event per dialect in use, never one per
+//! subscriber, and none at all for a dialect no stream uses. An event carries one pointer for
+//! this (the table of other forms is allocated on first use).
+//!
+//! The frame around the events (`id:`, `event: trace`, the array brackets) is `sse/`'s: an
+//! encoder writes one JSON object and nothing else.
+
+use super::Event;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock};
+
+/// Writes events in one wire dialect. Encoders run on matcher threads: no I/O, no waiting.
+pub trait Encoder: Send + Sync + 'static {
+    /// The dialect's name, for logs and errors (`classic`, `v016`).
+    fn name(&self) -> &str;
+
+    /// Appends the event's JSON object in this dialect to `out` (no separator before it).
+    fn encode(&self, event: &Event, out: &mut Vec<u8>);
+}
+
+/// Dialects an event can carry besides the classic form.
+pub const MAX_OTHER_DIALECTS: usize = 7;
+
+/// A registered dialect: its slot in an event's table of other forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dialect(u8);
+
+/// How a stream's events are written: the classic form built at ingest, or another dialect.
+#[derive(Clone, Default)]
+pub enum WireForm {
+    /// Stalwart's classic live-tracing JSON ([`Event::wire`]).
+    #[default]
+    Classic,
+    /// A registered dialect and its encoder.
+    Other(Dialect, Arc<dyn Encoder>),
+}
+
+impl std::fmt::Debug for WireForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireForm::Classic => f.write_str("Classic"),
+            WireForm::Other(d, e) => write!(f, "Other({}, {})", d.0, e.name()),
+        }
+    }
+}
+
+impl WireForm {
+    /// `event`'s wire bytes in this form (a comma, then the JSON object), encoding them the
+    /// first time any stream asks for this dialect.
+    #[inline]
+    pub fn wire<'e>(&self, event: &'e Event) -> &'e Bytes {
+        match self {
+            WireForm::Classic => &event.wire,
+            WireForm::Other(d, enc) => event.wire_in(*d, enc.as_ref()),
+        }
+    }
+}
+
+/// Why a dialect could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DialectError {
+    /// Every slot is taken.
+    #[error("at most {MAX_OTHER_DIALECTS} dialects besides the classic one")]
+    Full,
+    /// Another dialect has that name.
+    #[error("a dialect named `{0}` is already registered")]
+    Duplicate(String),
+}
+
+/// The hub's registered dialects.
+#[derive(Default)]
+pub struct Dialects {
+    /// Written when a dialect is registered (at start-up), read when a stream picks one.
+    list: Mutex<Vec<Arc<dyn Encoder>>>,
+}
+
+impl Dialects {
+    /// Registers `encoder` and returns the form streams use to speak it.
+    pub fn register(&self, encoder: Arc<dyn Encoder>) -> Result<WireForm, DialectError> {
+        let mut list = self.list.lock();
+        if encoder.name() == "classic" || list.iter().any(|e| e.name() == encoder.name()) {
+            return Err(DialectError::Duplicate(encoder.name().to_string()));
+        }
+        if list.len() >= MAX_OTHER_DIALECTS {
+            return Err(DialectError::Full);
+        }
+        let d = Dialect(list.len() as u8);
+        list.push(encoder.clone());
+        Ok(WireForm::Other(d, encoder))
+    }
+
+    /// The form of the dialect named `name` (`classic` is always there).
+    pub fn get(&self, name: &str) -> Option<WireForm> {
+        if name == "classic" {
+            return Some(WireForm::Classic);
+        }
+        let list = self.list.lock();
+        list.iter().position(|e| e.name() == name).map(|i| WireForm::Other(Dialect(i as u8), list[i].clone()))
+    }
+}
+
+/// An event's forms in the other dialects, allocated the first time one is asked for.
+#[derive(Debug, Default)]
+pub struct OtherForms(OnceLock<Box<[OnceLock<Bytes>; MAX_OTHER_DIALECTS]>>);
+
+impl OtherForms {
+    /// The form in dialect `d`, encoded by `enc` if no stream asked for it before. Matcher
+    /// threads of different shards may ask at once; `OnceLock` lets exactly one encode and
+    /// the others wait for its bytes, so the event is still encoded once.
+    fn get(&self, d: Dialect, event: &Event, enc: &dyn Encoder) -> &Bytes {
+        let table = self.0.get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+        table[d.0 as usize].get_or_init(|| {
+            let mut out = Vec::with_capacity(event.json.len() + 64);
+            out.push(b',');
+            enc.encode(event, &mut out);
+            Bytes::from(out)
+        })
+    }
+}
+
+impl Event {
+    /// This event's wire bytes in dialect `d` (a comma, then the JSON object), encoded by
+    /// `enc` the first time any stream asks.
+    pub fn wire_in(&self, d: Dialect, enc: &dyn Encoder) -> &Bytes {
+        self.other_forms.get(d, self, enc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Catalogue, EventBuilder, RawValue};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Upper(AtomicUsize);
+    impl Encoder for Upper {
+        fn name(&self) -> &str {
+            "upper"
+        }
+        fn encode(&self, event: &Event, out: &mut Vec<u8>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            out.extend(event.json.to_ascii_uppercase());
+        }
+    }
+
+    #[test]
+    fn an_event_is_encoded_once_per_dialect_and_only_when_asked() {
+        let (c, k) = Catalogue::with_keys(64);
+        let raw = RawValue::parse_serde(br#"{"type":"auth.success","data":{"name":"x"}}"#).unwrap();
+        let ev = EventBuilder::new(&c, &k).build(&raw, 0).unwrap();
+        let dialects = Dialects::default();
+        let upper = Arc::new(Upper(AtomicUsize::new(0)));
+        let form = dialects.register(upper.clone()).unwrap();
+        assert!(ev.other_forms.0.get().is_none(), "nothing allocated before a stream asks");
+        assert_eq!(WireForm::Classic.wire(&ev), &ev.wire);
+        let a = form.wire(&ev).clone();
+        let b = form.wire(&ev).clone();
+        assert_eq!(upper.0.load(Ordering::Relaxed), 1);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "shared, not copied");
+        assert!(a.starts_with(b",{\"TEXT\""), "{a:?}");
+        // Names are unique and the classic form is built in.
+        assert!(matches!(dialects.get("classic"), Some(WireForm::Classic)));
+        assert!(matches!(dialects.get("upper"), Some(WireForm::Other(..))));
+        assert_eq!(dialects.register(upper).unwrap_err(), DialectError::Duplicate("upper".into()));
+    }
+}

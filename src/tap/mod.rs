@@ -1,0 +1,195 @@
+//! Taps: consumers of the event stream inside livetap (the history writer; next, outgoing
+//! webhooks, log sinks, alerts and cluster forwarders), fed by the matcher through one trait.
+//!
+//! A tap declares a query in the live query language. Its query is compiled into a matcher
+//! shard's index exactly like a live subscriber's (a tap is a [`Subscriber`] whose queue holds
+//! event handles instead of wire bytes), so a tap that wants `level=error` costs nothing for
+//! the other events, and the matcher knows no concrete tap: it pushes into a bounded queue and
+//! moves on. The queue is the subscriber's: when it is full, newer events are dropped for that
+//! tap alone, counted, and reported to it in-band ([`Tap::lagged`]) and in the stats. A tap
+//! never slows ingest, the matcher or the subscribers.
+//!
+//! Each tap runs on its own OS thread ([`spawn`]), which drains the queue in sequence order
+//! and calls [`Tap::deliver`]. What a tap does there may block (disk, network): only its own
+//! queue fills. A tap that must not lose events (webhooks out, cluster forwarding) keeps its
+//! durability behind this trait, on its thread: it spools to disk before it acknowledges.
+
+pub mod history;
+
+use crate::event::Event;
+use crate::subscriber::registry::Subscription;
+use crate::subscriber::{Item, Subscriber};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+use std::time::Duration;
+
+/// One event handed to a tap: its position in the stream (the public id is `seq + 1`) and
+/// the event itself.
+#[derive(Debug, Clone)]
+pub struct TapEvent {
+    /// Global sequence number.
+    pub seq: u64,
+    /// The event, shared with the ring and the other consumers.
+    pub event: Arc<Event>,
+}
+
+/// A consumer of the event stream, run on its own thread.
+pub trait Tap: Send + 'static {
+    /// A short, unique name for logs and statistics (`history`, `webhook:alerts`, …).
+    fn name(&self) -> &str;
+
+    /// The events it wants, as a live query in the pair form (`level=error`,
+    /// `event=auth.*&domain=example.org`); the empty string wants every event.
+    fn query(&self) -> &str;
+
+    /// The most events its queue holds before newer ones are dropped for it.
+    fn queue_capacity(&self) -> usize {
+        65_536
+    }
+
+    /// The next matching events, in sequence order. Called on the tap's thread; may block.
+    fn deliver(&mut self, events: &[TapEvent]);
+
+    /// `n` matching events were dropped here because the queue was full (in order: events
+    /// delivered after this call came after the dropped ones).
+    fn lagged(&mut self, n: u64) {
+        let _ = n;
+    }
+
+    /// The queue is empty for now: a moment to flush what the tap buffers. Called at most
+    /// every [`IDLE_TICK`] while nothing arrives.
+    fn idle(&mut self) {}
+
+    /// Everything accepted before shutdown was delivered; the tap's thread ends after this.
+    fn stop(&mut self) {}
+}
+
+/// How often an idle tap's thread wakes by itself (for [`Tap::idle`] and to notice shutdown).
+pub const IDLE_TICK: Duration = Duration::from_millis(100);
+
+/// Events a tap's thread takes from its queue at once.
+const DRAIN_MAX: usize = 4096;
+
+/// What the statistics say about one tap.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct TapStats {
+    /// The tap's name.
+    pub name: String,
+    /// Its query, as configured.
+    pub query: String,
+    /// Events queued to it so far.
+    pub matched: u64,
+    /// Events dropped for it because its queue was full.
+    pub dropped: u64,
+    /// Events waiting in its queue now.
+    pub queued: u64,
+    /// Events its thread handed to [`Tap::deliver`] so far.
+    pub delivered: u64,
+}
+
+/// A running tap, as the hub holds it.
+pub struct TapHandle {
+    name: String,
+    query: String,
+    sub: Arc<Subscriber>,
+    delivered: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TapHandle {
+    /// The tap's counters.
+    pub fn stats(&self) -> TapStats {
+        TapStats {
+            name: self.name.clone(),
+            query: self.query.clone(),
+            matched: self.sub.delivered(),
+            dropped: self.sub.dropped(),
+            queued: self.sub.queued() as u64,
+            delivered: self.delivered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits for the tap's thread to end (after the stop signal turned true and the queue was
+    /// drained).
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Wakes a parked thread: the tap's thread registers it as its queue's waker.
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Starts `tap`'s thread over `subscription` (its queue, created by
+/// `Registry::subscribe_tap`). The thread ends once `stopping()` is true and the queue is
+/// empty; the hub turns it true after everything accepted was matched.
+pub fn spawn(
+    mut tap: Box<dyn Tap>,
+    subscription: Subscription,
+    stopping: impl Fn() -> bool + Send + 'static,
+) -> std::io::Result<TapHandle> {
+    let name = tap.name().to_string();
+    let query = tap.query().to_string();
+    let sub = subscription.sub.clone();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let count = delivered.clone();
+    let thread = std::thread::Builder::new().name(format!("livetap-tap-{name}")).spawn(move || {
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut items: Vec<Item> = Vec::with_capacity(DRAIN_MAX);
+        let mut batch: Vec<TapEvent> = Vec::with_capacity(DRAIN_MAX);
+        loop {
+            // Register before looking, so a push after the look wakes this thread.
+            subscription.sub.register_waker(&waker);
+            subscription.sub.drain_into(&mut items, DRAIN_MAX);
+            if items.is_empty() {
+                // Read the stop signal before the final look: events matched before it turned
+                // true are in the queue by then.
+                if stopping() {
+                    subscription.sub.drain_into(&mut items, DRAIN_MAX);
+                    if items.is_empty() {
+                        break;
+                    }
+                } else {
+                    tap.idle();
+                    std::thread::park_timeout(IDLE_TICK);
+                    continue;
+                }
+            }
+            for item in items.drain(..) {
+                match item {
+                    Item::Tapped { seq, event } => batch.push(TapEvent { seq, event }),
+                    Item::Lagged(n) => {
+                        if !batch.is_empty() {
+                            count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            tap.deliver(&batch);
+                            batch.clear();
+                        }
+                        tap.lagged(n);
+                    }
+                    // A tap's queue holds only event handles; wire bytes are for streams.
+                    Item::Event { .. } => {}
+                }
+            }
+            if !batch.is_empty() {
+                count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tap.deliver(&batch);
+                batch.clear();
+            }
+        }
+        tap.stop();
+        drop(subscription);
+    })?;
+    Ok(TapHandle { name, query, sub, delivered, thread: Some(thread) })
+}
