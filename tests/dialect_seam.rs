@@ -30,7 +30,7 @@ impl Encoder for Short {
 }
 
 /// Every event queued so far, as the JSON each carries (the wire bytes minus their comma).
-fn drain(sub: &livetap::subscriber::registry::Subscription) -> Vec<Value> {
+fn drain(sub: &livetap::matcher::registry::Subscription) -> Vec<Value> {
     let mut items = Vec::new();
     sub.sub.drain_into(&mut items, usize::MAX);
     items

@@ -593,8 +593,8 @@ impl Config {
     }
 
     /// What the replay log retains.
-    pub fn replay_limits(&self) -> crate::subscriber::replay::ReplayLimits {
-        crate::subscriber::replay::ReplayLimits {
+    pub fn replay_limits(&self) -> crate::matcher::replay::ReplayLimits {
+        crate::matcher::replay::ReplayLimits {
             max_bytes: self.replay_bytes,
             max_age_ms: self.replay_age_secs.saturating_mul(1000),
         }

@@ -4,8 +4,8 @@
 use super::body::{json_response, LiveBody};
 use crate::auth::{AuthError, Permission};
 use crate::hub::PublishError;
+use crate::matcher::registry::RegistryError;
 use crate::query::ParseError;
-use crate::subscriber::registry::RegistryError;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use serde::Serialize;

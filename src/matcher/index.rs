@@ -25,9 +25,9 @@
 //! Matching allocates nothing per event (the scratch is reused; the type cache fills once per
 //! distinct type) and does no I/O.
 
-use super::plan::Plan;
 use crate::event::{Event, KeyId, Level, TypeName};
 use crate::query::ast::{mask128, mask32, CmpOp, Decimal, Expr, Field, GlobPart, Number, Pred, Term};
+use crate::query::plan::Plan;
 use crate::subscriber::Subscriber;
 use ahash::AHashMap;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};

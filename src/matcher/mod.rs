@@ -13,17 +13,19 @@
 //! subscriber alone (see `subscriber`). They park only when the ring is empty.
 
 pub mod index;
-pub mod plan;
+pub mod registry;
+pub mod replay;
 pub mod spans;
 
 use crate::event::Event;
+use crate::matcher::replay::ReplayLog;
 use crate::metrics::{EventCounter, MetricsRegistry};
 use crate::ring::{Consumer, Ring};
-use crate::subscriber::replay::ReplayLog;
-use crate::subscriber::{Push, Registry};
+use crate::subscriber::Push;
 use crossbeam_utils::CachePadded;
 use index::{CompiledIndex, Scratch};
 use parking_lot::Mutex;
+use registry::Registry;
 use spans::SpanTable;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -338,8 +340,8 @@ fn run(shard: &Shard, index: usize, ring: &Ring<Arc<Event>>, stop: &AtomicBool) 
 mod tests {
     use super::*;
     use crate::event::{Catalogue, EventBuilder, RawValue};
+    use crate::matcher::registry::Subscription;
     use crate::query::ast::Expr;
-    use crate::subscriber::registry::Subscription;
     use crate::subscriber::Item;
 
     struct Setup {

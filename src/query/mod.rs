@@ -9,6 +9,7 @@
 
 pub mod ast;
 pub mod parse;
+pub mod plan;
 pub mod urlenc;
 
 pub use ast::Expr;

@@ -15,8 +15,8 @@
 pub mod metrics;
 pub mod socket;
 
-use crate::subscriber::registry::Subscription;
-use crate::subscriber::replay::Resume;
+use crate::matcher::registry::Subscription;
+use crate::matcher::replay::Resume;
 use crate::subscriber::Item;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};

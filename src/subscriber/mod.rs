@@ -12,19 +12,14 @@
 //! which memory ordering, and why that ordering is enough. The lock, atomics and waker come
 //! from `ring::sync`, so the loom model tests (`tests/loom.rs`) check this very code.
 
-pub mod registry;
-pub mod replay;
-
 use crate::event::dialect::WireForm;
-use crate::matcher::plan::Plan;
 use crate::query::ast::Expr;
+use crate::query::plan::Plan;
 use crate::ring::sync::{AtomicBool, AtomicU64, AtomicWaker, Mutex, Ordering};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
-
-pub use registry::Registry;
 
 /// One entry of a subscriber's queue.
 #[derive(Debug, Clone)]

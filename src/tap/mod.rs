@@ -17,7 +17,7 @@
 pub mod history;
 
 use crate::event::Event;
-use crate::subscriber::registry::Subscription;
+use crate::matcher::registry::Subscription;
 use crate::subscriber::{Item, Subscriber};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -11,10 +11,10 @@
 //! through [`OlderEvents`] (stored bytes, rebuilt for matching, matched by the same index), and
 //! whatever neither kept is announced with an `event: gap` frame.
 
-use super::{Item, Subscriber};
+use super::index::{CompiledIndex, Scratch};
+use super::spans::SpanTable;
 use crate::event::Event;
-use crate::matcher::index::{CompiledIndex, Scratch};
-use crate::matcher::spans::SpanTable;
+use crate::subscriber::{Item, Subscriber};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;

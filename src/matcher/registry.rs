@@ -9,12 +9,12 @@
 //! commands meanwhile, so a steady stream of connects keeps the builder's CPU share bounded;
 //! a command that arrives after the rest is applied at once.
 
-use super::{ConnHandle, Subscriber};
 use crate::event::dialect::WireForm;
 use crate::event::Event;
 use crate::matcher::index::{CompiledIndex, IndexStats};
 use crate::query::ast::Expr;
 use crate::ring::Ring;
+use crate::subscriber::{ConnHandle, Subscriber};
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
