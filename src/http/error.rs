@@ -134,7 +134,8 @@ impl HttpError {
                 ("headers too large", format!("the limit is {n} bytes of header fields"))
             }
             HttpError::TooMany { detail, .. } => ("too many requests", detail.clone()),
-            HttpError::Busy(PublishError::TooLarge(n)) => ("batch too large", too_many_events(*n)),
+            // `TooLarge` carries the batch's size, not the ring's: its own message says so.
+            HttpError::Busy(e @ PublishError::TooLarge(_)) => ("batch too large", e.to_string()),
             HttpError::BatchTooLarge(n) => ("batch too large", too_many_events(*n)),
             HttpError::Busy(e) => ("unavailable", e.to_string()),
             HttpError::IngestBusy(d) => ("ingest busy", d.clone()),
