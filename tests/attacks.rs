@@ -90,7 +90,7 @@ fn config_file(dir: &std::path::Path, text: &str) -> String {
 fn ndjson_of(n: usize, tag: &str) -> Vec<u8> {
     let mut out = Vec::new();
     for i in 0..n {
-        writeln!(out, r#"{{"type":"smtp.connection-start","data":{{"n":{i},"tag":"{tag}"}}}}"#).unwrap();
+        writeln!(out, r#"{{"type":"smtp.connection-start","data":{{"id":{i},"tag":"{tag}"}}}}"#).unwrap();
     }
     out
 }
@@ -143,7 +143,7 @@ permissions = ["ingest"]
         post_from(addr, attacker, "/api/telemetry/ingest", &[("Authorization", shipper)], &body).await;
     assert_eq!(status, 200);
     // Stalwart's signed webhook from its own address is accepted too.
-    let hook = serde_json::to_vec(&json!({"events": [{"type": "auth.success", "data": {"n": 1}}]})).unwrap();
+    let hook = serde_json::to_vec(&json!({"events": [{"type": "auth.success", "data": {"id": 1}}]})).unwrap();
     let sig = sign(KEY, &hook);
     let (status, answer) =
         post_from(addr, stalwart, "/api/telemetry/webhook", &[("X-Signature", &sig)], &hook).await;
@@ -334,7 +334,7 @@ async fn the_gap_counts_only_events_that_existed() {
     let data = dir.path().to_str().unwrap().to_string();
     let mut lt = Livetap::start(&["--data-dir", &data]);
     let first =
-        ingest_ok(lt.addr, &(0..10).map(|n| json!({"type": "a.b", "data": {"n": n}})).collect::<Vec<_>>())
+        ingest_ok(lt.addr, &(0..10).map(|n| json!({"type": "a.b", "data": {"id": n}})).collect::<Vec<_>>())
             .await;
     assert_eq!(first["lastId"], 10);
     // Before any restart: everything after id 5 is replayed, with no gap.

@@ -32,10 +32,10 @@ async fn socket_and_http_ingest_then_graceful_sigterm() {
     // NDJSON over the Unix socket, line 2 malformed.
     let mut producer = UnixStream::connect(&sock).await.expect("connect to the ingest socket");
     let lines = [
-        json!({"type": "smtp.connection-start", "data": {"n": 0, "remoteIp": "10.0.0.5"}}).to_string(),
+        json!({"type": "smtp.connection-start", "data": {"id": 0, "remoteIp": "10.0.0.5"}}).to_string(),
         "{\"type\":".to_string(),
-        json!({"type": "smtp.ehlo", "data": {"n": 1}}).to_string(),
-        json!({"type": "smtp.connection-end", "data": {"n": 2}}).to_string(),
+        json!({"type": "smtp.ehlo", "data": {"id": 1}}).to_string(),
+        json!({"type": "smtp.connection-end", "data": {"id": 2}}).to_string(),
     ];
     producer.write_all((lines.join("\n") + "\n").as_bytes()).await.unwrap();
     let (rd, _) = producer.split();
@@ -49,20 +49,20 @@ async fn socket_and_http_ingest_then_graceful_sigterm() {
     assert_eq!(report["line"], 2, "{report}");
     assert!(report["error"].as_str().unwrap().starts_with("malformed JSON"), "{report}");
     let got = sub.collect_events(3, DEADLINE).await;
-    assert_eq!(field(&got, "n"), [json!(0), json!(1), json!(2)]);
+    assert_eq!(field(&got, "id"), [json!(0), json!(1), json!(2)]);
     drop(producer);
 
     // Then over HTTP, and SIGTERM right after the last answer.
     const N: usize = 300;
     let events: Vec<Value> =
-        (0..N).map(|i| json!({"type": "auth.success", "data": {"n": 100 + i}})).collect();
+        (0..N).map(|i| json!({"type": "auth.success", "data": {"id": 100 + i}})).collect();
     for batch in events.chunks(100) {
         ingest_ok(addr, batch).await;
     }
     lt.sigterm();
     let got = sub.collect(N, DEADLINE).await;
     assert_eq!(got.events.len(), N, "accepted events lost at shutdown; stderr: {}", lt.stderr());
-    assert_eq!(field(&got.events, "n"), field(&events, "n"));
+    assert_eq!(field(&got.events, "id"), field(&events, "id"));
     assert_increasing(&got.ids);
     let rest = sub.expect_end(DEADLINE).await;
     assert!(rest.iter().all(|f| f.event == "ping"), "unexpected frames after the events: {rest:?}");
@@ -167,7 +167,7 @@ async fn ten_thousand_idle_connections() {
     );
     // The server still serves meanwhile, and the subscriber gets every event.
     assert_eq!(request(addr, "GET", "/healthz", &[], b"").await.status, 200);
-    let events: Vec<Value> = (0..100).map(|i| json!({"type": "auth.success", "data": {"n": i}})).collect();
+    let events: Vec<Value> = (0..100).map(|i| json!({"type": "auth.success", "data": {"id": i}})).collect();
     ingest_ok(addr, &events).await;
     let got = witness.collect_events(100, DEADLINE).await;
     assert_eq!(got.len(), 100);

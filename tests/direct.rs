@@ -15,9 +15,10 @@ use tokio::net::TcpStream;
 
 const LIVE: &str = "/api/telemetry/traces/live";
 
+/// Numbered by `total`, a catalogue key, which the classic stream sends.
 fn events(from: u64, n: u64) -> Vec<Value> {
     (from..from + n)
-        .map(|i| json!({"type": "smtp.ehlo", "data": {"n": i, "domain": "example.org"}}))
+        .map(|i| json!({"type": "smtp.ehlo", "data": {"total": i, "domain": "example.org"}}))
         .collect()
 }
 
@@ -88,18 +89,21 @@ async fn direct_and_hyper_streams_carry_the_same_events() {
     for (name, c) in [("direct", &mut direct), ("http/1.0", &mut http10), ("keep-alive", &mut kept)] {
         let got = c.collect(total as usize, DEADLINE).await;
         assert_eq!(got.events.len(), total as usize, "{name}");
-        let ns: Vec<u64> = got.events.iter().map(|e| e["data"]["n"].as_u64().unwrap()).collect();
+        let ns: Vec<u64> = got.events.iter().map(|e| e["data"]["total"].as_u64().unwrap()).collect();
         assert_eq!(ns, (0..total).collect::<Vec<_>>(), "{name}: in order, once");
         assert_increasing(&got.ids);
     }
-    let seen = read_until(&mut pipelined, &[], &format!("\"n\":{}", total - 1)).await;
-    assert!(seen.contains("\"n\":0,") || seen.contains("\"n\":0}"), "the pipelined stream got the events");
+    let seen = read_until(&mut pipelined, &[], &format!("\"total\":{}", total - 1)).await;
+    assert!(
+        seen.contains("\"total\":0,") || seen.contains("\"total\":0}"),
+        "the pipelined stream got the events"
+    );
 
     // A client that sends bytes on an open stream is ignored; the stream goes on.
     direct.stream_mut().write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
     ingest_ok(addr, &events(total, 1)).await;
     let more = direct.collect_events(1, DEADLINE).await;
-    assert_eq!(more[0]["data"]["n"], total);
+    assert_eq!(more[0]["data"]["total"], total);
 
     // At shutdown the direct stream ends with the chunked terminator.
     let shutdown = tokio::spawn(server.shutdown());
@@ -233,7 +237,7 @@ async fn a_client_that_stops_reading_hits_the_write_timeout_on_the_direct_path()
     let blob = "x".repeat(4000);
     for b in 0..8 {
         let batch: Vec<Value> = (0..300)
-            .map(|i| json!({"type": "smtp.rcpt-to", "data": {"n": b * 300 + i, "reason": blob}}))
+            .map(|i| json!({"type": "smtp.rcpt-to", "data": {"total": b * 300 + i, "reason": blob}}))
             .collect();
         ingest_ok(addr, &batch).await;
     }

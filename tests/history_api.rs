@@ -9,12 +9,13 @@ use common::*;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 
+/// Numbered by `total`, a catalogue key, which the classic history answers keep.
 fn span_events(span: u64, queue: &str, first_n: u64) -> Vec<Value> {
     vec![
-        json!({"type": "smtp.connection-start", "data": {"spanId": span, "remoteIp": "10.0.0.9", "n": first_n}}),
-        json!({"type": "smtp.mail-from", "data": {"spanId": span, "from": "alice@example.org", "n": first_n + 1}}),
-        json!({"type": "queue.queue-message", "data": {"spanId": span, "queueId": queue, "size": 1200, "n": first_n + 2}}),
-        json!({"type": "smtp.connection-end", "data": {"spanId": span, "n": first_n + 3}}),
+        json!({"type": "smtp.connection-start", "data": {"spanId": span, "remoteIp": "10.0.0.9", "total": first_n}}),
+        json!({"type": "smtp.mail-from", "data": {"spanId": span, "from": "alice@example.org", "total": first_n + 1}}),
+        json!({"type": "queue.queue-message", "data": {"spanId": span, "queueId": queue, "size": 1200, "total": first_n + 2}}),
+        json!({"type": "smtp.connection-end", "data": {"spanId": span, "total": first_n + 3}}),
     ]
 }
 
@@ -44,8 +45,8 @@ async fn stored_spans_are_queried_and_survive_a_restart() {
     let addr = server.addr;
     let mut events = span_events(42, "Q42", 1);
     // A span without a queue id is not kept (Stalwart's selection).
-    events.push(json!({"type": "smtp.connection-start", "data": {"spanId": 7, "n": 100}}));
-    events.push(json!({"type": "smtp.connection-end", "data": {"spanId": 7, "n": 101}}));
+    events.push(json!({"type": "smtp.connection-start", "data": {"spanId": 7, "total": 100}}));
+    events.push(json!({"type": "smtp.connection-end", "data": {"spanId": 7, "total": 101}}));
     let first = ingest_ok(addr, &events).await;
     let last_id = first["lastId"].as_u64().unwrap();
 
@@ -62,7 +63,7 @@ async fn stored_spans_are_queried_and_survive_a_restart() {
     assert_eq!(r.status, 200, "{}", r.text());
     let trace = r.json();
     let ns: Vec<u64> =
-        trace["data"].as_array().unwrap().iter().map(|e| e["data"]["n"].as_u64().unwrap()).collect();
+        trace["data"].as_array().unwrap().iter().map(|e| e["data"]["total"].as_u64().unwrap()).collect();
     assert_eq!(ns, [1, 2, 3, 4]);
     assert_eq!(request_auth(addr, "GET", "/api/telemetry/trace/7", b"").await.status, 404);
     assert_eq!(request_auth(addr, "GET", "/api/telemetry/trace/x", b"").await.status, 404);

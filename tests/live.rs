@@ -10,7 +10,7 @@ use livetap::event::{Catalogue, EventBuilder, KeyRegistry, RawValue};
 use livetap::query::{parse_pairs, Limits};
 use serde_json::{json, Value};
 
-/// Deterministic, varied mail-server events. Each carries a unique `n`.
+/// Deterministic, varied mail-server events. Each carries a unique `id` (a catalogue key, so classic streams send it).
 fn varied_events(count: usize) -> Vec<Value> {
     let mut rng = fastrand::Rng::with_seed(0x011f_e7a9);
     let types = [
@@ -34,7 +34,7 @@ fn varied_events(count: usize) -> Vec<Value> {
     (0..count)
         .map(|n| {
             let mut data = serde_json::Map::new();
-            data.insert("n".into(), json!(n));
+            data.insert("id".into(), json!(n));
             if rng.u8(..4) > 0 {
                 data.insert("remoteIp".into(), json!(ips[rng.usize(..ips.len())]));
             }
@@ -124,13 +124,13 @@ async fn concurrent_filtered_subscribers_get_exactly_their_events() {
     events.push(json!({
         "type": "delivery.rcpt-auth-sentinel",
         "createdAt": 1_800_000_000,
-        "data": {"n": "sentinel", "remoteIp": ["10.0.0.5", "10.0.0.7", "2001:db8::1"], "domain": "example.org",
+        "data": {"id": "sentinel", "remoteIp": ["10.0.0.5", "10.0.0.7", "2001:db8::1"], "domain": "example.org",
                  "to": ["alice@example.org"], "queueId": 42}
     }));
     let reference = Reference::new();
     let expected: Vec<Vec<Value>> = queries.iter().map(|q| reference.expected(q, &events)).collect();
     for (q, exp) in queries.iter().zip(&expected) {
-        assert_eq!(exp.last().unwrap()["data"]["n"], "sentinel", "the sentinel must match {q}");
+        assert_eq!(exp.last().unwrap()["data"]["id"], "sentinel", "the sentinel must match {q}");
         assert!(exp.len() > 2, "{q} selects too little to be a meaningful test: {}", exp.len());
     }
     assert_eq!(expected[5].len(), events.len());
@@ -152,7 +152,7 @@ async fn concurrent_filtered_subscribers_get_exactly_their_events() {
             tokio::spawn(async move {
                 let c = s
                     .collect_until(DEADLINE, |c| {
-                        c.events.last().is_some_and(|e| e["data"]["n"] == "sentinel")
+                        c.events.last().is_some_and(|e| e["data"]["id"] == "sentinel")
                     })
                     .await;
                 (s, c)
@@ -168,8 +168,8 @@ async fn concurrent_filtered_subscribers_get_exactly_their_events() {
     for ((q, exp), reader) in queries.iter().zip(&expected).zip(readers) {
         let (_s, got) = reader.await.unwrap();
         assert!(got.lagged.is_empty(), "{q}: lagged");
-        let got_n = field(&got.events, "n");
-        let exp_n = field(exp, "n");
+        let got_n = field(&got.events, "id");
+        let exp_n = field(exp, "id");
         assert_eq!(got_n, exp_n, "{q}: wrong selection or order");
         assert_eq!(&got.events, exp, "{q}: event JSON differs from the reference encoding");
         assert_increasing(&got.ids);
@@ -194,7 +194,7 @@ async fn span_following_on_and_off() {
     assert_eq!((follow.status, nofollow.status), (200, 200));
 
     let ev = |n: u32, ty: &str, span: Option<u64>, ip: Option<&str>| {
-        let mut data = json!({"n": n});
+        let mut data = json!({"id": n});
         if let Some(s) = span {
             data["spanId"] = json!(s);
         }
@@ -221,12 +221,12 @@ async fn span_following_on_and_off() {
     ingest_ok(addr, &events[3..7]).await;
     ingest_ok(addr, &events[7..]).await;
 
-    let until_last = |c: &Collected| c.events.last().is_some_and(|e| e["data"]["n"] == 10);
+    let until_last = |c: &Collected| c.events.last().is_some_and(|e| e["data"]["id"] == 10);
     let got = follow.collect_until(DEADLINE, until_last).await;
-    assert_eq!(field(&got.events, "n"), [json!(1), json!(3), json!(5), json!(7), json!(10)]);
+    assert_eq!(field(&got.events, "id"), [json!(1), json!(3), json!(5), json!(7), json!(10)]);
     assert!(got.events[1]["data"].get("remoteIp").is_none());
     let got = nofollow.collect_until(DEADLINE, until_last).await;
-    assert_eq!(field(&got.events, "n"), [json!(1), json!(10)]);
+    assert_eq!(field(&got.events, "id"), [json!(1), json!(10)]);
     server.shutdown().await;
 }
 
@@ -290,17 +290,17 @@ async fn headers_alias_and_unfiltered_delivery() {
     }
     assert_eq!(stats(addr).await["subscribers"], 3);
     let events = [
-        json!({"type": "smtp.ehlo", "data": {"n": 0}}),
-        json!({"type": "auth.success", "data": {"n": 1}}),
-        json!({"type": "delivery.delivered", "data": {"n": 2, "reason": "Auth ok"}}),
+        json!({"type": "smtp.ehlo", "data": {"id": 0}}),
+        json!({"type": "auth.success", "data": {"id": 1}}),
+        json!({"type": "delivery.delivered", "data": {"id": 2, "reason": "Auth ok"}}),
     ];
     ingest_ok(addr, &events).await;
     let all = current.collect_events(3, DEADLINE).await;
-    assert_eq!(field(&all, "n"), [json!(0), json!(1), json!(2)]);
+    assert_eq!(field(&all, "id"), [json!(0), json!(1), json!(2)]);
     let e = empty.collect_events(3, DEADLINE).await;
-    assert_eq!(field(&e, "n"), [json!(0), json!(1), json!(2)]);
+    assert_eq!(field(&e, "id"), [json!(0), json!(1), json!(2)]);
     let auth = old.collect_events(2, DEADLINE).await;
-    assert_eq!(field(&auth, "n"), [json!(1), json!(2)]);
+    assert_eq!(field(&auth, "id"), [json!(1), json!(2)]);
     assert!(current.comments >= 1, "the stream opens with a comment line");
 
     // Closing a stream unsubscribes it.
@@ -406,7 +406,7 @@ async fn a_burst_of_connects_is_batched_and_loses_nothing_for_others() {
     assert_eq!(watcher.status, 200);
     let reader = tokio::spawn(async move {
         let c = watcher
-            .collect_until(DEADLINE, |c| c.events.last().is_some_and(|e| e["data"]["n"] == 1999))
+            .collect_until(DEADLINE, |c| c.events.last().is_some_and(|e| e["data"]["id"] == 1999))
             .await;
         (watcher, c)
     });
@@ -420,7 +420,7 @@ async fn a_burst_of_connects_is_batched_and_loses_nothing_for_others() {
         })
         .collect();
     let events: Vec<Value> =
-        (0..2000).map(|n| json!({"type": "smtp.ehlo", "data": {"n": n, "remoteIp": "10.1.1.1"}})).collect();
+        (0..2000).map(|n| json!({"type": "smtp.ehlo", "data": {"id": n, "remoteIp": "10.1.1.1"}})).collect();
     for batch in events.chunks(100) {
         ingest_ok(addr, batch).await;
     }
@@ -432,7 +432,7 @@ async fn a_burst_of_connects_is_batched_and_loses_nothing_for_others() {
     }
     let (_w, got) = reader.await.unwrap();
     assert!(got.lagged.is_empty());
-    assert_eq!(field(&got.events, "n"), (0..2000).map(|n| json!(n)).collect::<Vec<_>>());
+    assert_eq!(field(&got.events, "id"), (0..2000).map(|n| json!(n)).collect::<Vec<_>>());
     let s = wait_stats(addr, "all indexed", |s| s["index"]["subscribers"] == 401).await;
     // Connects arriving together share rebuilds (at most one per matcher shard per batch).
     let rebuilds = s["index_rebuilds"].as_u64().unwrap();

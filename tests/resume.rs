@@ -11,7 +11,7 @@ const LIVE: &str = "/api/telemetry/traces/live";
 
 fn ev(n: u64) -> Value {
     let ip = if n % 2 == 1 { "10.0.0.1" } else { "10.0.0.2" };
-    json!({"type": "smtp.ehlo", "data": {"n": n, "remoteIp": ip}})
+    json!({"type": "smtp.ehlo", "data": {"id": n, "remoteIp": ip}})
 }
 
 async fn ingest_range(addr: std::net::SocketAddr, ns: std::ops::RangeInclusive<u64>) -> Value {
@@ -20,7 +20,7 @@ async fn ingest_range(addr: std::net::SocketAddr, ns: std::ops::RangeInclusive<u
 }
 
 fn ns(events: &[Value]) -> Vec<u64> {
-    field(events, "n").iter().map(|v| v.as_u64().expect("n is a number")).collect()
+    field(events, "id").iter().map(|v| v.as_u64().expect("id is a number")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +52,7 @@ async fn since_starts_from_a_time() {
     let server = start_server(|_| {}).await;
     let addr = server.addr;
     let events: Vec<Value> = (1..=6)
-        .map(|n| json!({"type": "smtp.ehlo", "createdAt": format!("2026-11-21T10:00:0{n}Z"), "data": {"n": n}}))
+        .map(|n| json!({"type": "smtp.ehlo", "createdAt": format!("2026-11-21T10:00:0{n}Z"), "data": {"id": n}}))
         .collect();
     ingest_ok(addr, &events).await;
     let mut s = SseClient::connect(addr, &format!("{LIVE}?since=2026-11-21T10:00:04Z"), Some(TOKEN)).await;

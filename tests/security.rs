@@ -40,7 +40,7 @@ fn principal(name: &str, key: &str, perms: &[&str]) -> PrincipalConfig {
 
 fn events(n: usize, tag: &str) -> Vec<Value> {
     (0..n)
-        .map(|i| json!({"type": "smtp.connection-start", "data": {"remoteIp": "10.0.0.1", "n": i, "tag": tag}}))
+        .map(|i| json!({"type": "smtp.connection-start", "data": {"remoteIp": "10.0.0.1", "id": i, "tag": tag}}))
         .collect()
 }
 
@@ -653,7 +653,7 @@ async fn clients_that_never_read_or_leave_mid_frame() {
     while stats(addr).await["subscribers"].as_u64().unwrap() > 1 + leavers.len() as u64 || sent == 0 {
         assert!(Instant::now() < deadline, "the client that never reads was never dropped");
         let batch: Vec<Value> =
-            (0..500).map(|i| json!({"type": "auth.success", "data": {"n": i, "pad": pad}})).collect();
+            (0..500).map(|i| json!({"type": "auth.success", "data": {"id": i, "reason": pad}})).collect();
         ingest_ok(addr, &batch).await;
         sent += 500;
         w.catch_up(sent, "never-reading client").await;
@@ -796,13 +796,13 @@ async fn a_principal_filter_is_enforced_in_the_index() {
         let domain = ["example.org", "other.org", "EXAMPLE.ORG"][i % 3];
         // Events of one span: the first names the domain, the second does not. A restricted
         // principal must not get the second through span following.
-        evs.push(json!({"type": "smtp.connection-start", "data": {"domain": domain, "spanId": i, "n": i}}));
-        evs.push(json!({"type": "smtp.ehlo", "data": {"spanId": i, "n": i}}));
+        evs.push(json!({"type": "smtp.connection-start", "data": {"domain": domain, "spanId": i, "id": i}}));
+        evs.push(json!({"type": "smtp.ehlo", "data": {"spanId": i, "id": i}}));
     }
     ingest_ok(addr, &evs).await;
-    let marker = json!({"type": "auth.success", "data": {"domain": "example.org", "n": 1000}});
+    let marker = json!({"type": "auth.success", "data": {"domain": "example.org", "id": 1000}});
     ingest_ok(addr, &[marker]).await;
-    let until_marker = |c: &Collected| c.events.iter().any(|e| e["data"]["n"] == 1000);
+    let until_marker = |c: &Collected| c.events.iter().any(|e| e["data"]["id"] == 1000);
     for (name, c) in [("plain", &mut plain), ("wide", &mut wide), ("token", &mut by_token)] {
         let got = c.collect_until(DEADLINE, until_marker).await;
         assert_eq!(got.events.len(), 41, "{name}: 40 example.org events and the marker");

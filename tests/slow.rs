@@ -63,7 +63,7 @@ async fn stalled_subscriber_is_dropped_for_and_disconnected_while_others_get_eve
     let mut stalled_dropped_seen = 0u64;
     for b in 0..EVENTS / BATCH {
         let events: Vec<Value> = (0..BATCH)
-            .map(|i| json!({"type": "smtp.rcpt-to", "data": {"n": b * BATCH + i, "reason": blob}}))
+            .map(|i| json!({"type": "smtp.rcpt-to", "data": {"id": b * BATCH + i, "reason": blob}}))
             .collect();
         ingest_ok(addr, &events).await;
         // Pace the producer on the normal subscriber, so its queue (as small as the stalled
@@ -109,9 +109,9 @@ async fn stalled_subscriber_is_dropped_for_and_disconnected_while_others_get_eve
     assert!(closed.is_ok(), "the stalled connection was not closed");
 
     // The normal subscriber still works.
-    ingest_ok(addr, &[json!({"type": "auth.success", "data": {"n": "after"}})]).await;
+    ingest_ok(addr, &[json!({"type": "auth.success", "data": {"id": "after"}})]).await;
     let after = normal.collect_events(1, DEADLINE).await;
-    assert_eq!(after[0]["data"]["n"], "after");
+    assert_eq!(after[0]["data"]["id"], "after");
     server.shutdown().await;
 }
 
@@ -134,7 +134,7 @@ async fn paused_subscriber_is_told_how_many_events_it_missed() {
     let blob = "y".repeat(4000);
     for b in 0..TOTAL / 100 {
         let events: Vec<Value> = (0..100)
-            .map(|i| json!({"type": "delivery.delivered", "data": {"n": b * 100 + i, "reason": blob}}))
+            .map(|i| json!({"type": "delivery.delivered", "data": {"id": b * 100 + i, "reason": blob}}))
             .collect();
         ingest_ok(addr, &events).await;
     }
@@ -150,7 +150,7 @@ async fn paused_subscriber_is_told_how_many_events_it_missed() {
     assert!(!got.lagged.is_empty(), "no lagged frame");
     assert_eq!(got.lagged.iter().sum::<u64>(), dropped);
     assert_eq!(got.events.len() as u64 + dropped, TOTAL as u64);
-    let ns: Vec<u64> = got.events.iter().map(|e| e["data"]["n"].as_u64().unwrap()).collect();
+    let ns: Vec<u64> = got.events.iter().map(|e| e["data"]["id"].as_u64().unwrap()).collect();
     assert!(ns.windows(2).all(|w| w[0] < w[1]), "events out of order");
     assert_eq!(ns[0], 0, "the first events were queued before the lag");
     assert_increasing(&got.ids);

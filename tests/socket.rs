@@ -27,7 +27,7 @@ async fn produce(sock: &Path, parts: &[Vec<u8>]) -> Vec<Value> {
 }
 
 fn line(n: usize) -> String {
-    json!({"type": "smtp.ehlo", "data": {"n": n, "domain": "mx.example.org"}}).to_string() + "\n"
+    json!({"type": "smtp.ehlo", "data": {"id": n, "domain": "mx.example.org"}}).to_string() + "\n"
 }
 
 /// A server listening on a Unix socket in a fresh directory (with `max_line_bytes` when given),
@@ -85,7 +85,7 @@ async fn line_numbers_survive_any_split() {
 
     let want: Vec<Value> = [1, 2, 3, 4, 6, 8, 10, 11, 12, 13].into_iter().map(|n| json!(n)).collect();
     let got = sub.collect_events(want.len(), DEADLINE).await;
-    assert_eq!(field(&got, "n"), want);
+    assert_eq!(field(&got, "id"), want);
     let s = stats(server.addr).await;
     assert_eq!((s["accepted"].as_u64(), s["rejected"].as_u64()), (Some(10), Some(2)), "{s}");
     server.shutdown().await;
@@ -98,7 +98,7 @@ async fn line_numbers_survive_any_split() {
 async fn huge_line_is_rejected_once_and_skipped() {
     let (_dir, sock, server, mut sub) = socket_server(Some(256)).await;
     let huge =
-        json!({"type": "smtp.ehlo", "data": {"n": 2, "reason": "z".repeat(1 << 20)}}).to_string() + "\n";
+        json!({"type": "smtp.ehlo", "data": {"id": 2, "reason": "z".repeat(1 << 20)}}).to_string() + "\n";
     let parts = vec![line(1).into_bytes(), huge.into_bytes(), line(3).into_bytes()];
     let reports = produce(&sock, &parts).await;
     assert_eq!(
@@ -110,7 +110,7 @@ async fn huge_line_is_rejected_once_and_skipped() {
     assert_eq!(reports[0]["line"], 2);
     assert_eq!(reports[0]["error"], "line longer than 256 bytes");
     let got = sub.collect_events(2, DEADLINE).await;
-    assert_eq!(field(&got, "n"), [json!(1), json!(3)]);
+    assert_eq!(field(&got, "id"), [json!(1), json!(3)]);
     let s = stats(server.addr).await;
     assert_eq!((s["accepted"].as_u64(), s["rejected"].as_u64()), (Some(2), Some(1)), "{s}");
     server.shutdown().await;
@@ -121,13 +121,13 @@ async fn huge_line_is_rejected_once_and_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_line_within_one_read_is_rejected() {
     let (_dir, sock, server, mut sub) = socket_server(Some(256)).await;
-    let long = json!({"type": "smtp.ehlo", "data": {"n": 2, "reason": "z".repeat(1000)}}).to_string() + "\n";
+    let long = json!({"type": "smtp.ehlo", "data": {"id": 2, "reason": "z".repeat(1000)}}).to_string() + "\n";
     let all = line(1) + &long + &line(3);
     let reports = produce(&sock, &[all.into_bytes()]).await;
     let got = sub.collect_events(2, DEADLINE).await;
     assert_eq!(reports.len(), 1, "the 1 KB line passed a 256-byte max-line-bytes: {reports:?}");
     assert_eq!(reports[0]["line"], 2);
-    assert_eq!(field(&got, "n"), [json!(1), json!(3)]);
+    assert_eq!(field(&got, "id"), [json!(1), json!(3)]);
     server.shutdown().await;
 }
 
@@ -157,7 +157,7 @@ async fn parallel_chunks_keep_order_and_line_numbers() {
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0]["line"], BAD);
     let events = sub.collect_events(LINES - 1, DEADLINE).await;
-    let ns: Vec<u64> = field(&events, "n").iter().map(|v| v.as_u64().unwrap()).collect();
+    let ns: Vec<u64> = field(&events, "id").iter().map(|v| v.as_u64().unwrap()).collect();
     let want: Vec<u64> = (1..=LINES as u64).filter(|&n| n != BAD as u64).collect();
     assert_eq!(ns.len(), want.len(), "every accepted event arrives once");
     assert!(ns == want, "events arrive in the producer's order");
@@ -178,7 +178,7 @@ async fn metric_records_over_the_socket() {
     let reports = produce(&sock, &[text.into_bytes()]).await;
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0]["line"], 3);
-    assert_eq!(field(&sub.collect_events(2, DEADLINE).await, "n"), [json!(1), json!(4)]);
+    assert_eq!(field(&sub.collect_events(2, DEADLINE).await, "id"), [json!(1), json!(4)]);
     let r = request_auth(server.addr, "GET", "/metrics", b"").await;
     assert_eq!(r.status, 200);
     assert!(r.text().lines().any(|l| l == "queue_count 7"), "{}", r.text());

@@ -110,7 +110,9 @@ fn numbers(events: &[Value]) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_in_order_and_bad_lines_carry_their_numbers() {
     let server = start_server(|_| {}).await;
-    let mut sub = SseClient::connect(server.addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    // A line format's keys (`host`, `n`) are its own, not Stalwart's: livetap's full form
+    // carries them (the classic streams send only the catalogue's keys).
+    let mut sub = SseClient::connect(server.addr, "/api/livetap/live", Some(TOKEN)).await;
     let mut text = String::new();
     for n in 1..=9 {
         match n {
@@ -149,7 +151,9 @@ async fn a_burst_larger_than_the_ring_arrives_whole_and_in_order() {
         c.subscriber_queue = 16_384;
     })
     .await;
-    let mut sub = SseClient::connect(server.addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    // A line format's keys (`host`, `n`) are its own, not Stalwart's: livetap's full form
+    // carries them (the classic streams send only the catalogue's keys).
+    let mut sub = SseClient::connect(server.addr, "/api/livetap/live", Some(TOKEN)).await;
     let mut text = String::new();
     for n in 1..=LINES {
         if n == BAD {

@@ -141,6 +141,9 @@ pub struct KeyInfo {
     pub param: Arc<str>,
     /// How values compare.
     pub kind: KeyKind,
+    /// True for one of the 66 keys classic clients decode ([`super::classic::is_classic_key`]),
+    /// decided once at registration so the event builder reads it with the key's kind.
+    pub classic: bool,
 }
 
 /// One immutable version of the registry's contents.
@@ -156,6 +159,13 @@ impl KeyTable {
     #[inline]
     pub fn lookup(&self, name: &str) -> Option<(KeyId, KeyKind)> {
         self.by_name.get(name).map(|&id| (id, self.keys[id as usize].kind))
+    }
+
+    /// True when key `id` is one of the 66 keys classic clients decode; false for an id this
+    /// version does not hold.
+    #[inline]
+    pub fn is_classic(&self, id: KeyId) -> bool {
+        self.keys.get(id as usize).is_some_and(|k| k.classic)
     }
 }
 
@@ -252,7 +262,8 @@ impl KeyRegistry {
         }
         let mut next = (*current).clone();
         let id = next.keys.len() as KeyId;
-        let info = KeyInfo { name: Arc::from(name), param: Arc::from(param.as_str()), kind };
+        let classic = super::classic::is_classic_key(name);
+        let info = KeyInfo { name: Arc::from(name), param: Arc::from(param.as_str()), kind, classic };
         next.by_name.insert(info.name.clone(), id);
         next.by_param.insert(info.param.clone(), id);
         next.keys.push(info);

@@ -5,6 +5,7 @@
 //! `filter=` substring search. Matching therefore never looks at JSON and never allocates.
 
 pub mod catalogue;
+pub mod classic;
 pub mod dialect;
 pub mod encode;
 pub mod json;
@@ -93,6 +94,8 @@ pub struct Event {
     /// The parse thread that built the event ([`NO_HOME`] for any other), so its
     /// memory can be freed on that thread.
     home: u8,
+    /// True when `wire` is already in the classic contract ([`Event::is_classic`]).
+    classic: bool,
     /// Its wire bytes in the other dialects streams use, encoded on first use
     /// ([`Event::wire_in`]).
     other_forms: dialect::OtherForms,
@@ -129,6 +132,15 @@ impl Event {
     #[inline]
     pub fn search_text(&self) -> &str {
         &self.text[self.search_at as usize..]
+    }
+
+    /// True when the event's full form is also its classic form: every `data` key is one of
+    /// the 66 classic keys and every value a string, number, boolean or array of those (no
+    /// `null`, no object). Classic streams then share [`Event::wire`]; any other event is
+    /// rewritten once for them ([`classic`], [`Event::classic_wire`]).
+    #[inline]
+    pub fn is_classic(&self) -> bool {
+        self.classic
     }
 
     /// Bytes of the match view (canonical values and search text), for memory accounting.
@@ -306,6 +318,9 @@ impl<'c> EventBuilder<'c> {
 
         let mut span_id = top_span;
         let mut first = true;
+        // Whether the full form is also the classic one, found by the walks this loop makes
+        // anyway (the key lookup, the match-value walk): no pass of its own.
+        let mut classic = true;
         if self.key_table.1 != self.keys.version() {
             self.key_table = self.keys.snapshot();
         }
@@ -342,7 +357,8 @@ impl<'c> EventBuilder<'c> {
                     added
                 }
             };
-            collect_match(v, key, &mut self.canon, &mut self.fields, &mut self.search, 0);
+            classic &= key.is_some_and(|(id, _)| self.key_table.0.is_classic(id));
+            classic &= collect_match(v, key, &mut self.canon, &mut self.fields, &mut self.search, 0);
         }
         out.extend_from_slice(b"}}");
         if out.len() - 1 > self.max_bytes {
@@ -369,6 +385,7 @@ impl<'c> EventBuilder<'c> {
             },
             search_at: self.canon.len() as u32,
             home: self.home,
+            classic,
             other_forms: dialect::OtherForms::default(),
         };
         ev.wire = Bytes::copy_from_slice(&self.json);
@@ -403,7 +420,10 @@ fn span_of<'t, J: JsonRef<'t>>(v: J) -> Option<u64> {
     }
 }
 
-/// Records the canonical match values and the search text of one data value.
+/// Records the canonical match values and the search text of one data value. Returns true
+/// when the value is in the classic contract as it is: a string, number or boolean, or an
+/// array (two levels deep at most) of those; a `null`, an object or deeper nesting is
+/// rewritten for classic clients ([`classic`]).
 fn collect_match<'t, J: JsonRef<'t>>(
     v: J,
     key: Option<(KeyId, KeyKind)>,
@@ -411,7 +431,7 @@ fn collect_match<'t, J: JsonRef<'t>>(
     fields: &mut SmallVec<[(KeyId, u32, u32); 8]>,
     search: &mut String,
     depth: u8,
-) {
+) -> bool {
     let push_field = |canon: &mut String, fields: &mut SmallVec<_>, id: KeyId, a: usize| {
         fields.push((id, a as u32, canon.len() as u32));
     };
@@ -424,6 +444,7 @@ fn collect_match<'t, J: JsonRef<'t>>(
                 kind.canonical_str(&s, canon);
                 push_field(canon, fields, id, a);
             }
+            true
         }
         Node::Int(i) => {
             if let Some((id, _)) = key {
@@ -431,6 +452,7 @@ fn collect_match<'t, J: JsonRef<'t>>(
                 canon.push_str(itoa::Buffer::new().format(i));
                 push_field(canon, fields, id, a);
             }
+            true
         }
         Node::UInt(u) => {
             if let Some((id, _)) = key {
@@ -438,6 +460,7 @@ fn collect_match<'t, J: JsonRef<'t>>(
                 canon.push_str(itoa::Buffer::new().format(u));
                 push_field(canon, fields, id, a);
             }
+            true
         }
         Node::Bool(b) => {
             if let Some((id, _)) = key {
@@ -445,11 +468,15 @@ fn collect_match<'t, J: JsonRef<'t>>(
                 canon.push_str(if b { "true" } else { "false" });
                 push_field(canon, fields, id, a);
             }
+            true
         }
+        Node::Float(_) => true,
         Node::Array(items) if depth < 2 => {
+            let mut classic = true;
             for item in items {
-                collect_match(item, key, canon, fields, search, depth + 1);
+                classic &= collect_match(item, key, canon, fields, search, depth + 1);
             }
+            classic
         }
         // A nested object (such as `causedBy`) is searchable by `filter=`, but its members are
         // not keys of this event.
@@ -457,8 +484,9 @@ fn collect_match<'t, J: JsonRef<'t>>(
             for (_, item) in members {
                 collect_match(item, None, canon, fields, search, depth + 1);
             }
+            false
         }
-        _ => {}
+        _ => false,
     }
 }
 
@@ -576,6 +604,7 @@ mod tests {
                 assert_eq!(a.wire, b.wire, "{shown}");
                 assert!(a.fields().eq(b.fields()), "{shown}");
                 assert_eq!(a.search_text(), b.search_text(), "{shown}");
+                assert_eq!(a.is_classic(), b.is_classic(), "{shown}");
                 true
             }
             // The two parsers word a syntax error differently; it is the same rejection.

@@ -28,8 +28,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The request lines served here (the live streams); any other target goes to hyper.
-const LIVE_PATHS: [&[u8]; 3] =
-    [b"GET /api/telemetry/traces/live", b"GET /api/tracing/live", b"GET /api/telemetry/metrics/live"];
+const LIVE_PATHS: [&[u8]; 4] = [
+    b"GET /api/telemetry/traces/live",
+    b"GET /api/tracing/live",
+    b"GET /api/livetap/live",
+    b"GET /api/telemetry/metrics/live",
+];
 
 /// Most header fields parsed (the same cap hyper is given).
 const MAX_HEADERS: usize = 128;

@@ -3,11 +3,15 @@
 //!
 //! The store is whatever backend the hub opened (`dyn HistoryStore`); its calls may block,
 //! so each query runs on the blocking pool. The answers are Stalwart's classic shapes
-//! (`{"data":{"items":[…],"total":N}}` for lists, `{"data":[…]}` for a trace).
+//! (`{"data":{"items":[…],"total":N}}` for lists, `{"data":[…]}` for a trace), and the events
+//! in them are in the classic form (`event/classic.rs`), since these are the paths classic
+//! clients read: the store keeps the full form, and each event is rewritten as it is answered.
 
 use super::{json_ok, json_response, HttpError};
+use crate::event::classic;
+use crate::event::encode::now_secs;
 use crate::hub::Hub;
-use crate::store::{write_json_array, Data, HistoryStore, MetricQuery, TraceQuery};
+use crate::store::{Data, HistoryStore, MetricQuery, StoredEvent, TraceQuery};
 use http::{Response, StatusCode};
 use std::sync::Arc;
 
@@ -25,12 +29,57 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// `GET /api/telemetry/traces?type=&queue_id=&filter=&before=&after=&page=&limit=`.
+/// Appends `events` to `out` as a JSON array of their classic forms, each with
+/// `data.spanId` when `with_span` (the traces list's `values=1` items).
+fn write_classic_array<'a>(
+    events: impl IntoIterator<Item = &'a StoredEvent>,
+    with_span: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), HttpError> {
+    out.push(b'[');
+    for (i, e) in events.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let span = if with_span { e.span_id } else { None };
+        classic::write_event(&e.json, span, out)
+            .map_err(|err| HttpError::Internal(format!("history store: event {}: {err}", e.id())))?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// `GET /api/telemetry/traces?type=&queue_id=&id=&filter=&before=&after=&page=&limit=&values=`.
+/// A list that names no time and no span covers the last 24 hours
+/// ([`TraceQuery::default_window`]). Items are span summaries, or with `values=1` each span's
+/// first stored event in the classic form, carrying `data.spanId` (what the old web admin's
+/// history pages decode).
 pub(super) async fn traces(hub: &Hub, query: &str) -> Result<Response<super::LiveBody>, HttpError> {
-    let q = TraceQuery::from_query_string(query)?;
+    let mut q = TraceQuery::from_query_string(query)?;
+    q.default_window(now_secs());
     let s = store(hub)?;
-    let page = blocking(move || s.traces(&q)).await?;
-    Ok(json_ok(StatusCode::OK, &Data { data: page }))
+    if !q.values {
+        let page = blocking(move || s.traces(&q)).await?;
+        return Ok(json_ok(StatusCode::OK, &Data { data: page }));
+    }
+    let (ids, total, mut firsts) = blocking(move || {
+        let page = s.traces(&q)?;
+        let ids: Vec<u64> = page.items.iter().map(|t| t.id).collect();
+        let firsts = s.first_events(&ids)?;
+        Ok((ids, page.total, firsts))
+    })
+    .await?;
+    // The page's order (newest span first); a span removed by retention between the two
+    // reads is left out of the items, not of the total.
+    let rank: ahash::AHashMap<u64, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    firsts.sort_by_key(|e| e.span_id.and_then(|id| rank.get(&id).copied()));
+    let mut body = Vec::with_capacity(64 + firsts.iter().map(|e| e.json.len() + 32).sum::<usize>());
+    body.extend_from_slice(b"{\"data\":{\"items\":");
+    write_classic_array(&firsts, true, &mut body)?;
+    body.extend_from_slice(b",\"total\":");
+    body.extend_from_slice(itoa::Buffer::new().format(total).as_bytes());
+    body.extend_from_slice(b"}}");
+    Ok(json_response(StatusCode::OK, body))
 }
 
 /// `GET /api/telemetry/trace/{id}`: every stored event of one span, in order.
@@ -43,7 +92,7 @@ pub(super) async fn trace(hub: &Hub, id: &str) -> Result<Response<super::LiveBod
     }
     let mut body = Vec::with_capacity(16 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"data\":");
-    write_json_array(&events, &mut body);
+    write_classic_array(&events, false, &mut body)?;
     body.push(b'}');
     Ok(json_response(StatusCode::OK, body))
 }

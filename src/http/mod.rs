@@ -106,6 +106,7 @@ const ROUTES: &[(&str, Method, Access)] = &[
     ("/api/livetap/span", Method::POST, Some((Permission::TracingLive, None))),
     ("/api/telemetry/traces/live", Method::GET, Some((Permission::TracingLive, Some(Grant::Tracing)))),
     ("/api/tracing/live", Method::GET, Some((Permission::TracingLive, Some(Grant::Tracing)))),
+    ("/api/livetap/live", Method::GET, Some((Permission::TracingLive, Some(Grant::Tracing)))),
     ("/api/telemetry/metrics/live", Method::GET, Some((Permission::MetricsLive, Some(Grant::Metrics)))),
     ("/api/telemetry/live/tracing-token", Method::GET, Some((Permission::TracingLive, None))),
     ("/api/telemetry/live/metrics-token", Method::GET, Some((Permission::MetricsLive, None))),
@@ -175,6 +176,7 @@ async fn route(
         "/api/telemetry/traces/live" | "/api/tracing/live" => {
             live_traces(ctx, conn, principal(), req, WireForm::Classic).await
         }
+        "/api/livetap/live" => live_traces(ctx, conn, principal(), req, WireForm::Full).await,
         "/api/telemetry/metrics/live" => {
             let slot = stream_slot(&principal())?;
             metrics::live_metrics(hub.clone(), req, slot)

@@ -45,6 +45,13 @@ pub use writer::{HistoryWriter, KeepFn, WriterStats};
 /// larger limits are capped here so one request cannot read the whole database into memory.
 pub const MAX_PAGE_ITEMS: usize = 10_000;
 
+/// The most span ids one traces list may select (`id=a,b,…`, all `id` parameters together).
+pub const MAX_SPAN_IDS: usize = 1_000;
+
+/// The window a traces list covers when it names no time and no span (`after`, `before`,
+/// `queue_id`, `id`): the last 24 hours, as Stalwart's list does ([`TraceQuery::default_window`]).
+pub const DEFAULT_WINDOW_SECS: i64 = 86_400;
+
 /// The file name of the history database inside the data directory.
 pub const DEFAULT_FILE_NAME: &str = "history.sqlite3";
 
@@ -317,10 +324,15 @@ pub struct TraceQuery {
     pub after: Option<i64>,
     /// Spans that started before this time (Unix seconds).
     pub before: Option<i64>,
+    /// Only these spans (`id=a,b`), when not empty; at most [`MAX_SPAN_IDS`].
+    pub span_ids: Vec<u64>,
     /// The page, from 1 (0 is read as 1).
     pub page: usize,
     /// Items per page; 0 means [`MAX_PAGE_ITEMS`], and larger values are capped there.
     pub limit: usize,
+    /// `values=1`: the answer lists each span's first event (the classic form, with
+    /// `data.spanId`) instead of its summary. The store ignores it; the HTTP answer reads it.
+    pub values: bool,
 }
 
 /// A metrics history query (`GET /api/telemetry/metrics`).
@@ -341,14 +353,18 @@ pub struct MetricQuery {
 
 impl TraceQuery {
     /// Parses Stalwart's query string: `type`, `queue_id` (also `queue-id`), `filter`,
-    /// `before`, `after`, `page`, `limit`. Times are RFC 3339, a date (`2026-11-01`, UTC
-    /// midnight) or Unix seconds. Unknown parameters are ignored, as Stalwart does, but every
-    /// name and value must decode (whole `%XX` escapes, UTF-8), known or not.
+    /// `before`, `after`, `page`, `limit`, `values`, and livetap's `id` (span ids,
+    /// comma-separated; repeated parameters add up). Times are RFC 3339, a date
+    /// (`2026-11-01`, UTC midnight) or Unix seconds. `values` is true unless empty, `0` or
+    /// `false`. Unknown parameters are ignored, as Stalwart does, but every name and value
+    /// must decode (whole `%XX` escapes, UTF-8), known or not.
     pub fn from_query_string(query: &str) -> Result<TraceQuery, ParseError> {
         let mut q = TraceQuery::default();
         for pair in crate::query::pairs(query) {
             let (name, value) = pair?;
             match name.as_ref() {
+                "id" => parse_span_ids(&value, &mut q.span_ids)?,
+                "values" => q.values = !matches!(value.trim(), "" | "0" | "false"),
                 "type" if !value.is_empty() => q.event_type = Some(value.to_ascii_lowercase()),
                 "queue_id" | "queue-id" if !value.is_empty() => q.queue_id = Some(value.into_owned()),
                 "filter" => q.keywords.extend(parse_keywords(&value)),
@@ -361,6 +377,40 @@ impl TraceQuery {
         }
         Ok(q)
     }
+}
+
+impl TraceQuery {
+    /// Limits a list that names no time and no span (no `after`, `before`, `queue_id` or
+    /// `id`) to spans that started in the last [`DEFAULT_WINDOW_SECS`] before `now`. A queue
+    /// id or span id names spans the caller wants whatever their age (the old web admin's
+    /// message page asks for a queued message's history, which can be days old).
+    pub fn default_window(&mut self, now: i64) {
+        if self.after.is_none()
+            && self.before.is_none()
+            && self.queue_id.is_none()
+            && self.span_ids.is_empty()
+        {
+            self.after = Some(now.saturating_sub(DEFAULT_WINDOW_SECS));
+        }
+    }
+}
+
+/// Adds the span ids of one `id=` value (`a,b,…`) to `ids`: each a decimal `u64`; an empty
+/// value adds none (like Stalwart's other empty parameters), an empty item is an error.
+fn parse_span_ids(value: &str, ids: &mut Vec<u64>) -> Result<(), ParseError> {
+    if value.trim().is_empty() {
+        return Ok(());
+    }
+    for item in value.split(',') {
+        let id = item.trim().parse::<u64>().map_err(|_| {
+            param_error("id", "span ids: unsigned decimal integers separated by commas (id=4711,4712)")
+        })?;
+        if ids.len() >= MAX_SPAN_IDS {
+            return Err(param_error("id", &format!("at most {MAX_SPAN_IDS} span ids")));
+        }
+        ids.push(id);
+    }
+    Ok(())
 }
 
 impl MetricQuery {
@@ -681,6 +731,19 @@ pub trait HistoryStore: Send + Sync {
     /// Every stored event of one span, in sequence order (empty when unknown).
     fn trace(&self, span_id: u64) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// The first stored event of each of `span_ids` that is stored, in any order (the
+    /// `values=1` answer of the traces list). This default reads each whole span; a backend
+    /// answers it in one query.
+    fn first_events(&self, span_ids: &[u64]) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut out = Vec::with_capacity(span_ids.len());
+        for &id in span_ids {
+            if let Some(first) = self.trace(id)?.into_iter().next() {
+                out.push(first);
+            }
+        }
+        Ok(out)
+    }
+
     /// Metric points, oldest first (then by name).
     fn metrics(&self, query: &MetricQuery) -> Result<Page<MetricPoint>, StoreError>;
 
@@ -845,11 +908,36 @@ mod tests {
         assert_eq!(q.after, Some(1_793_491_200));
         assert_eq!(q.before, Some(1_793_577_600));
         assert_eq!((q.page, q.limit), (2, 50));
+        assert!(q.values && q.span_ids.is_empty());
+        let q = TraceQuery::from_query_string("id=7,+18446744073709551615&id=9&values=0&id=").unwrap();
+        assert_eq!((q.span_ids, q.values), (vec![7, u64::MAX, 9], false));
+        for bad in ["id=x", "id=1,,2", "id=-1", "id=1.5"] {
+            assert_eq!(TraceQuery::from_query_string(bad).unwrap_err().parameter, "id", "{bad}");
+        }
+        let many = vec!["1"; MAX_SPAN_IDS + 1].join(",");
+        let e = TraceQuery::from_query_string(&format!("id={many}")).unwrap_err();
+        assert!(e.parameter == "id" && e.expected.contains("at most"), "{e:?}");
         let e = TraceQuery::from_query_string("after=yesterday").unwrap_err();
         assert_eq!(e.parameter, "after");
         assert!(TraceQuery::from_query_string("limit=-1").is_err());
         let t = parse_time("before", "2026-11-01T01:00:00+01:00").unwrap();
         assert_eq!(t, 1_793_491_200);
+    }
+
+    #[test]
+    fn the_default_window_applies_only_to_lists_that_name_no_time_and_no_span() {
+        let now = 1_800_000_000;
+        let windowed = |query: &str| {
+            let mut q = TraceQuery::from_query_string(query).unwrap();
+            q.default_window(now);
+            q.after
+        };
+        assert_eq!(windowed(""), Some(now - 86_400));
+        assert_eq!(windowed("type=delivery.attempt-start&filter=x&values=1"), Some(now - 86_400));
+        assert_eq!(windowed("after=5"), Some(5));
+        assert_eq!(windowed("before=5"), None);
+        assert_eq!(windowed("queue_id=7"), None);
+        assert_eq!(windowed("id=7"), None);
     }
 
     #[test]

@@ -751,6 +751,11 @@ impl HistoryStore for SqliteStore {
                 args.push(Value::Text(k.text.clone()));
             }
         }
+        if !q.span_ids.is_empty() {
+            // Bounded by `MAX_SPAN_IDS`, well under SQLite's 32,766 parameters.
+            conds.push(format!("s.span_id IN ({})", vec!["?"; q.span_ids.len()].join(",")));
+            args.extend(q.span_ids.iter().map(|&id| Value::Integer(span_to_sql(id))));
+        }
         if let Some(t) = q.after {
             conds.push("s.first_at >= ?".into());
             args.push(Value::Integer(t));
@@ -795,6 +800,29 @@ impl HistoryStore for SqliteStore {
         )?;
         let rows = st.query_map([span_to_sql(span_id)], stored_event)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn first_events(&self, span_ids: &[u64]) -> Result<Vec<StoredEvent>, StoreError> {
+        if span_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let r = self.reader()?;
+        let mut out = Vec::with_capacity(span_ids.len());
+        // A span's summary row knows its first stored event; one query per chunk of ids
+        // (a traces page holds at most `MAX_PAGE_ITEMS`), under SQLite's parameter limit.
+        for chunk in span_ids.chunks(1_000) {
+            let mut st = r.prepare(&format!(
+                "SELECT e.seq, e.span_id, e.type, e.created_at, e.json FROM spans s \
+                 JOIN events e ON e.seq = s.first_seq WHERE s.span_id IN ({})",
+                vec!["?"; chunk.len()].join(",")
+            ))?;
+            let rows =
+                st.query_map(params_from_iter(chunk.iter().map(|&id| span_to_sql(id))), stored_event)?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        Ok(out)
     }
 
     fn metrics(&self, q: &MetricQuery) -> Result<Page<MetricPoint>, StoreError> {
@@ -1072,6 +1100,36 @@ mod tests {
         let st = s.stats().unwrap();
         assert_eq!((st.events, st.spans, st.oldest_seq, st.newest_seq), (3, 1, Some(10), Some(12)));
         let _ = HistoryKeys::resolve(&k);
+    }
+
+    #[test]
+    fn spans_are_selected_by_id_and_their_first_events_read_in_one_query() {
+        let (c, k) = Catalogue::with_keys(1024);
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("h.sqlite3")).unwrap();
+        let mut batch = Vec::new();
+        for (seq, span) in [(1, 7u64), (2, u64::MAX), (3, 7), (4, 9), (5, u64::MAX)] {
+            let json = format!(
+                r#"{{"type":"smtp.rcpt-to","createdAt":{seq},"data":{{"spanId":{span},"to":"r{seq}@x"}}}}"#
+            );
+            batch.push(record(seq, event(&c, &k, &json), Some("1"), &[]));
+        }
+        s.write_events(&batch).unwrap();
+        let ids = |span_ids: Vec<u64>| {
+            let page = s.traces(&TraceQuery { span_ids, ..TraceQuery::default() }).unwrap();
+            (page.items.iter().map(|t| t.id).collect::<Vec<_>>(), page.total)
+        };
+        assert_eq!(ids(vec![7, u64::MAX]), (vec![u64::MAX, 7], 2), "newest first");
+        assert_eq!(ids(vec![9, 404]), (vec![9], 1));
+        assert_eq!(ids(vec![]).1, 3, "no ids: every span");
+        let mut firsts = s.first_events(&[u64::MAX, 7, 404]).unwrap();
+        firsts.sort_by_key(|e| e.seq);
+        assert_eq!(
+            firsts.iter().map(|e| (e.seq, e.span_id)).collect::<Vec<_>>(),
+            [(1, Some(7)), (2, Some(u64::MAX))]
+        );
+        assert!(std::str::from_utf8(&firsts[0].json).unwrap().contains("r1@x"));
+        assert!(s.first_events(&[]).unwrap().is_empty());
     }
 
     #[test]

@@ -93,7 +93,7 @@ async function signIn(candidate, remember) {
   filter.api = api;
   stream = new LiveStream(api, {
     grant: "tracing",
-    path: "api/telemetry/traces/live",
+    path: "api/livetap/live",
     events: ["trace", "lagged", "gap"],
     resume: true,
     onMessage: onTraceMessage,
