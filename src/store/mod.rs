@@ -377,9 +377,7 @@ impl TraceQuery {
         }
         Ok(q)
     }
-}
 
-impl TraceQuery {
     /// Limits a list that names no time and no span (no `after`, `before`, `queue_id` or
     /// `id`) to spans that started in the last [`DEFAULT_WINDOW_SECS`] before `now`. A queue
     /// id or span id names spans the caller wants whatever their age (the old web admin's
