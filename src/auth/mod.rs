@@ -150,14 +150,38 @@ pub fn check_bearer(header: Option<&[u8]>, token: &str) -> Result<(), AuthError>
 
 /// Verifies Stalwart's webhook signature: standard base64 of HMAC-SHA256 over the raw body.
 pub fn verify_signature(header: Option<&[u8]>, key: &str, body: &[u8]) -> Result<(), AuthError> {
-    let h = header.ok_or(AuthError::MissingSignature)?;
-    let sig = base64::engine::general_purpose::STANDARD
-        .decode(h.trim_ascii())
-        .map_err(|_| AuthError::BadSignature)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).map_err(|_| AuthError::BadSignature)?;
-    mac.update(body);
-    // `verify_slice` compares in constant time.
-    mac.verify_slice(&sig).map_err(|_| AuthError::BadSignature)
+    let mut check = SignatureCheck::new(key)?;
+    check.update(body);
+    check.verify(header)
+}
+
+/// A webhook signature computed over a body that arrives in pieces, so a streamed body is
+/// checked without being held whole.
+pub struct SignatureCheck {
+    mac: Hmac<Sha256>,
+}
+
+impl SignatureCheck {
+    /// Starts a check keyed with `key` (the configured `webhook-key`).
+    pub fn new(key: &str) -> Result<SignatureCheck, AuthError> {
+        let mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).map_err(|_| AuthError::BadSignature)?;
+        Ok(SignatureCheck { mac })
+    }
+
+    /// Adds the next piece of the body.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.mac.update(piece);
+    }
+
+    /// Checks the `X-Signature` header against everything added.
+    pub fn verify(self, header: Option<&[u8]>) -> Result<(), AuthError> {
+        let h = header.ok_or(AuthError::MissingSignature)?;
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(h.trim_ascii())
+            .map_err(|_| AuthError::BadSignature)?;
+        // `verify_slice` compares in constant time.
+        self.mac.verify_slice(&sig).map_err(|_| AuthError::BadSignature)
+    }
 }
 
 /// Computes the signature header value for `body` (used by tests and the load harness).

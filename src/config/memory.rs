@@ -38,6 +38,9 @@ pub const FAILURE_ENTRY: u64 = 64;
 /// what the builder adds to every event (text, details, time, level). A body of 13-byte events
 /// measured about 450 bytes per event.
 pub const BUILT_EVENT: u64 = 1024;
+/// Per fingerprint kept for recognising webhook resends (`ingest::dedupe`): the key, the
+/// credit, and the hash map's share, doubled for its growth.
+pub const DEDUPE_ENTRY: u64 = 64;
 /// The shortest input one event can come from: `{"type":"a"}` and a newline.
 pub const MIN_EVENT_INPUT: u64 = 13;
 /// Tape bytes per input byte at worst: a 16-byte token per two input bytes (`0,`), doubled for
@@ -71,6 +74,8 @@ pub struct MemoryBound {
     pub passwords: u64,
     /// The failed-authentication table.
     pub limiter: u64,
+    /// Webhook resend credits: `webhook-dedupe-entries × DEDUPE_ENTRY`.
+    pub dedupe: u64,
 }
 
 impl MemoryBound {
@@ -85,6 +90,7 @@ impl MemoryBound {
             + self.ingest
             + self.passwords
             + self.limiter
+            + self.dedupe
     }
 }
 
@@ -137,6 +143,7 @@ impl Config {
             ingest: self.ingest_bound(),
             passwords: crate::auth::password::MAX_CONCURRENT_VERIFICATIONS as u64 * m_cost,
             limiter: crate::auth::ratelimit::MAX_TRACKED_SOURCES as u64 * FAILURE_ENTRY,
+            dedupe: self.webhook_dedupe_entries as u64 * DEDUPE_ENTRY,
         }
     }
 }

@@ -186,6 +186,20 @@ pub struct Config {
     pub max_subscribers: usize,
     /// Largest accepted ingest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest accepted webhook body, in bytes. Stalwart's sender puts everything pending into
+    /// one request and, after a refusal, resends it merged with everything newer, so this is
+    /// far above `max-body-bytes`; the body is parsed as it arrives and never held whole
+    /// (`http/webhook.rs`).
+    pub max_webhook_bytes: usize,
+    /// Seconds a webhook source's resend credits last (`ingest/dedupe.rs`): longer than
+    /// Stalwart's 5-minute discard of unsent events plus its 30 s timeout.
+    pub webhook_dedupe_secs: u64,
+    /// Most event fingerprints kept for recognising webhook resends, over all sources.
+    pub webhook_dedupe_entries: usize,
+    /// The webhook sender's timeout (Stalwart's webhook `timeout`, 30 s by default): a webhook
+    /// request answered later than a third of it may be one the sender gave up on, so its
+    /// events are remembered as possible resends.
+    pub webhook_sender_timeout_secs: u64,
     /// Longest accepted NDJSON line on the Unix socket, in bytes.
     pub max_line_bytes: usize,
     /// Largest event accepted, measured as its serialised JSON; larger ones are rejected one by
@@ -293,6 +307,10 @@ impl Default for Config {
             io_threads: 0,
             max_subscribers: 10_000,
             max_body_bytes: 8 << 20,
+            max_webhook_bytes: 256 << 20,
+            webhook_dedupe_secs: 600,
+            webhook_dedupe_entries: 1_000_000,
+            webhook_sender_timeout_secs: 30,
             max_line_bytes: 1 << 20,
             max_event_bytes: 64 << 10,
             ingest_wait_ms: 250,
@@ -428,6 +446,22 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return bad("max-body-bytes", "must be at least 1024");
+        }
+        if self.max_webhook_bytes < self.max_body_bytes {
+            return bad(
+                "max-webhook-bytes",
+                "must be at least max-body-bytes: Stalwart's sender grows a refused batch, so a \
+                 smaller limit would refuse its resends for ever",
+            );
+        }
+        if !(1..=86_400).contains(&self.webhook_dedupe_secs) {
+            return bad("webhook-dedupe-secs", "must be between 1 and 86400");
+        }
+        if !(1..=3600).contains(&self.webhook_sender_timeout_secs) {
+            return bad("webhook-sender-timeout-secs", "must be between 1 and 3600");
+        }
+        if self.webhook_dedupe_entries == 0 {
+            return bad("webhook-dedupe-entries", "must be at least 1");
         }
         if self.max_line_bytes < 256 {
             return bad("max-line-bytes", "must be at least 256");

@@ -76,6 +76,17 @@ pub enum HttpError {
     /// The history API was asked for while no history store is open.
     #[error("history is not enabled")]
     HistoryOff,
+    /// A streamed body (Stalwart's webhook) that failed after part of it was published: the
+    /// answer is the cause's, and says how much of the body livetap kept.
+    #[error("{cause}")]
+    PartlyAccepted {
+        /// Events of the body published before the failure.
+        accepted: usize,
+        /// Events of the body recognised as resends of events already published.
+        duplicates: usize,
+        /// What ended the body.
+        cause: Box<HttpError>,
+    },
 }
 
 #[derive(Serialize)]
@@ -112,42 +123,16 @@ impl HttpError {
             }
             HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HttpError::HistoryOff => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::PartlyAccepted { cause, .. } => cause.status(),
         }
     }
 
     /// Renders the error as a JSON response.
     pub fn into_response(self) -> Response<LiveBody> {
-        let (error, detail) = match &self {
-            HttpError::Unauthorized(e) => ("unauthorized", e.to_string()),
-            HttpError::Forbidden(p) => {
-                ("forbidden", format!("this principal lacks the `{}` permission", p.name()))
-            }
-            HttpError::OriginNotAllowed => ("forbidden", "this origin is not in cors-origins".to_string()),
-            HttpError::BadQuery(e) => ("invalid query parameter", e.to_string()),
-            HttpError::BadBody(d) => ("invalid body", d.clone()),
-            HttpError::NotFound => ("not found", "no such endpoint".into()),
-            HttpError::MethodNotAllowed(allow) => ("method not allowed", format!("use {allow}")),
-            HttpError::Timeout(s) => ("request timeout", format!("the body must arrive within {s} s")),
-            HttpError::PayloadTooLarge(n) => ("payload too large", format!("the limit is {n} bytes")),
-            HttpError::UriTooLong(n) => ("URI too long", format!("the limit is {n} bytes of path and query")),
-            HttpError::HeadersTooLarge(n) => {
-                ("headers too large", format!("the limit is {n} bytes of header fields"))
-            }
-            HttpError::TooMany { detail, .. } => ("too many requests", detail.clone()),
-            // `TooLarge` carries the batch's size, not the ring's: its own message says so.
-            HttpError::Busy(e @ PublishError::TooLarge(_)) => ("batch too large", e.to_string()),
-            HttpError::BatchTooLarge(n) => ("batch too large", too_many_events(*n)),
-            HttpError::Busy(e) => ("unavailable", e.to_string()),
-            HttpError::IngestBusy(d) => ("ingest busy", d.clone()),
-            HttpError::Subscribers(e) => ("unavailable", e.to_string()),
-            HttpError::Io(d) => ("bad request", d.clone()),
-            HttpError::Internal(d) => ("internal error", d.clone()),
-            HttpError::HistoryOff => (
-                "unavailable",
-                "history is not enabled: start livetap with --data-dir (and keep [history] enabled)"
-                    .to_string(),
-            ),
-        };
+        if let HttpError::PartlyAccepted { accepted, duplicates, cause } = self {
+            return partly_accepted(accepted, duplicates, *cause);
+        }
+        let (error, detail) = self.describe();
         // Query errors also say where in the parameter's value the problem is and what was
         // expected there, so a dashboard can point at it.
         let (parameter, position, expected) = match &self {
@@ -180,6 +165,66 @@ impl HttpError {
         }
         resp
     }
+}
+
+impl HttpError {
+    /// The `error` and `detail` of the JSON answer.
+    fn describe(&self) -> (&'static str, String) {
+        match self {
+            HttpError::PartlyAccepted { cause, .. } => cause.describe(),
+            HttpError::Unauthorized(e) => ("unauthorized", e.to_string()),
+            HttpError::Forbidden(p) => {
+                ("forbidden", format!("this principal lacks the `{}` permission", p.name()))
+            }
+            HttpError::OriginNotAllowed => ("forbidden", "this origin is not in cors-origins".to_string()),
+            HttpError::BadQuery(e) => ("invalid query parameter", e.to_string()),
+            HttpError::BadBody(d) => ("invalid body", d.clone()),
+            HttpError::NotFound => ("not found", "no such endpoint".into()),
+            HttpError::MethodNotAllowed(allow) => ("method not allowed", format!("use {allow}")),
+            HttpError::Timeout(s) => ("request timeout", format!("the body must arrive within {s} s")),
+            HttpError::PayloadTooLarge(n) => ("payload too large", format!("the limit is {n} bytes")),
+            HttpError::UriTooLong(n) => ("URI too long", format!("the limit is {n} bytes of path and query")),
+            HttpError::HeadersTooLarge(n) => {
+                ("headers too large", format!("the limit is {n} bytes of header fields"))
+            }
+            HttpError::TooMany { detail, .. } => ("too many requests", detail.clone()),
+            // `TooLarge` carries the batch's size, not the ring's: its own message says so.
+            HttpError::Busy(e @ PublishError::TooLarge(_)) => ("batch too large", e.to_string()),
+            HttpError::BatchTooLarge(n) => ("batch too large", too_many_events(*n)),
+            HttpError::Busy(e) => ("unavailable", e.to_string()),
+            HttpError::IngestBusy(d) => ("ingest busy", d.clone()),
+            HttpError::Subscribers(e) => ("unavailable", e.to_string()),
+            HttpError::Io(d) => ("bad request", d.clone()),
+            HttpError::Internal(d) => ("internal error", d.clone()),
+            HttpError::HistoryOff => (
+                "unavailable",
+                "history is not enabled: start livetap with --data-dir (and keep [history] enabled)"
+                    .to_string(),
+            ),
+        }
+    }
+}
+
+/// The answer to a streamed body that failed after part of it was published: the cause's
+/// status and headers, and a body that also says what was kept, so the producer's operator can
+/// tell a partial acceptance from a refusal.
+fn partly_accepted(accepted: usize, duplicates: usize, cause: HttpError) -> Response<LiveBody> {
+    let (error, detail) = cause.describe();
+    let detail = format!(
+        "{detail}; {accepted} events of this body were accepted before that and {duplicates} were \
+         recognised as resends, and a resend of the whole body publishes only the rest"
+    );
+    let status = cause.status();
+    let plain = cause.into_response();
+    let body =
+        serde_json::json!({"error": error, "detail": detail, "accepted": accepted, "duplicates": duplicates});
+    let mut resp = json_response(status, body.to_string().into_bytes());
+    for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(v) = plain.headers().get(&name) {
+            resp.headers_mut().insert(name, v.clone());
+        }
+    }
+    resp
 }
 
 /// The detail of a 413 for a batch the ring can never hold.

@@ -245,6 +245,40 @@ impl IngestGate {
     }
 }
 
+/// Budget bytes held by a body streamed piece by piece (Stalwart's webhook, `webhook.rs`),
+/// given back when dropped.
+pub struct Held {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl IngestGate {
+    /// Takes `bytes` of `budget` for a body that is parsed as it arrives and so never holds
+    /// more than that, whatever its length. Waits up to `wait` for them, then answers `503`.
+    pub async fn hold(
+        &self,
+        hub: &Hub,
+        budget: Budget,
+        bytes: usize,
+        wait: Duration,
+    ) -> Result<Held, HttpError> {
+        let pool = match budget {
+            Budget::Trusted => &self.trusted,
+            Budget::Unverified => &self.unverified,
+        };
+        match tokio::time::timeout(wait, acquire_bytes(pool, bytes.min(self.budget))).await {
+            Ok(Some(p)) => Ok(Held { _permit: Some(p) }),
+            _ => {
+                hub.ingest.refused_batches.fetch_add(1, Ordering::Relaxed);
+                Err(HttpError::IngestBusy(format!(
+                    "request bodies being read hold the whole ingest memory budget ({} bytes) for {} s",
+                    self.budget,
+                    wait.as_secs()
+                )))
+            }
+        }
+    }
+}
+
 /// `n` permits (bytes) from `pool`, taken in pieces a semaphore accepts.
 async fn acquire_bytes(pool: &Arc<Semaphore>, n: usize) -> Option<OwnedSemaphorePermit> {
     let mut out: Option<OwnedSemaphorePermit> = None;

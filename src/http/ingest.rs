@@ -2,7 +2,7 @@
 //! parsed, charged to the principal's rate and published whole or refused whole
 //! ([`IngestAnswer`]).
 
-use super::{bump, gate, json_ok, metrics, ConnInfo, Ctx, HttpError, LiveBody, RequestBody};
+use super::{bump, gate, json_ok, metrics, Ctx, HttpError, LiveBody, RequestBody};
 use crate::auth::{self, Principal};
 use crate::event::encode::now_secs;
 use crate::hub::{Hub, PublishError};
@@ -30,6 +30,10 @@ pub struct IngestAnswer {
     /// Stream id of the last accepted event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_id: Option<u64>,
+    /// Events of a webhook body recognised as resends of events already published, and not
+    /// published again (present when there were any; `ingest::dedupe`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicates: Option<usize>,
     /// Metric records applied (present when the body had any).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<usize>,
@@ -60,6 +64,7 @@ async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<Li
         errors: parsed.errors,
         first_id,
         last_id,
+        duplicates: None,
         metrics: had_records.then_some(applied),
         error: all_bad.then_some("no valid event in the body"),
     };
@@ -68,7 +73,7 @@ async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<Li
 }
 
 /// Refuses a principal that is over its ingest rate (before its body is read).
-fn check_rate(ctx: &Ctx, p: Option<&Principal>) -> Result<(), HttpError> {
+pub(super) fn check_rate(ctx: &Ctx, p: Option<&Principal>) -> Result<(), HttpError> {
     let Some(limiter) = p.and_then(|p| p.ingest_rate.as_ref()) else { return Ok(()) };
     limiter.take(0).map_err(|wait| {
         bump(&ctx.hub.ingest.rate_limited);
@@ -90,13 +95,13 @@ fn charge(p: Option<&Principal>, parsed: &ParsedBatch) {
 }
 
 /// The declared `Content-Length` of a request, if any.
-fn content_length(req: &Request<RequestBody>) -> Option<u64> {
+pub(super) fn content_length(req: &Request<RequestBody>) -> Option<u64> {
     req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok())
 }
 
 /// The source an authenticated request's body is counted against (`None` for the admin
 /// token, which is exempt as for its streams).
-fn principal_source(p: Option<&Principal>) -> Option<gate::Source> {
+pub(super) fn principal_source(p: Option<&Principal>) -> Option<gate::Source> {
     p.filter(|p| p.name != auth::principal::ADMIN).map(|p| gate::Source::Principal(p.name.clone()))
 }
 
@@ -132,65 +137,6 @@ pub(super) async fn ingest_ndjson(
         return Err(refuse_overflow(hub, parsed, body_len));
     }
     charge(Some(&principal), &parsed);
-    let answer = publish_batch(hub, parsed).await;
-    gate::give_back_after(body_len);
-    answer
-}
-
-/// `POST /api/telemetry/webhook`. With `webhook-key` set, the signature authenticates
-/// Stalwart (and `principal` is `None`); without one, the caller was authorized for `ingest`.
-///
-/// A signed body is read before anything proves who sent it, so until its signature checks it
-/// is counted against its source address and draws from the gate's unverified budget, which
-/// no authenticated producer uses ([`gate`]). It is parsed and published only once verified.
-pub(super) async fn webhook(
-    ctx: &Ctx,
-    conn: &ConnInfo,
-    req: Request<RequestBody>,
-    principal: Option<Arc<Principal>>,
-) -> Result<Response<LiveBody>, HttpError> {
-    let hub = &ctx.hub;
-    let ip = conn.peer.ip();
-    if principal.is_none() {
-        if let Some(wait) = ctx.security.failures.locked(ip) {
-            bump(&hub.ingest.auth_locked);
-            return Err(HttpError::TooMany {
-                detail: "too many failed authentications from this address".into(),
-                retry_after: wait.as_secs().max(1),
-            });
-        }
-    }
-    check_rate(ctx, principal.as_deref())?;
-    if !hub.is_accepting() {
-        return Err(HttpError::Busy(PublishError::ShuttingDown));
-    }
-    let signed = hub.config.webhook_key.is_some();
-    let (source, budget) = if signed {
-        (Some(gate::Source::address(ip)), gate::Budget::Unverified)
-    } else {
-        (principal_source(principal.as_deref()), gate::Budget::Trusted)
-    };
-    let _place = ctx.gate.enter(hub, source)?;
-    let sig = req.headers().get("x-signature").map(|v| v.as_bytes().to_vec());
-    let length = content_length(&req);
-    let mut body = ctx.gate.read(hub, req.into_body(), length, budget).await?;
-    if let Some(key) = &hub.config.webhook_key {
-        auth::verify_signature(sig.as_deref(), key, &body.bytes).map_err(|e| {
-            bump(&hub.ingest.auth_failures);
-            ctx.security.failures.fail(ip);
-            HttpError::Unauthorized(e)
-        })?;
-    }
-    let _slot = ctx.gate.parse_slot(hub).await?;
-    let cap = hub.ring.capacity() as usize;
-    let parsed = ingest::parse_webhook_capped(&mut body.bytes, &mut hub.builder(), now_secs(), cap)
-        .map_err(HttpError::BadBody)?;
-    let body_len = body.bytes.len();
-    drop(body);
-    if parsed.overflow {
-        return Err(refuse_overflow(hub, parsed, body_len));
-    }
-    charge(principal.as_deref(), &parsed);
     let answer = publish_batch(hub, parsed).await;
     gate::give_back_after(body_len);
     answer

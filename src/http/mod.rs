@@ -25,6 +25,7 @@ mod live;
 mod metrics;
 pub mod server;
 pub mod tls;
+mod webhook;
 
 pub use body::{LiveBody, RequestBody};
 pub use error::HttpError;
@@ -39,12 +40,13 @@ use crate::subscriber::ConnHandle;
 use body::{json_ok, json_response};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use ingest::{ingest_ndjson, webhook};
+use ingest::ingest_ndjson;
 use live::{live_token, live_traces, stream_slot};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use webhook::webhook;
 
 /// What every request handler shares: the pipeline, the access rules and the ingest gate.
 pub struct Ctx {
@@ -56,6 +58,8 @@ pub struct Ctx {
     pub cors: cors::Cors,
     /// What ingest bodies may hold while they are read and parsed, and who may hold it.
     pub gate: gate::IngestGate,
+    /// The webhook senders' resend credits (`ingest::dedupe`).
+    pub dedupe: crate::ingest::dedupe::Dedupe,
 }
 
 impl Ctx {
@@ -63,7 +67,11 @@ impl Ctx {
     pub fn new(hub: Arc<Hub>, security: Arc<Security>) -> Ctx {
         let cors = cors::Cors::new(&hub.config);
         let gate = gate::IngestGate::new(&hub.config);
-        Ctx { hub, security, cors, gate }
+        let c = &hub.config;
+        let timeout = std::time::Duration::from_secs(c.webhook_sender_timeout_secs);
+        let dedupe =
+            crate::ingest::dedupe::Dedupe::new(c.webhook_dedupe_secs, c.webhook_dedupe_entries, timeout);
+        Ctx { hub, security, cors, gate, dedupe }
     }
 }
 

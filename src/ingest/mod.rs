@@ -26,6 +26,7 @@
 //! [`scrape`] is the one source that feeds the metrics registry rather than the ring: it polls
 //! upstream Prometheus endpoints.
 
+pub mod dedupe;
 pub mod demo;
 pub mod lines;
 pub mod pool;
@@ -33,6 +34,7 @@ pub mod scrape;
 pub mod socket;
 pub mod split;
 pub mod stage;
+pub mod stream_split;
 
 use crate::event::{BuildError, Event, EventBuilder, JsonRef, Node, Tape};
 use crate::metrics::push::{self, MetricRecord};
@@ -105,6 +107,16 @@ impl ParsedBatch {
         applied
     }
 
+    /// Records a rejection whose reason is only written out while the answer still lists
+    /// reasons: a body of millions of bad elements would otherwise format (and drop) a message
+    /// for each.
+    pub fn reject_with(&mut self, line: usize, reason: impl FnOnce() -> String) {
+        self.rejected += 1;
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            self.errors.push(LineError { line, reason: reason() });
+        }
+    }
+
     /// Whether parsing should stop: the event cap was reached.
     fn full(&mut self) -> bool {
         if self.max_events != 0 && self.events.len() >= self.max_events {
@@ -128,7 +140,7 @@ impl ParsedBatch {
         }
         match b.build(raw, now) {
             Ok(ev) => self.events.push(Arc::new(ev)),
-            Err(e) => self.reject(line, e.to_string()),
+            Err(e) => self.reject_with(line, || e.to_string()),
         }
     }
 
@@ -216,13 +228,13 @@ impl ParsedBatch {
                 }
             };
             if element.len() > large {
-                self.reject(number(i), too_long(large));
+                self.reject_with(number(i), || too_long(large));
                 continue;
             }
             match tape.parse(element) {
                 Ok(raw) if in_batch => self.push_built(raw, number(i), b, now),
                 Ok(raw) => self.add(raw, number(i), b, now),
-                Err(e) => self.reject(number(i), BuildError::Json(e).to_string()),
+                Err(e) => self.reject_with(number(i), || BuildError::Json(e).to_string()),
             }
         }
     }
