@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use livetap::auth::{resolve_admin_token, TokenOrigin};
 use livetap::config::{Config, Overrides};
+use livetap::event::catalogue::Generation;
 use livetap::Server;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ struct Cli {
     /// Events per second of the demo generator (default 200).
     #[arg(long, value_name = "N")]
     demo_rate: Option<u32>,
+    /// Stalwart catalogue generation the demo speaks: 0.15 (default) or 0.16 (v0.16 event names).
+    #[arg(long, value_name = "0.15|0.16", value_parser = parse_generation)]
+    demo_generation: Option<Generation>,
     /// Slots in the event ring (default 65536).
     #[arg(long, value_name = "N")]
     ring_capacity: Option<usize>,
@@ -145,6 +149,11 @@ struct Window {
     /// Items per page.
     #[arg(long)]
     limit: Option<usize>,
+}
+
+/// Parses `--demo-generation` (`0.15` or `0.16`).
+fn parse_generation(s: &str) -> Result<Generation, String> {
+    Generation::parse(s).ok_or_else(|| format!("`{s}`: expected 0.15 or 0.16"))
 }
 
 /// Runs `livetap history …` against the store directly, opened the way the server opens it
@@ -433,6 +442,7 @@ fn main() -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         demo: cli.demo.then_some(true),
         demo_rate: cli.demo_rate,
+        demo_generation: cli.demo_generation,
         ring_capacity: cli.ring_capacity,
         subscriber_queue: cli.subscriber_queue,
         matcher_threads: cli.matcher_threads,
@@ -462,7 +472,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Result<()> {
-    let demo = config.demo.then_some(config.demo_rate);
+    let demo = config.demo.then_some((config.demo_rate, config.demo_generation));
     let socket = config.ingest_socket.clone();
     let listen = config.listen;
     let server =
@@ -479,8 +489,12 @@ async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Resu
     let mut out = std::io::stdout().lock();
     writeln!(out, "livetap {} listening on {base}", env!("CARGO_PKG_VERSION"))?;
     writeln!(out, "  admin token: {shown}")?;
-    if let Some(rate) = demo {
-        writeln!(out, "  demo generator: {rate} events/s of simulated mail traffic")?;
+    if let Some((rate, generation)) = demo {
+        let names = match generation {
+            Generation::V015 => String::new(),
+            generation => format!(", Stalwart v{generation} event names"),
+        };
+        writeln!(out, "  demo generator: {rate} events/s of simulated mail traffic{names}")?;
     }
     if let Some(p) = socket {
         writeln!(out, "  NDJSON socket: {}", p.display())?;

@@ -200,7 +200,9 @@ impl Principals {
                     if q.expr.is_true() {
                         return Err(invalid(format!("`{name}`: filter selects every event; remove it")));
                     }
-                    Some(q.expr)
+                    // Widened across catalogue generations once here, so every check of it
+                    // (the stream's index, the dashboard's span lookup) means the same.
+                    Some(crate::query::generations::across_generations(q.expr))
                 }
             };
             let api_key_digest = c.api_key.as_ref().map(|k| digest(k.as_bytes()));

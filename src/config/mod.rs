@@ -168,6 +168,9 @@ pub struct Config {
     pub demo: bool,
     /// Events per second the demo generator produces.
     pub demo_rate: u32,
+    /// The generation of Stalwart's catalogue the demo generator speaks: `"0.15"` (the
+    /// default, the classic names) or `"0.16"` (v0.16's names, renamed and added types).
+    pub demo_generation: crate::event::catalogue::Generation,
     /// Slots in the event ring (rounded up to a power of two).
     pub ring_capacity: usize,
     /// Events queued per subscriber before it is marked lagged.
@@ -299,6 +302,7 @@ impl Default for Config {
             data_dir: None,
             demo: false,
             demo_rate: 200,
+            demo_generation: crate::event::catalogue::Generation::V015,
             ring_capacity: 65_536,
             subscriber_queue: 8192,
             replay_bytes: 64 << 20,
@@ -372,6 +376,8 @@ pub struct Overrides {
     pub demo: Option<bool>,
     /// `--demo-rate`.
     pub demo_rate: Option<u32>,
+    /// `--demo-generation`.
+    pub demo_generation: Option<crate::event::catalogue::Generation>,
     /// `--ring-capacity`.
     pub ring_capacity: Option<usize>,
     /// `--subscriber-queue`.
@@ -406,7 +412,8 @@ impl Config {
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = overrides.$f { c.$f = v; } )* };
         }
-        over!(listen, demo, demo_rate, ring_capacity, subscriber_queue, matcher_threads, io_threads);
+        over!(listen, demo, demo_rate, demo_generation, ring_capacity, subscriber_queue, matcher_threads);
+        over!(io_threads);
         over!(max_body_bytes, ping_interval_secs, stall_timeout_secs, log_level, allow_plain_http);
         if overrides.admin_token.is_some() {
             c.admin_token = overrides.admin_token;
@@ -671,6 +678,20 @@ mod tests {
         assert_eq!(c.demo_rate, 7);
         let e = Config::load(None, Overrides { ring_capacity: Some(1), ..Default::default() });
         assert!(matches!(e, Err(ConfigError::Invalid { key: "ring-capacity", .. })));
+    }
+
+    #[test]
+    fn demo_generation_from_file_and_flag() {
+        use crate::event::catalogue::Generation;
+        assert_eq!(Config::default().demo_generation, Generation::V015);
+        let c = Config::from_toml("demo = true\ndemo-generation = \"0.16\"\n").unwrap();
+        assert_eq!(c.demo_generation, Generation::V016);
+        let e = Config::from_toml("demo-generation = \"0.17\"\n").unwrap_err();
+        assert!(e.contains("expected \"0.15\" or \"0.16\""), "{e}");
+        let c =
+            Config::load(None, Overrides { demo_generation: Some(Generation::V016), ..Default::default() })
+                .unwrap();
+        assert_eq!(c.demo_generation, Generation::V016);
     }
 
     #[test]

@@ -72,7 +72,9 @@ impl Server {
             sources.push(Box::new(SocketSource::bind(path)?));
         }
         if hub.config.demo {
-            sources.push(Box::new(DemoSource::new(hub.config.demo_rate)));
+            sources.push(Box::new(
+                DemoSource::new(hub.config.demo_rate).with_generation(hub.config.demo_generation),
+            ));
         }
         let mut tasks = Vec::new();
         for s in sources {

@@ -7,6 +7,11 @@
 //! event carries a measure for are fed by producers (metric records) or by scraping.
 //! `stalwart-event-keys.json` lists which events carry `elapsed` and `size`; the README shows
 //! this table to users.
+//!
+//! The table names v0.15 types. A type Stalwart renamed in v0.16 feeds the same histogram
+//! under its new name: [`rule_for`] falls back to the rule of the type's counterpart in the
+//! other catalogue generation (`queue.message-queued` feeds `message.size` as
+//! `queue.queue-message` does), so every rule keyed on a renamed type fires for both names.
 
 /// One row: events whose type matches `events` (and none of `except`) feed `histogram` with
 /// the value of their `key`.
@@ -97,8 +102,14 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
-/// The rule an event type feeds, if any (every type feeds at most one histogram).
+/// The rule an event type feeds, if any (every type feeds at most one histogram): its own
+/// row, or else the row of its other name when Stalwart renamed it between v0.15 and v0.16.
 pub fn rule_for(event_type: &str) -> Option<&'static Rule> {
+    own_rule(event_type).or_else(|| crate::event::catalogue::counterpart(event_type).and_then(own_rule))
+}
+
+/// The rule whose patterns name `event_type` itself.
+fn own_rule(event_type: &str) -> Option<&'static Rule> {
     RULES.iter().find(|r| {
         !r.except.contains(&event_type)
             && r.events.iter().any(|p| match p.strip_suffix('*') {
@@ -123,9 +134,10 @@ mod tests {
         for h in &hists {
             assert!(RULES.iter().any(|r| r.histogram == *h), "{h} has no row");
         }
-        // Every event named in the table exists and carries the key; at most one rule each.
-        for e in &c.event_keys {
-            let hits: Vec<_> = RULES
+        // Every event named in the table exists and carries the key; at most one rule each, in
+        // either generation, counting the rule a renamed type takes from its other name.
+        for e in c.event_keys.iter().chain(&c.event_keys_v016) {
+            let own: Vec<_> = RULES
                 .iter()
                 .filter(|r| {
                     !r.except.contains(&e.name.as_str())
@@ -135,10 +147,15 @@ mod tests {
                         })
                 })
                 .collect();
-            assert!(hits.len() <= 1, "{} feeds several histograms", e.name);
-            if let Some(r) = hits.first() {
+            assert!(own.len() <= 1, "{} feeds several histograms", e.name);
+            let twin = crate::event::catalogue::counterpart(&e.name).and_then(own_rule);
+            if let (Some(a), Some(b)) = (own.first(), twin) {
+                assert!(std::ptr::eq(*a, b), "{} and its other name feed different histograms", e.name);
+            }
+            if let Some(r) = rule_for(&e.name) {
                 // Family patterns may include events without the key; they simply feed nothing.
-                if r.events.contains(&e.name.as_str()) {
+                let named = |n: &str| r.events.contains(&n);
+                if named(&e.name) || crate::event::catalogue::counterpart(&e.name).is_some_and(named) {
                     assert!(e.keys.iter().any(|k| k == r.key), "{} lacks {}", e.name, r.key);
                 }
             }
@@ -148,6 +165,28 @@ mod tests {
                 assert!(c.event_keys.iter().any(|e| e.name == *p), "unknown event {p}");
             }
         }
+    }
+
+    #[test]
+    fn renamed_types_feed_what_their_other_name_feeds() {
+        let c = Catalogue::embedded();
+        let mut fed = 0;
+        for r in c.renamed() {
+            let (old, new) = (rule_for(r.v015), rule_for(r.v016));
+            assert_eq!(old.map(|x| x.histogram), new.map(|x| x.histogram), "{} / {}", r.v015, r.v016);
+            fed += usize::from(old.is_some());
+        }
+        // The three queue sizes.
+        assert_eq!(fed, 3);
+        assert_eq!(rule_for("queue.message-queued").unwrap().histogram, "message.size");
+        assert_eq!(
+            rule_for("queue.authenticated-message-queued").unwrap().histogram,
+            "message.authenticated-size"
+        );
+        assert_eq!(rule_for("queue.report-queued").unwrap().histogram, "outgoing-report.size");
+        // v0.16-only types in a family with a rule feed it too.
+        assert_eq!(rule_for("imap.uid-batches").unwrap().histogram, "imap.request-time");
+        assert_eq!(rule_for("dane.bogus-dnssec-record").unwrap().histogram, "dns.lookup-time");
     }
 
     #[test]

@@ -18,11 +18,19 @@
 //! key values and recorded into the thread's histogram shard.
 //!
 //! Names are one namespace: a name is a counter, a gauge or a histogram. The catalogue's gauges
-//! and histograms are registered at start with their units; its event types are known from the
-//! start (a record pushed under such a name is a counter) and get their counters when first
-//! seen. Producer-invented event types get counters up to [`MAX_DYNAMIC_TYPES`] (the
-//! catalogue's own cap on interned types); later new types are counted together under
-//! `livetap.other-events`. Names pushed by producers or scraped are capped by `max-metrics`.
+//! and histograms are registered at start with their units; its event types (of both catalogue
+//! generations, v0.15 and v0.16) are known from the start (a record pushed under such a name is
+//! a counter) and get their counters when first seen. Producer-invented event types get
+//! counters up to [`MAX_DYNAMIC_TYPES`] (the catalogue's own cap on interned types); later new
+//! types are counted together under `livetap.other-events`. Names pushed by producers or
+//! scraped are capped by `max-metrics`.
+//!
+//! **A renamed type is one counter under two names.** When Stalwart renamed a type in v0.16
+//! (`queue.queue-message` → `queue.message-queued`), both names are registered together on one
+//! counter, so each name reports the events sent under either: a dashboard or alert written
+//! for one generation's names keeps counting whichever generation feeds livetap. Summing every
+//! counter therefore counts such an event twice, once per name. The counter is found per type,
+//! not per event, so this costs the matcher threads nothing.
 
 use super::derive;
 use super::histogram::{bounds_for_unit, bump, External, Histogram, HistogramWriter};
@@ -255,7 +263,8 @@ impl MetricsRegistry {
         let mut catalogue_types = AHashSet::new();
         let metric_counters =
             catalogue.metrics.iter().filter(|m| m.kind == "counter").map(|m| m.name.as_str());
-        for name in catalogue.event_keys.iter().map(|e| e.name.as_str()).chain(metric_counters) {
+        let types = catalogue.event_keys.iter().chain(&catalogue.event_keys_v016).map(|e| e.name.as_str());
+        for name in types.chain(metric_counters) {
             if catalogue_types.insert(Box::<str>::from(name)) {
                 let mut s = String::with_capacity(name.len());
                 super::model::sanitize(name, &mut s);
@@ -309,6 +318,15 @@ impl MetricsRegistry {
         names.add(meta, Slot::Counter(id));
         if dynamic {
             names.dynamic_types += 1;
+        }
+        // The other generation's name of a renamed type is the same counter (see the module
+        // documentation). Both are registered here, together, so neither can have a counter of
+        // its own; a gauge or histogram pushed under it earlier gives way, as above.
+        if let Some(other) = crate::event::catalogue::counterpart(name) {
+            if !matches!(names.map.get(other), Some(Slot::Counter(_))) {
+                names.map.remove(other);
+                names.add(Meta { name: Arc::from(other), unit: None, help: None }, Slot::Counter(id));
+            }
         }
         TypeEntry { id, derive }
     }
@@ -518,6 +536,8 @@ impl MetricsRegistry {
                     if v == 0 {
                         continue;
                     }
+                    // A renamed type's two names share this counter (and its meta); each is
+                    // reported under its own name.
                     (&names.counters[id as usize].0, Reading::Counter(v))
                 }
                 Slot::Gauge(id) => {
@@ -536,12 +556,7 @@ impl MetricsRegistry {
                     (meta, Reading::Histogram(s))
                 }
             };
-            out.push(MetricValue {
-                name: meta.name.clone(),
-                unit: meta.unit.clone(),
-                help: meta.help,
-                reading,
-            });
+            out.push(MetricValue { name: name.clone(), unit: meta.unit.clone(), help: meta.help, reading });
         }
         out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         out
@@ -854,6 +869,83 @@ mod tests {
         let Some(Reading::Histogram(h)) = reading(&r, "message.size") else { panic!("no histogram") };
         assert_eq!((h.count, h.quantile(0.5)), (1, Some(5000.0)));
         assert_eq!(reading(&r, "delivery.total-time"), None);
+    }
+
+    #[test]
+    fn renamed_types_share_one_counter_and_feed_the_same_histograms() {
+        let (c, k, r) = setup(2);
+        let mut counters: Vec<_> = (0..2).map(|w| r.event_counter(w)).collect();
+        let evs: Vec<_> = [
+            ("queue.queue-message", 1_000),
+            ("queue.message-queued", 3_000),
+            ("queue.message-queued", 5_000),
+            ("queue.authenticated-message-queued", 7_000),
+            ("queue.report-queued", 9_000),
+        ]
+        .iter()
+        .map(|(t, size)| Arc::new(event(&c, &k, &format!(r#"{{"type":"{t}","data":{{"size":{size}}}}}"#))))
+        .collect();
+        for counter in &mut counters {
+            for (seq, ev) in evs.iter().enumerate() {
+                counter.observe(seq as u64, ev);
+            }
+        }
+        // Each name of the pair reports the events sent under either.
+        assert_eq!(reading(&r, "queue.queue-message"), Some(Reading::Counter(3)));
+        assert_eq!(reading(&r, "queue.message-queued"), Some(Reading::Counter(3)));
+        assert_eq!(reading(&r, "queue.queue-message-authenticated"), Some(Reading::Counter(1)));
+        assert_eq!(reading(&r, "queue.report-queued"), Some(Reading::Counter(1)));
+        // The v0.16 names feed the histograms their v0.15 names feed.
+        let Some(Reading::Histogram(h)) = reading(&r, "message.size") else { panic!("no histogram") };
+        assert_eq!((h.count, h.sum), (3, 9_000.0));
+        let Some(Reading::Histogram(h)) = reading(&r, "message.authenticated-size") else { panic!() };
+        assert_eq!((h.count, h.sum), (1, 7_000.0));
+        let Some(Reading::Histogram(h)) = reading(&r, "outgoing-report.size") else { panic!() };
+        assert_eq!((h.count, h.sum), (1, 9_000.0));
+        // A pushed increment under one name is seen under both, and scraped names map back.
+        r.apply(&MetricRecord {
+            name: "queue.queue-message".into(),
+            kind: None,
+            values: [2.0].into_iter().collect(),
+            unit: None,
+        })
+        .unwrap();
+        assert_eq!(reading(&r, "queue.message-queued"), Some(Reading::Counter(5)));
+        assert_eq!(r.resolve_prometheus("queue_message_queued").as_deref(), Some("queue.message-queued"));
+        assert_eq!(r.resolve_prometheus("queue_queue_message").as_deref(), Some("queue.queue-message"));
+    }
+
+    #[test]
+    fn v016_only_types_are_catalogue_counters() {
+        let (c, k, r) = setup(1);
+        let mut counter = r.event_counter(0);
+        for t in ["registry.build-error", "registry.build-error", "dkim.signature-created"] {
+            counter.count(&event(&c, &k, &format!(r#"{{"type":"{t}"}}"#)));
+        }
+        assert_eq!(reading(&r, "registry.build-error"), Some(Reading::Counter(2)));
+        assert_eq!(reading(&r, "dkim.signature-created"), Some(Reading::Counter(1)));
+        // A record under a v0.16-only counter name is a counter, as for any catalogue type.
+        let rec = MetricRecord {
+            name: "dkim.chain-too-long".into(),
+            kind: None,
+            values: [4.0].into_iter().collect(),
+            unit: None,
+        };
+        r.apply(&rec).unwrap();
+        assert_eq!(reading(&r, "dkim.chain-too-long"), Some(Reading::Counter(4)));
+        assert_eq!(
+            r.resolve_prometheus("task_manager_task_failed").as_deref(),
+            Some("task-manager.task-failed")
+        );
+        // None of them took a place among the producer-invented types.
+        assert_eq!(r.names.read().dynamic_types, 0);
+        // Every name of both generations has a Prometheus name of its own, which maps back.
+        let all = c.known_names().map(str::to_string).chain(c.metrics.iter().map(|m| m.name.clone()));
+        for name in all {
+            let mut prom = String::new();
+            crate::metrics::model::sanitize(&name, &mut prom);
+            assert_eq!(r.resolve_prometheus(&prom).as_deref(), Some(name.as_str()), "{prom}");
+        }
     }
 
     #[test]

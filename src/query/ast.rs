@@ -10,6 +10,7 @@
 //! negation is `Not`, so `NOT domain:example.org` holds when the key is absent or no value
 //! equals, like a Prometheus `!=` matcher.
 
+pub use super::generations::RenamedNames;
 use crate::event::keys::{KeyId, KeyKind};
 use crate::event::{Event, Level};
 use std::cmp::Ordering;
@@ -91,7 +92,8 @@ impl Expr {
 ///
 /// Valid combinations (the only ones the parser builds; others evaluate to false):
 /// a key with [`Pred::Eq`], [`Pred::Glob`], [`Pred::Cidr`] (IP keys), [`Pred::Cmp`] or
-/// [`Pred::Present`]; `event` with `Eq` or `Glob`; `level` with [`Pred::Level`]; `text` with
+/// [`Pred::Present`]; `event` with `Eq` or `Glob` (and [`Pred::Renamed`], which only the
+/// widening across catalogue generations builds); `level` with [`Pred::Level`]; `text` with
 /// [`Pred::Contains`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Term {
@@ -138,6 +140,11 @@ pub enum Pred {
     Level(CmpOp, Level),
     /// The search text contains this lowercase needle.
     Contains(String),
+    /// The event type is one of these names of types Stalwart renamed between catalogue
+    /// generations (compared case-insensitively, as `Eq`). The parser never builds it:
+    /// `super::generations` does, when it widens a subscription's query, because a set of
+    /// catalogue names is one small term where an `OR` of exact names would be one per name.
+    Renamed(RenamedNames),
 }
 
 /// An ordering comparison, read as `value OP bound`.
@@ -193,11 +200,12 @@ impl Term {
                     Pred::Cidr(c) => values.any(|v| c.contains_str(v)),
                     Pred::Cmp(op, n) => values.any(|v| n.compare_value(v).is_some_and(|o| op.holds(o))),
                     Pred::Present => values.next().is_some(),
-                    Pred::Level(..) | Pred::Contains(_) => false,
+                    Pred::Level(..) | Pred::Contains(_) | Pred::Renamed(_) => false,
                 }
             }
             (Field::Event, Pred::Eq(w)) => fold(&ev.kind).eq(w.chars()),
             (Field::Event, Pred::Glob(g)) => g.matches_chars(fold(&ev.kind)),
+            (Field::Event, Pred::Renamed(names)) => names.iter().any(|n| fold(&ev.kind).eq(n.chars())),
             (Field::Level, Pred::Level(op, bound)) => op.holds(ev.level.cmp(bound)),
             (Field::Text, Pred::Contains(needle)) => ev.search_text().contains(needle.as_str()),
             _ => false,
@@ -580,6 +588,22 @@ impl fmt::Display for Term {
             (_, Pred::Present) => write!(f, "{name}:*"),
             (_, Pred::Cidr(c)) => write!(f, "{name}:{c}"),
             (_, Pred::Glob(g)) => write!(f, "{name}:{g}"),
+            // Printed as the OR of exact names it stands for, which parses back to the same
+            // meaning (and widens back to this term).
+            (_, Pred::Renamed(names)) => match names.len() {
+                0 => f.write_str("NOT ()"),
+                1 => names.iter().try_for_each(|n| write!(f, "{name}:{n}")),
+                _ => {
+                    f.write_str("(")?;
+                    for (i, n) in names.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(" OR ")?;
+                        }
+                        write!(f, "{name}:{n}")?;
+                    }
+                    f.write_str(")")
+                }
+            },
             (_, Pred::Eq(s) | Pred::Contains(s)) => {
                 write!(f, "{name}:")?;
                 write_literal(f, s, !s.is_empty() && s.chars().all(is_value_safe))

@@ -4,10 +4,13 @@
 //! A request's query string (the URL pair form, possibly with a `q=` expression) becomes one
 //! [`ast::Expr`]; [`ast::Expr::eval`] is its reference meaning, which the compiled index in
 //! `matcher` must reproduce on every event (property tests and a fuzz target check it). The
-//! grammar is in [`parse`]'s documentation and in the README. Nothing here does I/O or async,
-//! so parsing is unit-testable, benchable and fuzzable directly.
+//! grammar is in [`parse`]'s documentation and in the README. A subscription's tree is widened
+//! once by [`generations`], so that a type Stalwart renamed in v0.16 is found under either
+//! name. Nothing here does I/O or async, so parsing is unit-testable, benchable and fuzzable
+//! directly.
 
 pub mod ast;
+pub mod generations;
 pub mod parse;
 pub mod plan;
 pub mod urlenc;

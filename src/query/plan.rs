@@ -107,7 +107,7 @@ pub fn indexable(t: &Term) -> bool {
     matches!(
         (&t.field, &t.pred),
         (Field::Key { .. }, Pred::Eq(_) | Pred::Glob(_) | Pred::Cidr(_) | Pred::Cmp(..) | Pred::Present)
-            | (Field::Event, Pred::Eq(_) | Pred::Glob(_))
+            | (Field::Event, Pred::Eq(_) | Pred::Glob(_) | Pred::Renamed(_))
             | (Field::Level, Pred::Level(..))
             | (Field::Text, Pred::Contains(_))
     )
@@ -138,7 +138,7 @@ fn cost(t: &Term) -> u32 {
         (Field::Key { .. }, Pred::Eq(_)) => 1,
         (Field::Key { .. }, Pred::Cidr(_)) => 2,
         (Field::Key { .. }, Pred::Glob(_)) | (Field::Text, _) => 3,
-        (Field::Event, Pred::Eq(_)) => 4,
+        (Field::Event, Pred::Eq(_) | Pred::Renamed(_)) => 4,
         (Field::Event, _) => 6,
         (Field::Key { .. }, Pred::Cmp(..)) => 8,
         (Field::Key { .. }, Pred::Present) => 12,

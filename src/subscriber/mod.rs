@@ -116,7 +116,9 @@ pub enum Push {
 pub struct Subscriber {
     /// Unique id (also selects the matcher thread that owns it).
     pub id: u64,
-    /// What it wants (the parsed query).
+    /// What it wants: the parsed query, with its event-type terms widened to both catalogue
+    /// generations' names (`query::generations`), so this is the reference meaning the
+    /// compiled `plan` reproduces.
     pub filter: Expr,
     /// How the compiled index evaluates `filter`, computed once at subscription.
     pub plan: Plan,
@@ -196,6 +198,7 @@ impl Subscriber {
         capacity: usize,
         conn: Option<Arc<ConnHandle>>,
     ) -> Subscriber {
+        let filter = crate::query::generations::across_generations(filter);
         Subscriber {
             id,
             plan: Plan::compile(&filter),
