@@ -12,6 +12,7 @@ pub mod json;
 pub mod keys;
 pub mod raw;
 pub mod tape;
+pub mod v016;
 
 use bytes::Bytes;
 use smallvec::SmallVec;

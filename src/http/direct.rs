@@ -27,13 +27,19 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The request lines served here (the live streams); any other target goes to hyper.
-const LIVE_PATHS: [&[u8]; 4] = [
+/// The request lines served here (the live streams); any other target goes to hyper. The
+/// target must end right after one of these, or go on with its query.
+const LIVE_PATHS: [&[u8]; 5] = [
     b"GET /api/telemetry/traces/live",
     b"GET /api/tracing/live",
     b"GET /api/livetap/live",
     b"GET /api/telemetry/metrics/live",
+    b"GET /api/livetap/live/metrics",
 ];
+
+/// Stalwart v0.16's live streams, whose target may also go on with more path segments (v0.16
+/// ignores them, and so does the router).
+const V016_LIVE_PATHS: [&[u8]; 2] = [b"GET /api/live/tracing", b"GET /api/live/metrics"];
 
 /// Most header fields parsed (the same cap hyper is given).
 const MAX_HEADERS: usize = 128;
@@ -58,10 +64,16 @@ pub fn judge(buf: &[u8], max_head: usize) -> Verdict {
     if buf.len() < PREFACE.len() && !buf.is_empty() && PREFACE.starts_with(buf) {
         return Verdict::NeedMore;
     }
-    let candidate = LIVE_PATHS.iter().any(|p| {
-        let n = p.len().min(buf.len());
-        buf[..n] == p[..n] && (buf.len() <= p.len() || matches!(buf[p.len()], b'?' | b' '))
-    });
+    let candidate = |paths: &[&[u8]], more: &[u8]| {
+        paths.iter().any(|p| {
+            let n = p.len().min(buf.len());
+            buf[..n] == p[..n]
+                && (buf.len() <= p.len()
+                    || matches!(buf[p.len()], b'?' | b' ')
+                    || more.contains(&buf[p.len()]))
+        })
+    };
+    let candidate = candidate(&LIVE_PATHS, b"") || candidate(&V016_LIVE_PATHS, b"/");
     if !candidate {
         return Verdict::Other;
     }
@@ -319,6 +331,19 @@ mod tests {
         assert_eq!(r.uri().path(), "/api/tracing/live");
         let r = live("GET /api/telemetry/metrics/live?interval=1 HTTP/1.1\r\n\r\n");
         assert_eq!(r.uri().path(), "/api/telemetry/metrics/live");
+        let r = live("GET /api/livetap/live/metrics?interval=1 HTTP/1.1\r\n\r\n");
+        assert_eq!(r.uri().path(), "/api/livetap/live/metrics");
+        // Stalwart v0.16's streams, with or without a query or more path segments.
+        let r = live("GET /api/live/tracing?token=t&remoteIp=10.0.0.1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(
+            (r.uri().path(), r.uri().query()),
+            ("/api/live/tracing", Some("token=t&remoteIp=10.0.0.1"))
+        );
+        let r = live("GET /api/live/tracing/extra/segments?filter=x HTTP/1.1\r\n\r\n");
+        assert_eq!(r.uri().path(), "/api/live/tracing/extra/segments");
+        let r = live("GET /api/live/metrics?metrics=server.memory&interval=30 HTTP/1.1\r\n\r\n");
+        assert_eq!(r.uri().path(), "/api/live/metrics");
+        live("GET /api/live/metrics HTTP/1.1\r\n\r\n");
     }
 
     #[test]
@@ -334,6 +359,12 @@ mod tests {
             b"GET /healthz HTTP/1.1\r\n\r\n",
             b"HEAD /api/telemetry/traces/live HTTP/1.1\r\n\r\n",
             b"GET /api/telemetry/traces/lively HTTP/1.1\r\n\r\n",
+            b"GET /api/telemetry/traces/live/x HTTP/1.1\r\n\r\n",
+            b"GET /api/livetap/live/metricsx HTTP/1.1\r\n\r\n",
+            b"GET /api/live/tracings HTTP/1.1\r\n\r\n",
+            b"GET /api/token/tracing HTTP/1.1\r\n\r\n",
+            b"POST /api/live/tracing HTTP/1.1\r\n\r\n",
+            b"GET /api/live/tracing HTTP/1.0\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"PRI * HTTP/1.1\r\n",
             b"\x16\x03\x01",

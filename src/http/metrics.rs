@@ -8,18 +8,22 @@ use crate::ingest::ParsedBatch;
 use crate::matcher::registry::RegistryError;
 use crate::metrics::prometheus;
 use crate::metrics::query::parse_live;
-use crate::sse::metrics::{frame, MetricsBody};
+use crate::sse::metrics::{frame, MetricsBody, SampleForm};
+use crate::sse::prelude;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use std::sync::Arc;
 
-/// `GET /api/telemetry/metrics/live?metrics=a,b&interval=N`: Stalwart's `event: metrics`
-/// frames, the first at once, then one per interval, until the client leaves or shutdown.
+/// `GET /api/telemetry/metrics/live?metrics=a,b&interval=N` (and its siblings
+/// `/api/livetap/live/metrics` and `/api/live/metrics`, which differ only in `form`):
+/// `event: metrics` frames, the first at once, then one per interval, until the client leaves
+/// or shutdown.
 pub(super) fn live_metrics(
     hub: Arc<Hub>,
     req: Request<RequestBody>,
     slot: StreamSlot,
+    form: SampleForm,
 ) -> Result<Response<LiveBody>, HttpError> {
     let c = &hub.config;
     let q = parse_live(
@@ -48,8 +52,12 @@ pub(super) fn live_metrics(
     let ping = c.ping_interval();
     let source_hub = hub.clone();
     let filter = q.filter;
-    let source = Box::new(move || frame(&source_hub.metric_values(&filter)));
-    let body = MetricsBody::new(source, q.interval, ping, closed, guard);
+    let source = Box::new(move || frame(&source_hub.metric_values(&filter), form));
+    let mut body = MetricsBody::new(source, q.interval, ping, closed, guard)
+        .with_prelude(prelude("livetap metrics stream", &q.ignored));
+    if form == SampleForm::V016 {
+        body = body.with_comment_pings();
+    }
     let mut r = Response::new(LiveBody::Metrics(Box::new(body), slot));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

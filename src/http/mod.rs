@@ -36,12 +36,13 @@ use crate::event::dialect::WireForm;
 use crate::event::encode::now_secs;
 use crate::hub::Hub;
 use crate::query::ParseError;
+use crate::sse::metrics::SampleForm;
 use crate::subscriber::ConnHandle;
 use body::{json_ok, json_response};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use ingest::ingest_ndjson;
-use live::{live_token, live_traces, stream_slot};
+use live::{live_token, live_token_text, live_traces, live_tracing_v016, stream_slot};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -119,6 +120,14 @@ const ROUTES: &[(&str, Method, Access)] = &[
     ("/api/telemetry/live/tracing-token", Method::GET, Some((Permission::TracingLive, None))),
     ("/api/telemetry/live/metrics-token", Method::GET, Some((Permission::MetricsLive, None))),
     ("/metrics", Method::GET, Some((Permission::MetricsLive, None))),
+    // Stalwart v0.16's live API (`/api/token/*` also take POST, see `takes_post_too`), livetap's
+    // own full-precision metrics stream, and Stalwart's Prometheus path.
+    ("/api/live/tracing", Method::GET, Some((Permission::TracingLive, Some(Grant::Tracing)))),
+    ("/api/live/metrics", Method::GET, Some((Permission::MetricsLive, Some(Grant::Metrics)))),
+    ("/api/token/tracing", Method::GET, Some((Permission::TracingLive, None))),
+    ("/api/token/metrics", Method::GET, Some((Permission::MetricsLive, None))),
+    ("/api/livetap/live/metrics", Method::GET, Some((Permission::MetricsLive, Some(Grant::Metrics)))),
+    ("/metrics/prometheus", Method::GET, Some((Permission::MetricsLive, None))),
     ("/api/telemetry/ingest", Method::POST, Some((Permission::Ingest, None))),
     // The webhook's permission applies only when no webhook key is set (else: X-Signature).
     ("/api/telemetry/webhook", Method::POST, Some((Permission::Ingest, None))),
@@ -128,12 +137,27 @@ const ROUTES: &[(&str, Method, Access)] = &[
     ("/api/telemetry/metrics", Method::GET, Some((Permission::History, None))),
 ];
 
-fn allow_header(m: &Method) -> &'static str {
-    if m == Method::POST {
+fn allow_header(path: &str, m: &Method) -> &'static str {
+    if takes_post_too(path) {
+        "GET, POST"
+    } else if m == Method::POST {
         "POST"
     } else {
         "GET"
     }
+}
+
+/// Stalwart v0.16's token endpoints answer any method; the web UI uses GET, and a POST's body
+/// is read and ignored.
+fn takes_post_too(path: &str) -> bool {
+    matches!(path, "/api/token/tracing" | "/api/token/metrics")
+}
+
+/// Stalwart v0.16's live streams ignore any path segment after `tracing` or `metrics`.
+fn v016_live_path(path: &str) -> Option<&'static str> {
+    ["/api/live/tracing", "/api/live/metrics"]
+        .into_iter()
+        .find(|base| path.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
 }
 
 async fn route(
@@ -147,16 +171,19 @@ async fn route(
     let path = match full_path.strip_prefix("/api/telemetry/trace/") {
         Some(id) if !id.is_empty() && !id.contains('/') => "/api/telemetry/trace/{id}",
         _ if full_path.starts_with("/assets/") => "/assets/{path}",
-        _ => full_path.as_str(),
+        _ => v016_live_path(&full_path).unwrap_or(full_path.as_str()),
     };
     let Some((path, method, access)) = ROUTES.iter().find(|r| r.0 == path).cloned() else {
         return Err(HttpError::NotFound);
     };
     if req.method() == Method::OPTIONS {
-        return ctx.cors.preflight(&req, allow_header(&method));
+        return ctx.cors.preflight(&req, allow_header(path, &method));
     }
-    if !(req.method() == method || (method == Method::GET && req.method() == Method::HEAD)) {
-        return Err(HttpError::MethodNotAllowed(allow_header(&method)));
+    if !(req.method() == method
+        || (method == Method::GET && req.method() == Method::HEAD)
+        || (takes_post_too(path) && req.method() == Method::POST))
+    {
+        return Err(HttpError::MethodNotAllowed(allow_header(path, &method)));
     }
     if let Some(o) = req.headers().get(header::ORIGIN) {
         // A browser on an origin that is not allowed gets nothing, not even with credentials
@@ -169,9 +196,11 @@ async fn route(
     if path == "/api/telemetry/webhook" && hub.config.webhook_key.is_some() {
         return webhook(ctx, conn, req, None).await;
     }
+    // Stalwart v0.16's streams take a `?token=` before any header (see `authorize`).
+    let token_first = path.starts_with("/api/live/");
     let principal = match access {
         None => None,
-        Some((perm, grant)) => Some(authorize(ctx, conn, &req, perm, grant).await?),
+        Some((perm, grant)) => Some(authorize(ctx, conn, &req, perm, grant, token_first).await?),
     };
     let principal = || principal.clone().expect("routes with a permission are authorized");
     match path {
@@ -185,13 +214,24 @@ async fn route(
             live_traces(ctx, conn, principal(), req, WireForm::Classic).await
         }
         "/api/livetap/live" => live_traces(ctx, conn, principal(), req, WireForm::Full).await,
+        "/api/live/tracing" => live_tracing_v016(ctx, conn, principal(), req).await,
         "/api/telemetry/metrics/live" => {
             let slot = stream_slot(&principal())?;
-            metrics::live_metrics(hub.clone(), req, slot)
+            metrics::live_metrics(hub.clone(), req, slot, SampleForm::Classic)
+        }
+        "/api/livetap/live/metrics" => {
+            let slot = stream_slot(&principal())?;
+            metrics::live_metrics(hub.clone(), req, slot, SampleForm::Full)
+        }
+        "/api/live/metrics" => {
+            let slot = stream_slot(&principal())?;
+            metrics::live_metrics(hub.clone(), req, slot, SampleForm::V016)
         }
         "/api/telemetry/live/tracing-token" => live_token(ctx, &principal(), Grant::Tracing),
         "/api/telemetry/live/metrics-token" => live_token(ctx, &principal(), Grant::Metrics),
-        "/metrics" => Ok(metrics::prometheus(hub)),
+        "/api/token/tracing" => live_token_text(ctx, &principal(), Grant::Tracing, req).await,
+        "/api/token/metrics" => live_token_text(ctx, &principal(), Grant::Metrics, req).await,
+        "/metrics" | "/metrics/prometheus" => Ok(metrics::prometheus(hub)),
         "/api/telemetry/ingest" => ingest_ndjson(ctx, principal(), req).await,
         "/api/telemetry/webhook" => webhook(ctx, conn, req, Some(principal())).await,
         "/api/livetap/stats" => Ok(json_ok(StatusCode::OK, &hub.stats())),
@@ -248,12 +288,18 @@ pub fn query_token(query: &str) -> Result<Option<String>, HttpError> {
 /// Authenticates the request and checks `perm`. Live tokens count only on the live endpoint of
 /// their `grant`. A source address with too many recent failures is refused before anything
 /// is checked, so it cannot keep guessing.
+///
+/// Which credential counts when a request has both a `?token=` and an `Authorization` header:
+/// on the classic streams the header (Stalwart up to v0.15 tried the headers first); with
+/// `token_first` (Stalwart v0.16's `/api/live/*`) the token alone, the header ignored, as v0.16
+/// does, so a bad token fails even beside a good header.
 async fn authorize(
     ctx: &Ctx,
     conn: &ConnInfo,
     req: &Request<RequestBody>,
     perm: Permission,
     grant: Option<Grant>,
+    token_first: bool,
 ) -> Result<Arc<Principal>, HttpError> {
     let sec = &ctx.security;
     let ip = conn.peer.ip();
@@ -264,11 +310,15 @@ async fn authorize(
             retry_after: wait.as_secs().max(1),
         });
     }
-    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let mut authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let token = match (grant, authorization) {
         (Some(_), None) => query_token(req.uri().query().unwrap_or(""))?,
+        (Some(_), Some(_)) if token_first => query_token(req.uri().query().unwrap_or(""))?,
         _ => None,
     };
+    if token_first && token.is_some() {
+        authorization = None;
+    }
     let reconnect = req
         .headers()
         .get("last-event-id")

@@ -62,6 +62,11 @@ impl Server {
         let listener = bind(config.listen)?;
         let addr = listener.local_addr()?;
         let hub = Hub::start(config, admin_token.clone())?;
+        // Stalwart v0.16's event JSON, for `/api/live/tracing` (both `keyValues` forms), typed
+        // by the catalogue's key kinds and the config's `[[keys]]`.
+        let declared = hub.config.keys.iter().map(|k| (k.name.as_str(), k.kind.as_str()));
+        crate::event::v016::register(&hub.dialects, &hub.catalogue, declared)
+            .map_err(std::io::Error::other)?;
         // Taps before sources, so they see every event from the first.
         if let Some(writer) = hub.history_writer.clone() {
             hub.add_tap(Box::new(HistoryTap::new(writer))).await.map_err(std::io::Error::other)?;

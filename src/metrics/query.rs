@@ -2,10 +2,12 @@
 //!
 //! `metrics` takes exact names and globs (`delivery.*`, `*.request-time`), comma-separated or
 //! repeated; empty or absent means every metric, as in Stalwart. `interval` is whole seconds
-//! from 1 to the configured maximum (`metrics-max-interval-secs`, 3600 by default). Any other
-//! parameter, or a bad value (a broken %-escape or bytes that are not UTF-8 included), is a
-//! 400 that names the parameter, like the traces endpoint.
-//! `token` is accepted and ignored for now, as on the traces endpoint.
+//! from 1 to the configured maximum (`metrics-max-interval-secs`, 3600 by default). A bad
+//! value (a broken %-escape or bytes that are not UTF-8 included) is a 400 that names the
+//! parameter, like the traces endpoint. An unknown parameter is a 400 too when it looks like a
+//! typo of `metrics`, `interval` or `token` (`crate::query::suggest`); any other is ignored
+//! and listed in [`LiveQuery::ignored`], as Stalwart ignores it. `token` is the live token,
+//! checked by the HTTP layer.
 
 use crate::query::ast::{Glob, GlobPart};
 use crate::query::{pairs, ParseError};
@@ -75,7 +77,12 @@ pub struct LiveQuery {
     pub filter: NameFilter,
     /// Time between frames.
     pub interval: Duration,
+    /// Unknown parameter names that were ignored (not near any of this endpoint's).
+    pub ignored: Vec<String>,
 }
+
+/// The parameters of a live metrics request.
+const PARAMS: [&str; 3] = ["metrics", "interval", "token"];
 
 fn err(parameter: &str, position: usize, expected: impl Into<String>) -> ParseError {
     ParseError { parameter: parameter.to_string(), position, expected: expected.into() }
@@ -95,6 +102,7 @@ pub fn parse_live(
     let mut filter = NameFilter::default();
     let mut interval = None;
     let mut names = 0usize;
+    let mut ignored = Vec::new();
     for pair in pairs(query) {
         let (name, value) = pair?;
         match name.as_ref() {
@@ -140,12 +148,23 @@ pub fn parse_live(
             // Accepted for EventSource clients, which cannot send headers; checked once live
             // tokens exist (as on the traces endpoint).
             "token" => {}
-            other => return Err(err(other, 0, "one of metrics, interval, token")),
+            other => match crate::query::suggest::nearest(other, PARAMS) {
+                Some(near) => {
+                    return Err(err(
+                        other,
+                        0,
+                        format!("one of metrics, interval, token (did you mean `{near}`?)"),
+                    ))
+                }
+                // Bounded like the names: a query string holds at most `max_bytes`.
+                None => ignored.push(other.to_string()),
+            },
         }
     }
     Ok(LiveQuery {
         filter,
         interval: Duration::from_secs(interval.unwrap_or(DEFAULT_INTERVAL_SECS.min(max_interval))),
+        ignored,
     })
 }
 
@@ -184,13 +203,21 @@ mod tests {
             ("interval=5&interval=6", "interval", 0),
             ("metrics=a,,b", "metrics", 2),
             ("metrics=queue.count,bad%20name", "metrics", 15),
-            ("filter=x", "filter", 0),
+            ("metric=x", "metric", 0),
+            ("intervall=5", "intervall", 0),
         ];
         for (q, param, pos) in cases {
             let e = parse(q).unwrap_err();
             assert_eq!((e.parameter.as_str(), e.position), (param, pos), "{q}: {e}");
         }
         assert!(parse("interval=-1").unwrap_err().expected.contains("from 1 to 3600"));
+        assert!(parse("metric=x").unwrap_err().expected.contains("did you mean `metrics`"));
+        // Names no typo explains are ignored, as Stalwart ignores them.
+        let q = parse("filter=x&_=1700000000&interval=5").unwrap();
+        assert_eq!(
+            (q.ignored, q.interval),
+            (vec!["filter".to_string(), "_".to_string()], Duration::from_secs(5))
+        );
         let many: Vec<String> = (0..65).map(|i| format!("m{i}")).collect();
         assert!(parse(&format!("metrics={}", many.join(","))).is_err());
         assert!(parse_live(&"a".repeat(100), 3600, 64, 64).is_err());

@@ -13,10 +13,11 @@ pub mod ast;
 pub mod generations;
 pub mod parse;
 pub mod plan;
+pub mod suggest;
 pub mod urlenc;
 
 pub use ast::Expr;
-pub use parse::{parse_expr, parse_pairs, Limits, ParseError, ParsedQuery};
+pub use parse::{parse_expr, parse_live_request, parse_pairs, Limits, ParseError, ParsedQuery};
 pub use urlenc::{pairs, Pairs};
 
 /// Guarded conjuncts one subscriber's query may combine; the matcher keeps one bit per guard,

@@ -34,8 +34,15 @@
 //! term     = field ( ":" | "=" ) items             (* same items as the pair form *)
 //!          | field cmp ( number | level )          (* size>1000000, level>=warn *)
 //!          | word ;                                (* bare word or "quoted": text search *)
-//! field    = key | "event" | "level" | "filter" ;  (* key: kebab-case, e.g. remote-ip *)
+//! field    = key | "event" | "level" | "filter" ;  (* key: kebab-case, e.g. remote-ip,
+//!                                                    or the camelCase key exactly, remoteIp *)
 //! ```
+//!
+//! **Names.** A key is named by its kebab-case parameter (`remote-ip`) or by its camelCase
+//! key exactly (`remoteIp`, as Stalwart v0.16's web UI sends it), in pairs and in `q=` alike;
+//! no other spelling (`remoteip`, `REMOTE-IP`) is a key. An unknown name is refused, with the
+//! nearest known name when there is one ([`super::suggest`]); on a live stream
+//! ([`parse_live_request`]) an unknown name that is near no known one is ignored instead.
 //!
 //! Keywords `AND`, `OR`, `NOT` are case-insensitive; `NOT` binds tightest, then `AND`, then
 //! `OR`. In `q=`, a word ends at whitespace or a parenthesis.
@@ -139,7 +146,18 @@ pub struct ParsedQuery {
     /// `since=`: start the stream with the retained events created at or after this time
     /// (Unix seconds, from an RFC 3339 value or a number).
     pub since: Option<i64>,
+    /// Parameter names that were ignored ([`parse_live_request`] only): unknown, and not near
+    /// any known name. The stream says so in a comment line.
+    pub ignored: Vec<String>,
 }
+
+/// The parameters of a live request besides keys (`q`, `filter`, …), for "did you mean".
+pub const LIVE_PARAMS: &[&str] =
+    &["filter", "q", "event", "level", "follow", "token", "last-event-id", "since"];
+
+/// What an unknown parameter name expects.
+const EXPECTED_NAME: &str =
+    "a known key (such as remote-ip or remoteIp) or one of filter, event, level, q, follow, token, last-event-id, since";
 
 /// Shared state of one parse: where to look keys up, the limits, and the terms counted so far.
 struct Ctx<'a> {
@@ -163,7 +181,16 @@ impl Ctx<'_> {
             "level" => Field::Level,
             "filter" => Field::Text,
             _ => {
-                let (id, info) = self.keys.lookup_param(name)?;
+                // The kebab-case parameter (`remote-ip`), or the camelCase key itself
+                // (`remoteIp`, as Stalwart v0.16's web UI sends it), matched exactly: a name is
+                // never lower-cased first, which would make every multi-word key unreachable.
+                let (id, info) = match self.keys.lookup_param(name) {
+                    Some(found) => found,
+                    None => {
+                        let (id, _) = self.keys.lookup(name)?;
+                        (id, self.keys.info(id)?)
+                    }
+                };
                 Field::Key { id, param: info.param, kind: info.kind }
             }
         })
@@ -187,14 +214,62 @@ impl Ctx<'_> {
     }
 }
 
-/// Parses the query string of a live-stream request (pairs, possibly with `q=`).
+/// Parses a query in the pair form (possibly with `q=`): a principal's filter, a tap's query,
+/// a query to check. Every parameter must be known; an unknown one is an error, which
+/// suggests the nearest known name when there is one.
 pub fn parse_pairs(query: &str, keys: &KeyRegistry, limits: &Limits) -> Result<ParsedQuery, ParseError> {
+    parse_query(query, keys, limits, None)
+}
+
+/// Parses the query string of a live-stream request, as [`parse_pairs`] does with two
+/// differences. Names in `own` are the endpoint's own parameters (read by its handler): they
+/// are skipped here. A name that is unknown is still refused when it is near a known one (a
+/// typo, see [`super::suggest`]), and otherwise ignored and listed in
+/// [`ParsedQuery::ignored`]: classic clients add parameters of their own that Stalwart
+/// ignores, and a stream must not break on them.
+pub fn parse_live_request(
+    query: &str,
+    keys: &KeyRegistry,
+    limits: &Limits,
+    own: &[&str],
+) -> Result<ParsedQuery, ParseError> {
+    parse_query(query, keys, limits, Some(own))
+}
+
+/// The error for the unknown parameter `name`, or `None` when a live request may ignore it
+/// (`own` is `Some` for a live request: its endpoint's own parameters).
+fn unknown_name(name: &str, keys: &KeyRegistry, own: Option<&[&str]>) -> Option<ParseError> {
+    let infos: Vec<_> = (0..keys.len()).filter_map(|id| keys.info(id as crate::event::KeyId)).collect();
+    let candidates = LIVE_PARAMS
+        .iter()
+        .copied()
+        .chain(own.unwrap_or_default().iter().copied())
+        .chain(infos.iter().flat_map(|k| [&*k.param, &*k.name]));
+    match (super::suggest::nearest(name, candidates), own) {
+        (Some(near), _) => Some(err(name, 0, format!("{EXPECTED_NAME} (did you mean `{near}`?)"))),
+        (None, None) => Some(err(name, 0, EXPECTED_NAME)),
+        (None, Some(_)) => None,
+    }
+}
+
+fn parse_query(
+    query: &str,
+    keys: &KeyRegistry,
+    limits: &Limits,
+    own: Option<&[&str]>,
+) -> Result<ParsedQuery, ParseError> {
     if query.len() > limits.max_query_bytes {
         return Err(err("", limits.max_query_bytes, format!("at most {} bytes", limits.max_query_bytes)));
     }
     let mut ctx = Ctx { keys, limits, terms: 0 };
-    let mut out =
-        ParsedQuery { expr: Expr::True, follow: true, token: None, last_event_id: None, since: None };
+    let mut out = ParsedQuery {
+        expr: Expr::True,
+        follow: true,
+        token: None,
+        last_event_id: None,
+        since: None,
+        ignored: Vec::new(),
+    };
     // Per field, in order of first appearance: positive terms (ORed) and negated ones (ANDed).
     let mut groups: Vec<(Field, Vec<Expr>, Vec<Expr>)> = Vec::new();
     let mut exprs = Vec::new();
@@ -204,6 +279,7 @@ pub fn parse_pairs(query: &str, keys: &KeyRegistry, limits: &Limits) -> Result<P
             return Err(err(&name, 0, format!("at most {} parameters", limits.max_terms)));
         }
         let (field, items) = match name.as_ref() {
+            n if own.is_some_and(|own| own.contains(&n)) => continue,
             "follow" => {
                 out.follow = match value.as_ref() {
                     "true" | "1" | "yes" | "" => true,
@@ -243,11 +319,13 @@ pub fn parse_pairs(query: &str, keys: &KeyRegistry, limits: &Limits) -> Result<P
             "filter" => (Field::Text, vec![(false, ctx.text("filter", &value, 0)?)]),
             param => {
                 let Some(field) = ctx.resolve(param) else {
-                    return Err(err(
-                        param,
-                        0,
-                        "a known key (such as remote-ip) or one of filter, event, level, q, follow, token, last-event-id, since",
-                    ));
+                    match unknown_name(param, keys, own) {
+                        Some(e) => return Err(e),
+                        None => {
+                            out.ignored.push(param.to_string());
+                            continue;
+                        }
+                    }
                 };
                 if value.is_empty() {
                     return Err(err(param, 0, "a non-empty value"));
@@ -986,6 +1064,49 @@ mod tests {
         }
         let e = parse_pairs("remote-ip=10.0.0.0/33", &k, &Limits::default()).unwrap_err();
         assert_eq!(e.to_string(), "invalid `remote-ip` at byte 9: expected a prefix length of at most 32");
+    }
+
+    #[test]
+    fn camel_case_keys_are_exact() {
+        let (_, k) = setup();
+        let ip = t(key(&k, "remote-ip"), Pred::Eq("10.0.0.5".into()));
+        assert_eq!(pairs(&k, "remoteIp=10.0.0.5"), ip);
+        assert_eq!(q(&k, "remoteIp:10.0.0.5"), ip);
+        assert_eq!(pairs(&k, "queueId=7"), pairs(&k, "queue-id=7"));
+        // Lower-casing first (Stalwart v0.16's bug) would reach no multi-word key: refused, with
+        // the exact name to use.
+        for wrong in ["remoteip", "REMOTE-IP", "Remoteip", "remote_ip"] {
+            let e = parse_pairs(&format!("{wrong}=10.0.0.5"), &k, &Limits::default()).unwrap_err();
+            assert_eq!(e.parameter, wrong);
+            assert!(e.expected.contains("did you mean `remote"), "{wrong}: {e}");
+        }
+    }
+
+    #[test]
+    fn live_requests_ignore_far_unknown_names_only() {
+        let (_, k) = setup();
+        let lim = Limits::default();
+        let p =
+            parse_live_request("_=1700000000&remoteIp=10.0.0.5&utm_source=x&lang=de", &k, &lim, &[]).unwrap();
+        assert_eq!(p.expr, t(key(&k, "remote-ip"), Pred::Eq("10.0.0.5".into())));
+        assert_eq!(p.ignored, ["_", "utm_source", "lang"]);
+        // Near names are typos: refused, as everywhere.
+        for (query, near) in [
+            ("domian=x", "domain"),
+            ("filtre=x", "filter"),
+            ("folow=0", "follow"),
+            ("remote_ip=1", "remote-ip"),
+        ] {
+            let e = parse_live_request(query, &k, &lim, &[]).unwrap_err();
+            assert!(e.expected.contains(&format!("did you mean `{near}`")), "{query}: {e}");
+        }
+        // The endpoint's own names are skipped, and count as known for typos.
+        let p = parse_live_request("key-values=object&domain=x", &k, &lim, &["key-values"]).unwrap();
+        assert!(p.ignored.is_empty());
+        assert!(parse_live_request("key-value=object", &k, &lim, &["key-values"]).is_err());
+        // The strict form refuses every unknown name.
+        let e = parse_pairs("_=1", &k, &lim).unwrap_err();
+        assert_eq!((e.parameter.as_str(), e.expected.contains("did you mean")), ("_", false));
     }
 
     #[test]

@@ -181,6 +181,23 @@ impl Buf for SseChunk {
     }
 }
 
+/// The comment lines that open a stream: `: <what> open`, one `: ignored parameter "name"`
+/// per parameter the request's query named and the endpoint ignored (the name as a JSON
+/// string, so nothing in it can end the line), and `retry: 2000`.
+pub fn prelude(what: &str, ignored: &[String]) -> Bytes {
+    let mut out = Vec::with_capacity(64 + ignored.len() * 32);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(what.as_bytes());
+    out.extend_from_slice(b" open\n");
+    for name in ignored {
+        out.extend_from_slice(b": ignored parameter ");
+        let _ = serde_json::to_writer(&mut out, name);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"retry: 2000\n\n");
+    Bytes::from(out)
+}
+
 /// Shutdown signal shared by all streams: once set, a stream ends after its queue is empty.
 #[derive(Debug, Default)]
 pub struct Closing(AtomicBool);
@@ -233,10 +250,26 @@ impl SseBody {
             items: Vec::new(),
             head: BytesMut::new(),
             // A comment line first, so clients see the stream open before the first event.
-            prelude: Some(Bytes::from_static(b": livetap stream open\nretry: 2000\n\n")),
+            prelude: Some(prelude("livetap stream", &[])),
             resume: None,
             done: false,
         }
+    }
+
+    /// Opens the stream with the comment lines of [`prelude`] naming the parameters
+    /// the request's query named and the endpoint ignored, and then, with `ping_first`, an
+    /// `event: ping` frame at once (Stalwart v0.16's streams start with one).
+    pub fn with_opening(mut self, ignored: &[String], ping_first: bool) -> SseBody {
+        let prelude = prelude("livetap stream", ignored);
+        self.prelude = Some(if ping_first {
+            let mut both = BytesMut::with_capacity(prelude.len() + self.ping.len());
+            both.extend_from_slice(&prelude);
+            both.extend_from_slice(&self.ping);
+            both.freeze()
+        } else {
+            prelude
+        });
+        self
     }
 
     /// Sends `resume` (a gap notice, then the missed events) before the live events. The
@@ -381,5 +414,14 @@ mod tests {
         let text = String::from_utf8(chunk.to_vec()).unwrap();
         assert_eq!(text.matches("event: trace").count(), 3);
         assert!(text.contains("id: 1024\n") && text.contains("id: 2048\n") && text.contains("id: 2500\n"));
+    }
+
+    #[test]
+    fn preludes_name_ignored_parameters_safely() {
+        let p = prelude("livetap stream", &["_".into(), "a\nevent: x".into()]);
+        assert_eq!(
+            std::str::from_utf8(&p).unwrap(),
+            ": livetap stream open\n: ignored parameter \"_\"\n: ignored parameter \"a\\nevent: x\"\nretry: 2000\n\n"
+        );
     }
 }

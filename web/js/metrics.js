@@ -40,7 +40,9 @@ export class MetricsPanel {
     if (this.stream) this.stream.close();
     this.stream = new LiveStream(api, {
       grant: "metrics",
-      path: "api/telemetry/metrics/live",
+      // livetap's own form: the classic samples at full precision (the classic endpoint
+      // rounds gauges to unsigned integers for Stalwart's old web admin).
+      path: "api/livetap/live/metrics",
       events: ["metrics"],
       resume: false,
       onMessage: (_name, data) => this.frame(JSON.parse(data)),
