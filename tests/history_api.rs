@@ -116,3 +116,33 @@ async fn without_a_data_dir_history_is_off() {
     assert!(r.json()["detail"].as_str().unwrap().contains("--data-dir"));
     server.shutdown().await;
 }
+
+/// A renamed type is one type under two names: `type=` with either name lists the spans that
+/// start with both (README, catalogue generations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_type_parameter_finds_both_generations_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let server = start_server(|c| {
+        c.data_dir = Some(data_dir.clone());
+        c.history.flush_interval_ms = 10;
+    })
+    .await;
+    let addr = server.addr;
+    let events = [
+        json!({"type": "queue.queue-message", "data": {"spanId": 50, "queueId": "Q50", "total": 1}}),
+        json!({"type": "queue.message-queued", "data": {"spanId": 51, "queueId": "Q51", "total": 2}}),
+        json!({"type": "smtp.connection-start", "data": {"spanId": 52, "queueId": "Q52", "total": 3}}),
+    ];
+    ingest_ok(addr, &events).await;
+    for name in ["queue.queue-message", "queue.message-queued"] {
+        let list = traces_until(addr, &format!("type={name}"), |v| v["data"]["total"] == 2).await;
+        let mut ids: Vec<u64> =
+            list["data"]["items"].as_array().unwrap().iter().map(|i| i["id"].as_u64().unwrap()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [50, 51], "type={name}: {list}");
+    }
+    let other = traces_until(addr, "type=smtp.connection-start", |v| v["data"]["total"] == 1).await;
+    assert_eq!(other["data"]["items"][0]["id"], 52, "{other}");
+    server.shutdown().await;
+}

@@ -146,6 +146,10 @@ impl Encoder for Named {
     fn encode(&self, event: &Event, out: &mut Vec<u8>) {
         self.1.encode(event, out);
     }
+
+    fn size_hint(&self, event: &Event) -> usize {
+        self.1.size_hint(event)
+    }
 }
 
 impl Encoder for V016 {
@@ -154,6 +158,12 @@ impl Encoder for V016 {
             KeyValues::Array => ARRAY,
             KeyValues::Object => OBJECT,
         }
+    }
+
+    /// Every key gains a `{"key":…,"value":{"@type":…,"value":…}}` wrapper of about 40 bytes,
+    /// which is about as much again as a typical classic key and value.
+    fn size_hint(&self, event: &Event) -> usize {
+        2 * event.json.len() + 64
     }
 
     fn encode(&self, event: &Event, out: &mut Vec<u8>) {

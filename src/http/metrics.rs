@@ -67,11 +67,13 @@ pub(super) fn live_metrics(
     Ok(r)
 }
 
-/// `GET /metrics`: every metric in the Prometheus text exposition format.
-pub(super) fn prometheus(hub: &Hub) -> Response<LiveBody> {
+/// `GET /metrics` and `GET /metrics/prometheus`: every metric in the Prometheus text exposition
+/// format, counters named conventionally (`_total`) on the first and as Stalwart's exporter
+/// names them on the second, Stalwart's own path.
+pub(super) fn prometheus(hub: &Hub, naming: prometheus::Naming) -> Response<LiveBody> {
     let values = hub.metric_values(&crate::metrics::query::NameFilter::all());
     let mut text = String::with_capacity(64 * 1024);
-    prometheus::write_text(&values, &mut text);
+    prometheus::write_text_named(&values, naming, &mut text);
     let mut r = Response::new(LiveBody::Full(Some(Bytes::from(text))));
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();

@@ -54,16 +54,33 @@ fn help(out: &mut String, family: &str, m: &MetricValue) {
     out.push('\n');
 }
 
-/// Writes `values` in the text exposition format. A family whose sanitised name was already
-/// written (two dotted names that sanitise alike) is skipped, so the output stays valid.
+/// How counters are named in the exposition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// The conventional form: a counter's family ends in `_total` (`/metrics`).
+    Conventional,
+    /// Stalwart's exporter's form: a counter is named like its event, with no suffix
+    /// (`smtp_connection_start`), so scrape jobs, dashboards and alerts written for a Stalwart
+    /// server find the same series (`/metrics/prometheus`).
+    Stalwart,
+}
+
+/// Writes `values` in the text exposition format with conventional names. A family whose
+/// sanitised name was already written (two dotted names that sanitise alike) is skipped, so
+/// the output stays valid.
 pub fn write_text(values: &[MetricValue], out: &mut String) {
+    write_text_named(values, Naming::Conventional, out)
+}
+
+/// Writes `values` in the text exposition format, naming counters as `naming` says.
+pub fn write_text_named(values: &[MetricValue], naming: Naming, out: &mut String) {
     let mut seen: AHashSet<String> = AHashSet::with_capacity(values.len());
     let mut base = String::new();
     for m in values {
         base.clear();
         sanitize(&m.name, &mut base);
-        let family = match m.reading {
-            Reading::Counter(_) => format!("{base}_total"),
+        let family = match (&m.reading, naming) {
+            (Reading::Counter(_), Naming::Conventional) => format!("{base}_total"),
             _ => base.clone(),
         };
         if !seen.insert(family.clone()) {
@@ -386,6 +403,15 @@ mod tests {
         let mut text = String::new();
         write_text(&values, &mut text);
         assert!(text.contains("# TYPE smtp_connection_start_total counter\nsmtp_connection_start_total 7\n"));
+        // Stalwart's exporter names a counter like its event.
+        let mut stalwart = String::new();
+        write_text_named(&values, Naming::Stalwart, &mut stalwart);
+        assert!(
+            stalwart.contains("# TYPE smtp_connection_start counter\nsmtp_connection_start 7\n"),
+            "{stalwart}"
+        );
+        assert!(!stalwart.contains("smtp_connection_start_total 7"), "{stalwart}");
+        assert!(stalwart.contains("delivery_total_time_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("# HELP queue_count queue.count (messages)\n"));
         assert!(text.contains("delivery_total_time_bucket{le=\"5\"} 1\n"));
         assert!(text.contains("delivery_total_time_bucket{le=\"+Inf\"} 3\n"));

@@ -869,7 +869,8 @@ pub fn keep_predicate(config: &HistoryConfig, keys: &KeyRegistry) -> Result<Opti
     };
     let parsed = crate::query::parse_pairs(q, keys, &crate::query::Limits::default())
         .map_err(StoreError::KeepQuery)?;
-    let expr = parsed.expr;
+    // Widened to both catalogue generations' names, as a stream's query is.
+    let expr = crate::query::generations::across_generations(parsed.expr);
     Ok(Some(Arc::new(move |ev: &Event| expr.eval(ev))))
 }
 

@@ -728,8 +728,12 @@ impl HistoryStore for SqliteStore {
         let mut conds: Vec<String> = Vec::new();
         let mut args: Vec<Value> = Vec::new();
         if let Some(t) = &q.event_type {
-            conds.push("s.first_type = ?".into());
+            // A renamed type is one type under two names (README, catalogue generations): a
+            // span stored under either name is listed for both.
+            conds.push("s.first_type IN (?, ?)".into());
             args.push(Value::Text(t.clone()));
+            let other = crate::event::catalogue::counterpart(t).unwrap_or(t.as_str());
+            args.push(Value::Text(other.to_string()));
         }
         if let Some(id) = &q.queue_id {
             // Integer queue ids are stored in canonical form (`42`, not `042`); a text id as
