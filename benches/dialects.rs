@@ -32,7 +32,7 @@ const RCPT_TO: &[u8] = br#"{"id":"17776296001234567","createdAt":"2026-05-01T10:
 /// What `Event::wire_in` does the first time a stream asks for the dialect.
 #[inline]
 fn wire_in(enc: &V016, ev: &Event) -> Bytes {
-    let mut out = Vec::with_capacity(ev.json.len() + 64);
+    let mut out = Vec::with_capacity(enc.size_hint(ev) + 1);
     out.push(b',');
     enc.encode(ev, &mut out);
     Bytes::from(out)

@@ -408,6 +408,25 @@ async fn unknown_parameters_are_ignored_unless_they_look_like_typos() {
             assert!(e["expected"].as_str().unwrap().contains(&format!("did you mean `{near}`")), "{e}");
         }
     }
+    // Empty values are ignored on Stalwart's paths, as Stalwart drops them.
+    for base in ["/api/telemetry/traces/live", TRACING] {
+        let (status, text) = opening(addr, &format!("{base}?remoteIp=&filter=")).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(": ignored parameter \"remoteIp\"\n"), "{text}");
+    }
+    // livetap's own endpoint stays strict: an unknown name may be a key no producer sent yet.
+    for query in ["clientName=mx1", "_=1700000000", "remote-ip="] {
+        let s = SseClient::connect(addr, &format!("/api/livetap/live?{query}"), Some(TOKEN)).await;
+        assert_eq!(s.status, 400, "{query}");
+    }
+    // An empty `token=` on a v0.16 path is no token: the header counts (Stalwart drops it).
+    let s = SseClient::connect_with(
+        addr,
+        &format!("{TRACING}?token="),
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await;
+    assert_eq!(s.status, 200);
     for base in ["/api/telemetry/metrics/live", METRICS, "/api/livetap/live/metrics"] {
         let (status, text) = opening(addr, &format!("{base}?filter=smtp&interval=5")).await;
         assert_eq!(status, 200, "{text}");

@@ -226,3 +226,46 @@ async fn full_ring_is_503_with_retry_after_and_nothing_is_lost() {
     );
     server.shutdown().await;
 }
+
+/// A body past `max-webhook-bytes` is not refused unread (Stalwart announces its length, and a
+/// batch that grew past the limit would be refused for ever): what came before the limit is
+/// published, the answer is 413 saying how much was kept, and a resend in Stalwart's order
+/// (newer events first, the refused batch after them) publishes the newer events and
+/// recognises the ones already published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_past_the_limit_keeps_what_came_before_it() {
+    let server = start_server(|c| {
+        c.webhook_key = Some(KEY.into());
+        c.max_body_bytes = 1024;
+        c.max_webhook_bytes = 4096;
+    })
+    .await;
+    let addr = server.addr;
+    let mut sub = SseClient::connect(addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
+    let ev = |i: u64| json!({"type": "auth.success", "createdAt": "2026-12-07T10:00:00Z", "data": {"uid": i, "reason": "x".repeat(60)}});
+    let old: Vec<Value> = (0..100).map(ev).collect();
+    let body = json!({ "events": old }).to_string();
+    assert!(body.len() > 4096);
+    let r = post_webhook(addr, body.as_bytes(), Some(&sign(KEY, body.as_bytes())), false).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let kept = r.json()["accepted"].as_u64().unwrap();
+    assert!(kept > 10 && kept < 100, "{}", r.text());
+    let got = sub.collect_events(kept as usize, DEADLINE).await;
+    assert_eq!(field(&got, "uid"), (0..kept).map(|i| json!(i)).collect::<Vec<_>>());
+
+    // The resend: five newer events first, then the refused batch; the newer ones and the
+    // rest of the old ones that fit are published, the kept ones are recognised.
+    let mut resend: Vec<Value> = (1000..1005).map(ev).collect();
+    resend.extend(old.iter().cloned());
+    let body = json!({ "events": resend }).to_string();
+    let r = post_webhook(addr, body.as_bytes(), Some(&sign(KEY, body.as_bytes())), false).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let j = r.json();
+    assert!(j["duplicates"].as_u64().unwrap() > 0, "{j}");
+    let more = j["accepted"].as_u64().unwrap();
+    let got = sub.collect_events(more as usize, DEADLINE).await;
+    let uids = field(&got, "uid");
+    assert_eq!(&uids[..5], &(1000..1005).map(|i| json!(i)).collect::<Vec<_>>()[..], "{uids:?}");
+    assert!(uids.iter().all(|u| u.as_u64().unwrap() >= 1000), "nothing published twice: {uids:?}");
+    server.shutdown().await;
+}

@@ -38,6 +38,12 @@ pub const FAILURE_ENTRY: u64 = 64;
 /// what the builder adds to every event (text, details, time, level). A body of 13-byte events
 /// measured about 450 bytes per event.
 pub const BUILT_EVENT: u64 = 1024;
+/// The forms other wire dialects may add to an event, in multiples of its JSON: Stalwart
+/// v0.16's array and object forms (about twice the JSON each) and the classic rewrite of an
+/// event outside the classic contract (about the JSON).
+pub const DIALECT_FORMS: u64 = 5;
+/// The table of those forms and their handles, once any is asked for.
+pub const DIALECT_TABLE: u64 = 8 * 40 + 64;
 /// Per fingerprint kept for recognising webhook resends (`ingest::dedupe`): the key, the
 /// credit, and the hash map's share, doubled for its growth.
 pub const DEDUPE_ENTRY: u64 = 64;
@@ -59,7 +65,8 @@ pub struct MemoryBound {
     /// Live streams (trace and metrics): `2 × max-subscribers × (subscriber-queue × item + stream)`.
     pub streams: u64,
     /// Event JSON held only by subscriber queues after the ring moved on:
-    /// `max-subscribers × subscriber-queue × event JSON`.
+    /// `max-subscribers × subscriber-queue × 2 × event JSON` (a queue holds its stream's
+    /// dialect's form, up to twice the classic JSON).
     pub queued_json: u64,
     /// `max-connections × per-connection buffers` (the larger of HTTP/1.1 and HTTP/2).
     pub connections: u64,
@@ -114,7 +121,10 @@ impl Config {
 
     /// The worst case for events whose JSON is `event_json` bytes.
     pub fn memory_bound(&self, event_json: u64) -> MemoryBound {
-        let event = 3 * event_json + 512;
+        // Its JSON, match view and bookkeeping, plus the forms the wire dialects may add to it
+        // (`event::dialect`): v0.16's array and object forms (about twice the JSON each) and
+        // the classic rewrite (about the JSON), with their table.
+        let event = 3 * event_json + 512 + DIALECT_FORMS * event_json + DIALECT_TABLE;
         let ring_slots = self.ring_capacity.max(2).next_power_of_two() as u64;
         let subs = self.max_subscribers as u64;
         let queue = self.subscriber_queue as u64;
@@ -138,7 +148,8 @@ impl Config {
             ring: ring_slots * (event + RING_SLOT),
             replay: self.replay_bytes as u64,
             streams: 2 * subs * (queue * QUEUE_ITEM + STREAM),
-            queued_json: subs * queue * event_json,
+            // A queue holds its stream's form: v0.16's is about twice the classic JSON.
+            queued_json: subs * queue * 2 * event_json,
             connections: self.max_connections as u64 * (CONN_FIXED + tls + h1.max(h2)),
             ingest: self.ingest_bound(),
             passwords: crate::auth::password::MAX_CONCURRENT_VERIFICATIONS as u64 * m_cost,
@@ -156,7 +167,7 @@ mod tests {
     fn terms_follow_the_config() {
         let c = Config::default();
         let m = c.memory_bound(300);
-        assert_eq!(m.ring, 65_536 * (3 * 300 + 512 + RING_SLOT));
+        assert_eq!(m.ring, 65_536 * (3 * 300 + 512 + DIALECT_FORMS * 300 + DIALECT_TABLE + RING_SLOT));
         // Reading: 2 budgets of 8 × 8 MiB, doubled; per slot: a 512 KiB tape document, three
         // times the body, 65,536 built events.
         assert_eq!(

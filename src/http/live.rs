@@ -183,12 +183,15 @@ pub(super) async fn live_traces_with(
     opening: Opening,
 ) -> Result<Response<LiveBody>, HttpError> {
     let hub = &ctx.hub;
-    let q = parse_live_request(
-        req.uri().query().unwrap_or(""),
-        &hub.keys,
-        &hub.config.query_limits(),
-        opening.own,
-    )?;
+    let query = req.uri().query().unwrap_or("");
+    // Stalwart's endpoints ignore parameters Stalwart would ignore; livetap's own endpoint
+    // keeps its strict rule, since an ignored name there could be a key no producer has sent
+    // yet, and ignoring it would open the stream unfiltered.
+    let q = if matches!(form, WireForm::Full) {
+        crate::query::parse_pairs(query, &hub.keys, &hub.config.query_limits())?
+    } else {
+        parse_live_request(query, &hub.keys, &hub.config.query_limits(), opening.own)?
+    };
     // An EventSource reconnect carries the last `id:` it saw as a header; it wins over the
     // parameter form. A header that is not one of our ids is refused like a bad
     // `last-event-id=`: starting a fresh stream instead would hide a gap from the client. A

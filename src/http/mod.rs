@@ -314,7 +314,11 @@ async fn authorize(
     let mut authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let token = match (grant, authorization) {
         (Some(_), None) => query_token(req.uri().query().unwrap_or(""))?,
-        (Some(_), Some(_)) if token_first => query_token(req.uri().query().unwrap_or(""))?,
+        // Stalwart v0.16 drops parameters with empty values, so an empty `token=` there is no
+        // token, and the header counts.
+        (Some(_), Some(_)) if token_first => {
+            query_token(req.uri().query().unwrap_or(""))?.filter(|t| !t.is_empty())
+        }
         _ => None,
     };
     if token_first && token.is_some() {

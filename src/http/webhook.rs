@@ -23,7 +23,7 @@
 //! request the sender may think failed, is remembered by content ([`Dedupe`]), so the sender's
 //! resend publishes only the rest.
 
-use super::ingest::{check_rate, content_length, principal_source, IngestAnswer};
+use super::ingest::{check_rate, principal_source, IngestAnswer};
 use super::{bump, gate, json_ok, ConnInfo, Ctx, HttpError, LiveBody, RequestBody};
 use crate::auth::{Principal, SignatureCheck};
 use crate::event::encode::now_secs;
@@ -49,6 +49,14 @@ pub const SLICE_EVENTS: usize = 1024;
 pub const SLICE_BYTES: usize = 1 << 20;
 /// Bytes read back from a spool file at a time.
 const SPOOL_CHUNK: usize = 256 << 10;
+/// Body bytes cut into events before the pending slice is checked: a piece of tiny events
+/// builds at most about 1,300 of them (13 bytes each) before a slice can go out, whatever the
+/// size of the frame or spool chunk it came in.
+const FEED_PIECE: usize = 16 << 10;
+/// The memory a signed body holds while it is spooled and its signature computed: one frame
+/// in flight to the file. The rest of [`stream_hold`] is drawn, from the trusted budget, only
+/// once the signature checks, so idle unauthenticated bodies hold next to nothing.
+const SPOOL_HOLD: usize = 256 << 10;
 
 /// The memory one streamed webhook body holds at most, drawn from the ingest gate's budget for
 /// the whole request: the carried part of one element (up to `LARGE_FACTOR × max-event-bytes`),
@@ -78,6 +86,9 @@ struct Run<'a> {
     last_id: Option<u64>,
     /// Body bytes received.
     read: usize,
+    /// The ingest budget the body holds while it is parsed (a signed body takes it once its
+    /// signature checks).
+    held: Option<gate::Held>,
     limit: usize,
     now: i64,
 }
@@ -129,7 +140,7 @@ impl<'a> Run<'a> {
                 self.first_id.get_or_insert(first + 1);
                 self.last_id = Some(first + n as u64);
                 self.accepted += n;
-                self.attempt.published(&self.fps);
+                self.attempt.published(&self.fps, now_secs());
                 Ok(())
             }
             Err(e) => {
@@ -138,6 +149,16 @@ impl<'a> Run<'a> {
                 Err(HttpError::Busy(e))
             }
         }
+    }
+
+    /// Cuts `data` into events in pieces of [`FEED_PIECE`] bytes, publishing each full slice
+    /// before the next piece is cut.
+    async fn feed(&mut self, data: &[u8]) -> Result<(), HttpError> {
+        for piece in data.chunks(FEED_PIECE) {
+            self.take(piece)?;
+            self.flush(false).await?;
+        }
+        Ok(())
     }
 
     /// Publishes the pending events in slices of at most `most`.
@@ -172,10 +193,6 @@ impl<'a> Run<'a> {
             };
             let Ok(data) = frame.into_data() else { continue };
             self.read += data.len();
-            if self.read > self.limit {
-                bump(&self.hub.ingest.limit_refusals);
-                return Err(HttpError::PayloadTooLarge(self.limit));
-            }
             return Ok(Some(data));
         }
     }
@@ -192,15 +209,57 @@ impl<'a> Run<'a> {
         B::Error: std::fmt::Display,
     {
         let whole = self.whole_deadline();
-        while let Some(data) = self.next_frame(&mut body, whole).await? {
-            self.take(&data)?;
-            self.flush(false).await?;
+        let result = async {
+            while let Some(data) = self.next_frame(&mut body, whole).await? {
+                let room = self.limit - (self.read - data.len()).min(self.limit);
+                if data.len() > room {
+                    // Past `max-webhook-bytes`: what came before the limit is published (see
+                    // `webhook`), and the answer is 413.
+                    self.feed(&data[..room]).await?;
+                    bump(&self.hub.ingest.limit_refusals);
+                    return Err(HttpError::PayloadTooLarge(self.limit));
+                }
+                self.feed(&data).await?;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        if result.is_err() {
+            self.drain(&mut body).await;
+        }
+        result
+    }
+
+    /// Reads and drops what is left of a body that ended early (the ring stayed full, or the
+    /// limit was passed), for up to two seconds: closing with unread bytes would make the
+    /// kernel reset the connection, and the sender would lose the answer that says how much was
+    /// kept.
+    async fn drain<B>(&mut self, body: &mut B)
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let until = Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(until, body.frame()).await {
+            if let Ok(data) = frame.into_data() {
+                self.read += data.len();
+            }
+        }
     }
 
     /// A signed body: spooled while its signature is computed, then parsed from the spool.
-    async fn spooled<B>(&mut self, mut body: B, key: &str, signature: Option<&[u8]>) -> Result<(), HttpError>
+    ///
+    /// A body longer than `max-webhook-bytes` is still read and signed whole (the signature
+    /// covers all of it), but only its first `max-webhook-bytes` are spooled and published,
+    /// and the answer is 413: refusing it unread would refuse every resend of a batch that grew
+    /// past the limit, for ever.
+    async fn spooled<B>(
+        &mut self,
+        ctx: &Ctx,
+        mut body: B,
+        key: &str,
+        signature: Option<&[u8]>,
+    ) -> Result<(), HttpError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -218,22 +277,37 @@ impl<'a> Run<'a> {
         let mut check = SignatureCheck::new(key)?;
         let whole = self.whole_deadline();
         // Written as it comes, so the memory held is a frame, not the body.
+        let mut spooled = 0usize;
         while let Some(data) = self.next_frame(&mut body, whole).await? {
             check.update(&data);
-            file.write_all(&data).await.map_err(io)?;
+            let keep = data.len().min(self.limit - spooled);
+            if keep > 0 {
+                file.write_all(&data[..keep]).await.map_err(io)?;
+                spooled += keep;
+            }
         }
         check.verify(signature)?;
+        // Verified: the body is a producer's now, and its parsing memory comes from the trusted
+        // budget; the unverified hold goes back first.
+        self.held = None;
+        let wait = Duration::from_secs(self.hub.config.body_timeout_secs);
+        self.held =
+            Some(ctx.gate.hold(self.hub, gate::Budget::Trusted, stream_hold(&self.hub.config), wait).await?);
         file.flush().await.map_err(io)?;
         file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
         let mut buf = vec![0u8; SPOOL_CHUNK];
         loop {
             let n = file.read(&mut buf).await.map_err(io)?;
             if n == 0 {
-                return Ok(());
+                break;
             }
-            self.take(&buf[..n])?;
-            self.flush(false).await?;
+            self.feed(&buf[..n]).await?;
         }
+        if self.read > self.limit {
+            bump(&self.hub.ingest.limit_refusals);
+            return Err(HttpError::PayloadTooLarge(self.limit));
+        }
+        Ok(())
     }
 
     /// The end of the body: it must end where a document may, and the last slice goes out.
@@ -265,6 +339,9 @@ pub(super) async fn webhook(
     req: Request<RequestBody>,
     principal: Option<Arc<Principal>>,
 ) -> Result<Response<LiveBody>, HttpError> {
+    // From the request's arrival: the sender's timeout runs from there, including any wait
+    // for the ingest budget below.
+    let started = Instant::now();
     let hub = &ctx.hub;
     let ip = conn.peer.ip();
     if principal.is_none() {
@@ -289,14 +366,15 @@ pub(super) async fn webhook(
     };
     let _place = ctx.gate.enter(hub, source)?;
     let limit = hub.config.max_webhook_bytes;
-    if content_length(&req).is_some_and(|n| n > limit as u64) {
-        bump(&hub.ingest.limit_refusals);
-        return Err(HttpError::PayloadTooLarge(limit));
-    }
+    // No refusal on the announced length: Stalwart always announces it, and a batch that grew
+    // past the limit would then be refused unread for ever. The body is read, and what comes
+    // past the limit is left out (`Run::stream`, `Run::spooled`).
     // A full budget is waited for as long as a body may take to arrive: a 503 would only make
-    // the sender resend a larger batch at once.
+    // the sender resend a larger batch at once. A signed body holds a frame's worth until its
+    // signature checks.
     let body_wait = Duration::from_secs(hub.config.body_timeout_secs);
-    let _held = ctx.gate.hold(hub, budget, stream_hold(&hub.config), body_wait).await?;
+    let first_hold = if key.is_some() { SPOOL_HOLD } else { stream_hold(&hub.config) };
+    let held = Some(ctx.gate.hold(hub, budget, first_hold, body_wait).await?);
     let signature = req.headers().get("x-signature").map(|v| v.as_bytes().to_vec());
     let now = now_secs();
     ctx.dedupe.maybe_expire(now);
@@ -304,7 +382,6 @@ pub(super) async fn webhook(
         Some(p) => format!("principal {}", p.name),
         None => format!("address {}", crate::auth::ratelimit::ip_key(ip)),
     };
-    let started = Instant::now();
     let mut run = Run {
         hub,
         principal: principal.clone(),
@@ -319,16 +396,27 @@ pub(super) async fn webhook(
         first_id: None,
         last_id: None,
         read: 0,
+        held,
         limit,
         now,
     };
     let body = req.into_body();
     let mut result = match &key {
         None => run.stream(body).await,
-        Some(k) => run.spooled(body, k, signature.as_deref()).await,
+        Some(k) => run.spooled(ctx, body, k, signature.as_deref()).await,
     };
-    if result.is_ok() {
-        result = run.end().await;
+    match &result {
+        Ok(()) => result = run.end().await,
+        // The events cut out before a broken, stalled or oversized body ended are whole: they
+        // are published, as lines before a bad NDJSON line are (their resend is recognised).
+        Err(
+            HttpError::BadBody(_) | HttpError::Timeout(_) | HttpError::Io(_) | HttpError::PayloadTooLarge(_),
+        ) => {
+            if let Err(e) = run.flush(true).await {
+                result = Err(e);
+            }
+        }
+        Err(_) => {}
     }
     if let Err(HttpError::Unauthorized(_)) = &result {
         bump(&hub.ingest.auth_failures);

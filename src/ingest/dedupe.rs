@@ -10,21 +10,26 @@
 //! §5). What stays the same in a resend is the event itself: its type, its `createdAt`
 //! second, its span and every key and value.
 //!
-//! So an event is known by a fingerprint of its content ([`fingerprint`]), and a source earns
-//! a **credit** for a fingerprint each time livetap published such an event in a request whose
-//! outcome the sender may not know (a refusal after a partial publish, a broken body, an
-//! answer slower than [`Dedupe::slow_answer`], a third of the sender's timeout). A later request from the same source that
-//! carries an event with that fingerprint spends one credit instead of publishing it. Credits
-//! are counted, not flags: a resend that holds three identical events of which two were
-//! published publishes one. A request the sender surely saw succeed (a prompt 2xx) earns
-//! nothing, since the sender will not resend it; the credits it spent are gone.
+//! So an event is known by a fingerprint of its content ([`fingerprint`]), and a source holds a
+//! **credit** for a fingerprint for each such event livetap published in a request whose
+//! outcome the sender may not know. A later request from the same source that carries an event
+//! with that fingerprint spends one credit instead of publishing it. Credits are counted, not
+//! flags: a resend that holds three identical events of which two were published publishes one.
+//!
+//! A credit is granted as soon as its event is published, not when the request ends: a sender
+//! that gave up may resend while the first request is still being processed. When the request
+//! then ends with a prompt 2xx (faster than [`Dedupe::slow_answer`], a third of the sender's
+//! timeout, counted from the request's arrival), the sender saw it succeed and will not resend
+//! it, so its credits are taken back. When it ends any other way (a refusal after a partial
+//! publish, a broken body, a slow answer, a task dropped with its connection), they stay, and
+//! the resends it recognised are credited again, since the sender will send them once more.
 //!
 //! What this cannot tell apart: two events identical in type, second, span and every value,
 //! sent in different requests from one source within the window, when the first request's
 //! outcome was uncertain. They carry nothing that distinguishes them from a resend, so the
 //! second is taken for one. Credits expire after the window (default 10 minutes, past the
-//! sender's 5-minute discard) and their number is capped; past the cap the oldest are
-//! forgotten first, and their resends would be published again. One request remembers at most
+//! sender's 5-minute discard) and their number is capped; past the cap the ones granted first
+//! are forgotten first, exactly as many as needed, and their resends would be published again. One request remembers at most
 //! [`MAX_SEEN_PER_REQUEST`] events, so its memory is bounded whatever the body's length.
 //!
 //! Pure bookkeeping: no I/O, no waiting beyond one short lock per call.
@@ -58,6 +63,8 @@ struct Credit {
     count: u32,
     /// Seconds (Unix) after which the credit is void.
     expires: i64,
+    /// When it was last granted, in grant order: what the cap forgets first.
+    order: u64,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +78,8 @@ struct Book {
     sources: AHashMap<SourceKey, Credits>,
     /// Fingerprints held over all sources.
     entries: usize,
+    /// The next grant's `Credit::order`.
+    next_order: u64,
 }
 
 /// The credits of every source (see the module docs).
@@ -95,9 +104,10 @@ pub struct Dedupe {
 pub struct Attempt<'d> {
     dedupe: &'d Dedupe,
     source: SourceKey,
-    /// Fingerprints of the events of this request that were published or recognised as
-    /// resends, in order: what the sender will send again if it did not see the answer.
-    seen: Vec<u64>,
+    /// Fingerprints of the events of this request that were published (and credited at once).
+    published: Vec<u64>,
+    /// Fingerprints of the events recognised as resends (their credits spent).
+    recognised: Vec<u64>,
     /// Events recognised as resends and not published.
     pub duplicates: usize,
     finished: bool,
@@ -110,7 +120,7 @@ impl Attempt<'_> {
     pub fn filter(&mut self, events: &mut Vec<std::sync::Arc<Event>>, fps: &mut Vec<u64>) {
         fps.clear();
         let mut book = self.dedupe.book.lock();
-        let Book { sources, entries } = &mut *book;
+        let Book { sources, entries, .. } = &mut *book;
         let Some(credits) = sources.get_mut(&self.source) else {
             fps.extend(events.iter().map(|e| fingerprint(e)));
             return;
@@ -124,8 +134,8 @@ impl Attempt<'_> {
                     credits.by_fingerprint.remove(&fp);
                     removed += 1;
                 }
-                if self.seen.len() < MAX_SEEN_PER_REQUEST {
-                    self.seen.push(fp);
+                if self.published.len() + self.recognised.len() < MAX_SEEN_PER_REQUEST {
+                    self.recognised.push(fp);
                 }
                 self.duplicates += 1;
                 false
@@ -140,20 +150,29 @@ impl Attempt<'_> {
         *entries = entries.saturating_sub(removed);
     }
 
-    /// Notes that the events with fingerprints `fps` were published.
-    pub fn published(&mut self, fps: &[u64]) {
-        let room = MAX_SEEN_PER_REQUEST.saturating_sub(self.seen.len());
-        self.seen.extend_from_slice(&fps[..fps.len().min(room)]);
+    /// Notes that the events with fingerprints `fps` were published, and credits them at once.
+    pub fn published(&mut self, fps: &[u64], now: i64) {
+        let room = MAX_SEEN_PER_REQUEST.saturating_sub(self.published.len() + self.recognised.len());
+        let fps = &fps[..fps.len().min(room)];
+        self.published.extend_from_slice(fps);
+        self.dedupe.credit(&self.source, fps, now);
     }
 
     /// Ends the request. `certain` is true when the sender surely saw it succeed (a 2xx
-    /// answered faster than [`Dedupe::slow_answer`]); otherwise every event of it that was
-    /// published or recognised becomes a credit, since the sender will send them again.
+    /// answered faster than [`Dedupe::slow_answer`]): the credits of what it published are
+    /// taken back. Otherwise they stay, and the resends it recognised are credited again.
     pub fn finish(mut self, certain: bool, now: i64) {
         self.finished = true;
-        if !certain {
-            let seen = std::mem::take(&mut self.seen);
-            self.dedupe.credit(std::mem::take(&mut self.source), seen, now);
+        self.settle(certain, now);
+    }
+
+    fn settle(&mut self, certain: bool, now: i64) {
+        if certain {
+            let published = std::mem::take(&mut self.published);
+            self.dedupe.uncredit(&self.source, &published);
+        } else {
+            let recognised = std::mem::take(&mut self.recognised);
+            self.dedupe.credit(&self.source, &recognised, now);
         }
     }
 }
@@ -161,8 +180,7 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            let seen = std::mem::take(&mut self.seen);
-            self.dedupe.credit(std::mem::take(&mut self.source), seen, crate::event::encode::now_secs());
+            self.settle(false, crate::event::encode::now_secs());
         }
     }
 }
@@ -191,29 +209,62 @@ impl Dedupe {
 
     /// Starts a request from `source`.
     pub fn begin(&self, source: SourceKey) -> Attempt<'_> {
-        Attempt { dedupe: self, source, seen: Vec::new(), duplicates: 0, finished: false }
+        Attempt {
+            dedupe: self,
+            source,
+            published: Vec::new(),
+            recognised: Vec::new(),
+            duplicates: 0,
+            finished: false,
+        }
     }
 
-    /// Gives `source` a credit for each fingerprint in `seen`.
-    fn credit(&self, source: SourceKey, seen: Vec<u64>, now: i64) {
-        if seen.is_empty() {
+    /// Gives `source` a credit for each fingerprint in `fps`.
+    fn credit(&self, source: &SourceKey, fps: &[u64], now: i64) {
+        if fps.is_empty() {
             return;
         }
         let expires = now + self.window_secs;
         let mut book = self.book.lock();
-        let credits = book.sources.entry(source).or_default();
-        let mut added = 0;
-        for fp in seen {
+        let Book { sources, entries, next_order } = &mut *book;
+        if !sources.contains_key(source) {
+            sources.insert(source.clone(), Credits::default());
+        }
+        let credits = sources.get_mut(source).expect("inserted above");
+        for &fp in fps {
             let c = credits.by_fingerprint.entry(fp).or_insert_with(|| {
-                added += 1;
-                Credit { count: 0, expires }
+                *entries += 1;
+                Credit { count: 0, expires, order: 0 }
             });
             c.count = c.count.saturating_add(1);
             c.expires = expires;
+            c.order = *next_order;
+            *next_order += 1;
         }
-        book.entries += added;
-        if book.entries > self.max_entries {
+        if *entries > self.max_entries {
             Self::sweep(&mut book, now, self.max_entries);
+        }
+    }
+
+    /// Takes back one credit of `source` for each fingerprint in `fps`.
+    fn uncredit(&self, source: &SourceKey, fps: &[u64]) {
+        if fps.is_empty() {
+            return;
+        }
+        let mut book = self.book.lock();
+        let Book { sources, entries, .. } = &mut *book;
+        let Some(credits) = sources.get_mut(source) else { return };
+        for fp in fps {
+            if let Some(c) = credits.by_fingerprint.get_mut(fp) {
+                c.count -= 1;
+                if c.count == 0 {
+                    credits.by_fingerprint.remove(fp);
+                    *entries -= 1;
+                }
+            }
+        }
+        if credits.by_fingerprint.is_empty() {
+            sources.remove(source);
         }
     }
 
@@ -240,14 +291,16 @@ impl Dedupe {
             left += c.by_fingerprint.len();
         }
         if left > max {
-            // Forget the credits that expire first until the cap holds.
-            let mut all: Vec<i64> =
-                sources.values().flat_map(|c| c.by_fingerprint.values().map(|v| v.expires)).collect();
-            all.sort_unstable();
-            let cut = all[left - max];
+            // Forget exactly the credits granted first until the cap holds (grant orders are
+            // unique, so no tie takes more).
+            let mut all: Vec<u64> =
+                sources.values().flat_map(|c| c.by_fingerprint.values().map(|v| v.order)).collect();
+            let n = left - max;
+            all.select_nth_unstable(n - 1);
+            let cut = all[n - 1];
             left = 0;
             for c in sources.values_mut() {
-                c.by_fingerprint.retain(|_, v| v.expires > cut);
+                c.by_fingerprint.retain(|_, v| v.order > cut);
                 left += c.by_fingerprint.len();
             }
         }
@@ -294,7 +347,7 @@ mod tests {
         let mut evs = events(body);
         let mut fps = Vec::new();
         a.filter(&mut evs, &mut fps);
-        a.published(&fps);
+        a.published(&fps, 1000);
         a.finish(certain, 1000);
         evs.iter()
             .map(|e| {
@@ -352,10 +405,26 @@ mod tests {
         let mut evs = events(&[("a.b", 1)]);
         let mut fps = Vec::new();
         a.filter(&mut evs, &mut fps);
-        a.published(&fps);
+        a.published(&fps, 1000);
         drop(a);
         assert_eq!(d.len(), 1);
         assert_eq!(request(&d, "s", &[("a.b", 1), ("a.b", 2)], true), vec![2]);
+    }
+
+    #[test]
+    fn credits_are_granted_as_events_are_published() {
+        // A sender that gave up resends while its first request is still running: the slices
+        // already published are recognised.
+        let d = Dedupe::new(600, 1000, T);
+        let mut first = d.begin("s".into());
+        let evs = events(&[("a.b", 1), ("a.b", 2)]);
+        first.published(&evs.iter().map(|e| fingerprint(e)).collect::<Vec<_>>(), 1000);
+        assert_eq!(request(&d, "s", &[("a.b", 3), ("a.b", 1), ("a.b", 2)], true), vec![3]);
+        // The resend succeeded, so the sender will not send those again: when the first ends
+        // (slowly), nothing of it is left to recognise, and identical events later are new.
+        first.finish(false, 1000);
+        assert!(d.is_empty());
+        assert_eq!(request(&d, "s", &[("a.b", 1), ("a.b", 2)], true), vec![1, 2]);
     }
 
     #[test]
@@ -369,14 +438,14 @@ mod tests {
         let d = Dedupe::new(600, 3, T);
         let mut a = d.begin("s".into());
         let evs = events(&[("a.b", 1), ("a.b", 2)]);
-        a.published(&evs.iter().map(|e| fingerprint(e)).collect::<Vec<_>>());
+        a.published(&evs.iter().map(|e| fingerprint(e)).collect::<Vec<_>>(), 10);
         a.finish(false, 10);
         let mut a = d.begin("s".into());
         let evs = events(&[("a.b", 3), ("a.b", 4)]);
-        a.published(&evs.iter().map(|e| fingerprint(e)).collect::<Vec<_>>());
-        a.finish(false, 20);
-        // The two that expire first go; the newer two stay.
-        assert_eq!(d.len(), 2);
-        assert_eq!(request(&d, "s", &[("a.b", 1), ("a.b", 3)], true), vec![1]);
+        a.published(&evs.iter().map(|e| fingerprint(e)).collect::<Vec<_>>(), 10);
+        a.finish(false, 10);
+        // Exactly the one granted first goes, though all four expire together.
+        assert_eq!(d.len(), 3);
+        assert_eq!(request(&d, "s", &[("a.b", 1), ("a.b", 2), ("a.b", 3)], true), vec![1]);
     }
 }

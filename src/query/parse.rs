@@ -328,6 +328,12 @@ fn parse_query(
                     }
                 };
                 if value.is_empty() {
+                    // Stalwart drops parameters with empty values, and so does a live request
+                    // on its endpoints (the v0.16 UI sends an empty box as `key=`).
+                    if own.is_some() {
+                        out.ignored.push(param.to_string());
+                        continue;
+                    }
                     return Err(err(param, 0, "a non-empty value"));
                 }
                 let vs = decode(param, &value, 0, value.len())?;
