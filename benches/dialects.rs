@@ -7,8 +7,8 @@
 //! - `classic_build`: `EventBuilder::build` from an already parsed tape, as ingest does; the
 //!   classic form is written there, with the match view (canonical values, search text);
 //! - `v016_array`: encoding the built event in the v0.16 form the web UI reads, exactly as the
-//!   first stream of that dialect makes `Event::wire_in` do it (a buffer sized like the
-//!   dialect table's, the leading comma, the encoder, the shared bytes);
+//!   first stream of that dialect makes `Event::wire_in` do it (`dialect::encode_wire`: the
+//!   thread's scratch buffer, the leading comma, the encoder, one exact-size copy);
 //! - `v016_object`: the same in Stalwart's index-keyed object form;
 //! - `both`: build, then v0.16 encoding: an event sent in both dialects.
 //!
@@ -32,10 +32,7 @@ const RCPT_TO: &[u8] = br#"{"id":"17776296001234567","createdAt":"2026-05-01T10:
 /// What `Event::wire_in` does the first time a stream asks for the dialect.
 #[inline]
 fn wire_in(enc: &V016, ev: &Event) -> Bytes {
-    let mut out = Vec::with_capacity(enc.size_hint(ev) + 1);
-    out.push(b',');
-    enc.encode(ev, &mut out);
-    Bytes::from(out)
+    livetap::event::dialect::encode_wire(enc, ev)
 }
 
 fn four<M: criterion::measurement::Measurement>(

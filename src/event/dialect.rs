@@ -28,12 +28,39 @@ pub trait Encoder: Send + Sync + 'static {
 
     /// Appends the event's JSON object in this dialect to `out` (no separator before it).
     fn encode(&self, event: &Event, out: &mut Vec<u8>);
+}
 
-    /// About how many bytes `encode` writes for `event`, so its buffer is allocated once. The
-    /// default suits a form about the classic one's size.
-    fn size_hint(&self, event: &Event) -> usize {
-        event.json.len() + 64
-    }
+thread_local! {
+    /// The buffer a thread encodes other dialects' forms into (matcher threads, mostly): grown
+    /// once to the largest form it wrote, so an encoding allocates only its result, at its exact
+    /// size, as `EventBuilder` does for the classic form.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(4096));
+}
+
+/// The scratch buffer is given back to the allocator when a form this large passed through.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+/// `event`'s wire bytes in `enc`'s dialect: a comma, then the JSON object, in one allocation
+/// of exactly their size. What [`Event::wire_in`] keeps in the event.
+pub fn encode_wire(enc: &dyn Encoder, event: &Event) -> Bytes {
+    let write = |out: &mut Vec<u8>| {
+        out.clear();
+        out.push(b',');
+        enc.encode(event, out);
+        Bytes::copy_from_slice(out)
+    };
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut out) => {
+            let b = write(&mut out);
+            if out.capacity() > SCRATCH_KEEP {
+                *out = Vec::with_capacity(4096);
+            }
+            b
+        }
+        // An encoder that encodes another event's form inside its own (none does): a buffer
+        // of its own.
+        Err(_) => write(&mut Vec::new()),
+    })
 }
 
 /// Dialects an event can carry besides the classic form.
@@ -144,12 +171,7 @@ impl OtherForms {
     /// threads of different shards may ask at once; `OnceLock` lets exactly one encode and
     /// the others wait for its bytes, so the event is still encoded once.
     fn get(&self, d: Dialect, event: &Event, enc: &dyn Encoder) -> &Bytes {
-        self.table()[d.0 as usize].get_or_init(|| {
-            let mut out = Vec::with_capacity(enc.size_hint(event) + 1);
-            out.push(b',');
-            enc.encode(event, &mut out);
-            Bytes::from(out)
-        })
+        self.table()[d.0 as usize].get_or_init(|| encode_wire(enc, event))
     }
 
     /// The classic form of an event that is not [`Event::is_classic`], rewritten once like a

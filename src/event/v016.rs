@@ -81,6 +81,10 @@ pub struct V016 {
     /// The keys whose values are typed by their kind (addresses, times, durations), by their
     /// camelCase name as bytes; every other key is typed by its JSON token alone.
     kinds: AHashMap<Box<[u8]>, ValueKind>,
+    /// Per name length (below 64), a bit per first byte (modulo 64) of the names in `kinds`:
+    /// most keys of an event have no kind, and this tells them apart without hashing them,
+    /// which was a third of an event's encoding.
+    maybe: [u64; 64],
 }
 
 impl V016 {
@@ -96,7 +100,15 @@ impl V016 {
                 None => map.remove(key.as_bytes()),
             };
         }
-        V016 { form, kinds: map }
+        let mut maybe = [0u64; 64];
+        for key in map.keys() {
+            match key.first() {
+                Some(&c) if key.len() < 64 => maybe[key.len()] |= 1 << (c & 63),
+                // A name the filter cannot hold is always looked up.
+                _ => maybe = [u64::MAX; 64],
+            }
+        }
+        V016 { form, kinds: map, maybe }
     }
 
     /// An encoder writing `form`, typing values by the catalogue's key kinds.
@@ -114,7 +126,9 @@ impl V016 {
     }
 
     fn kind_of(&self, key_inner: &[u8]) -> Option<ValueKind> {
-        if self.kinds.is_empty() {
+        let &first = key_inner.first()?;
+        let bits = self.maybe.get(key_inner.len()).copied().unwrap_or(u64::MAX);
+        if bits & (1 << (first & 63)) == 0 {
             return None;
         }
         self.kinds.get(key_inner).copied()
@@ -146,10 +160,6 @@ impl Encoder for Named {
     fn encode(&self, event: &Event, out: &mut Vec<u8>) {
         self.1.encode(event, out);
     }
-
-    fn size_hint(&self, event: &Event) -> usize {
-        self.1.size_hint(event)
-    }
 }
 
 impl Encoder for V016 {
@@ -158,12 +168,6 @@ impl Encoder for V016 {
             KeyValues::Array => ARRAY,
             KeyValues::Object => OBJECT,
         }
-    }
-
-    /// Every key gains a `{"key":…,"value":{"@type":…,"value":…}}` wrapper of about 40 bytes,
-    /// which is about as much again as a typical classic key and value.
-    fn size_hint(&self, event: &Event) -> usize {
-        2 * event.json.len() + 64
     }
 
     fn encode(&self, event: &Event, out: &mut Vec<u8>) {
