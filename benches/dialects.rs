@@ -17,7 +17,6 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
-use livetap::event::dialect::Encoder;
 use livetap::event::v016::{KeyValues, V016};
 use livetap::event::{Catalogue, Event, EventBuilder, Tape};
 use livetap::ingest::demo::DemoGenerator;
