@@ -33,11 +33,13 @@ pub const ACCOUNTS: usize = 500;
 /// Distinct queue ids.
 pub const QUEUE_IDS: usize = 8000;
 
-/// One event template: the NDJSON line split around the `n` and `t` values.
+/// One event template: the NDJSON line split around the `n` and `t` values, carried in the
+/// catalogue keys `total` and `uid` so that every event stays inside Stalwart's classic contract
+/// (a non-catalogue key would make the classic streams rewrite every event, `event::classic`).
 pub struct Template {
-    /// `{"type":"...","data":{"n":`
+    /// `{"type":"...","data":{"total":`
     pub head: String,
-    /// `,"t":`
+    /// `,"uid":`
     pub mid: &'static str,
     /// the rest of the data object and the closing braces, without a newline.
     pub tail: String,
@@ -63,9 +65,9 @@ pub fn templates(count: usize, seed: u64) -> Vec<Template> {
             let tail = format!(
                 r#","remoteIp":"{ip}","domain":"{domain}","accountName":"{account}","from":"{account}@{domain}","queueId":{queue},"size":{size},"reason":"load test event with some realistic padding"}}}}"#
             );
-            let head = format!(r#"{{"type":"{ty}","data":{{"n":"#);
-            let json_for_match = format!("{head}0,\"t\":0{tail}");
-            Template { head, mid: ",\"t\":", tail, json_for_match }
+            let head = format!(r#"{{"type":"{ty}","data":{{"total":"#);
+            let json_for_match = format!("{head}0,\"uid\":0{tail}");
+            Template { head, mid: ",\"uid\":", tail, json_for_match }
         })
         .collect()
 }

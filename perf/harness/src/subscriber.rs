@@ -2,7 +2,7 @@
 //! frames, and for every delivered event reads its `n` and `t` fields to count it, check order,
 //! and record its end-to-end latency.
 //!
-//! The scan does not build JSON values: it looks for `"n":` and `"t":` in each `data:` line,
+//! The scan does not build JSON values: it looks for `"total":` (`n`) and `"uid":` (`t`) in each `data:` line,
 //! which is what lets one harness core keep up with a hub delivering millions of events.
 //!
 //! All subscribers record into one shared pair of histograms ([`Latencies`]), once per read. A
@@ -265,8 +265,8 @@ async fn stream(
     hist: &Latencies,
 ) -> anyhow::Result<()> {
     let (mut s, first, chunked) = conn;
-    let n_key = memmem::Finder::new(b"\"n\":");
-    let t_key = memmem::Finder::new(b"\"t\":");
+    let n_key = memmem::Finder::new(b"\"total\":");
+    let t_key = memmem::Finder::new(b"\"uid\":");
     let mut dechunk = Dechunk::default();
     let mut body: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut raw = vec![0u8; 1 << 16];
@@ -386,8 +386,8 @@ mod tests {
 
     #[test]
     fn finds_numbers() {
-        let k = memmem::Finder::new(b"\"n\":");
-        let s = br#"[{"data":{"n":12,"t":5}},{"data":{"n":13,"t":6}}]"#;
+        let k = memmem::Finder::new(b"\"total\":");
+        let s = br#"[{"data":{"total":12,"uid":5}},{"data":{"total":13,"uid":6}}]"#;
         let (a, p) = number_after(&k, s, 0).unwrap();
         let (b, _) = number_after(&k, s, p).unwrap();
         assert_eq!((a, b), (12, 13));
