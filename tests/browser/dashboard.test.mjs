@@ -166,11 +166,14 @@ test("back to the filter, then pause buffers and resume shows", async () => {
 /** Dispatches an event on the page's open traces EventSource: a message when `data` is given. */
 async function onTraceSource(type, data) {
   await until("an open traces stream", () =>
-    window.__eventSources.some((s) => s.url.includes("/traces/live") && s.readyState === 1),
+    window.__eventSources.some((s) => new URL(s.url).pathname === "/api/livetap/live" && s.readyState === 1),
   );
   return page.evaluate(
     ([type, data]) => {
-      const open = window.__eventSources.filter((s) => s.url.includes("/traces/live") && s.readyState === 1);
+      // The dashboard reads livetap's own stream, which keeps every key (`/api/livetap/live`).
+      const open = window.__eventSources.filter(
+        (s) => new URL(s.url).pathname === "/api/livetap/live" && s.readyState === 1,
+      );
       const es = open.pop();
       if (!es) throw new Error("no open traces stream");
       es.dispatchEvent(data === null ? new Event(type) : new MessageEvent(type, { data }));
