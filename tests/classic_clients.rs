@@ -303,20 +303,6 @@ async fn the_full_stream_takes_the_classic_stream_s_credentials() {
     server.shutdown().await;
 }
 
-/// Polls a traces list until `pred` holds (the history writer flushes every 10 ms here).
-async fn traces_until(addr: SocketAddr, query: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let r = request_auth(addr, "GET", &format!("/api/telemetry/traces?{query}"), b"").await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        if pred(&v) || tokio::time::Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// GETs `path` and decodes it strictly as the old web admin would.
 async fn admin_get<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) -> T {
     let r = request_auth(addr, "GET", path, b"").await;

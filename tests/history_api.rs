@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 
 /// Numbered by `total`, a catalogue key, which the classic history answers keep.
 fn span_events(span: u64, queue: &str, first_n: u64) -> Vec<Value> {
@@ -19,29 +18,21 @@ fn span_events(span: u64, queue: &str, first_n: u64) -> Vec<Value> {
     ]
 }
 
-/// Polls the traces list until `pred` holds (the writer flushes every `flush-interval-ms`).
-async fn traces_until(addr: SocketAddr, query: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let r = request_auth(addr, "GET", &format!("/api/telemetry/traces?{query}"), b"").await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        if pred(&v) || tokio::time::Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+/// A server keeping history in `data_dir`, flushing every 10 ms.
+async fn history_server(data_dir: &std::path::Path) -> livetap::Server {
+    let data_dir = data_dir.to_path_buf();
+    start_server(|c| {
+        c.data_dir = Some(data_dir);
+        c.history.flush_interval_ms = 10;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_spans_are_queried_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
-    let server = start_server(|c| {
-        c.data_dir = Some(data_dir.clone());
-        c.history.flush_interval_ms = 10;
-    })
-    .await;
+    let server = history_server(&data_dir).await;
     let addr = server.addr;
     let mut events = span_events(42, "Q42", 1);
     // A span without a queue id is not kept (Stalwart's selection).
@@ -93,11 +84,7 @@ async fn stored_spans_are_queried_and_survive_a_restart() {
     server.shutdown().await;
 
     // Same data directory: history is still there, and new ids continue after the old ones.
-    let server = start_server(|c| {
-        c.data_dir = Some(data_dir.clone());
-        c.history.flush_interval_ms = 10;
-    })
-    .await;
+    let server = history_server(&data_dir).await;
     let addr = server.addr;
     let list = traces_until(addr, "queue_id=Q42", |v| v["data"]["total"] == 1).await;
     assert_eq!(list["data"]["total"], 1, "history survives a restart: {list}");
@@ -123,11 +110,7 @@ async fn without_a_data_dir_history_is_off() {
 async fn the_type_parameter_finds_both_generations_names() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
-    let server = start_server(|c| {
-        c.data_dir = Some(data_dir.clone());
-        c.history.flush_interval_ms = 10;
-    })
-    .await;
+    let server = history_server(&data_dir).await;
     let addr = server.addr;
     let events = [
         json!({"type": "queue.queue-message", "data": {"spanId": 50, "queueId": "Q50", "total": 1}}),

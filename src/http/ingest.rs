@@ -42,6 +42,14 @@ pub struct IngestAnswer {
     pub error: Option<&'static str>,
 }
 
+impl IngestAnswer {
+    /// The answer as a response: `400` when nothing in the body was valid, else `200`.
+    pub(super) fn respond(self) -> Response<LiveBody> {
+        let status = if self.error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+        json_ok(status, &self)
+    }
+}
+
 /// Publishes a parsed body and answers with what was accepted and rejected.
 async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<LiveBody>, HttpError> {
     let wait = Duration::from_millis(hub.config.ingest_wait_ms);
@@ -68,8 +76,7 @@ async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<Li
         metrics: had_records.then_some(applied),
         error: all_bad.then_some("no valid event in the body"),
     };
-    let status = if all_bad { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    Ok(json_ok(status, &answer))
+    Ok(answer.respond())
 }
 
 /// Refuses a principal that is over its ingest rate (before its body is read).

@@ -286,6 +286,21 @@ pub fn query_token(query: &str) -> Result<Option<String>, HttpError> {
     Ok(found)
 }
 
+/// Refuses a source address with too many recent failed authentications (`429`), before
+/// anything it sends is checked, so it cannot keep guessing.
+fn check_lockout(ctx: &Ctx, ip: std::net::IpAddr) -> Result<(), HttpError> {
+    match ctx.security.failures.locked(ip) {
+        Some(wait) => {
+            bump(&ctx.hub.ingest.auth_locked);
+            Err(HttpError::TooMany {
+                detail: "too many failed authentications from this address".into(),
+                retry_after: wait.as_secs().max(1),
+            })
+        }
+        None => Ok(()),
+    }
+}
+
 /// Authenticates the request and checks `perm`. Live tokens count only on the live endpoint of
 /// their `grant`. A source address with too many recent failures is refused before anything
 /// is checked, so it cannot keep guessing.
@@ -304,13 +319,7 @@ async fn authorize(
 ) -> Result<Arc<Principal>, HttpError> {
     let sec = &ctx.security;
     let ip = conn.peer.ip();
-    if let Some(wait) = sec.failures.locked(ip) {
-        bump(&ctx.hub.ingest.auth_locked);
-        return Err(HttpError::TooMany {
-            detail: "too many failed authentications from this address".into(),
-            retry_after: wait.as_secs().max(1),
-        });
-    }
+    check_lockout(ctx, ip)?;
     let mut authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let token = match (grant, authorization) {
         (Some(_), None) => query_token(req.uri().query().unwrap_or(""))?,

@@ -24,7 +24,7 @@
 //! resend publishes only the rest.
 
 use super::ingest::{check_rate, principal_source, IngestAnswer};
-use super::{bump, gate, json_ok, ConnInfo, Ctx, HttpError, LiveBody, RequestBody};
+use super::{bump, gate, ConnInfo, Ctx, HttpError, LiveBody, RequestBody};
 use crate::auth::{Principal, SignatureCheck};
 use crate::event::encode::now_secs;
 use crate::event::{BuildError, EventBuilder, Tape};
@@ -33,7 +33,7 @@ use crate::ingest::dedupe::Attempt;
 use crate::ingest::stream_split::{BatchSplitter, Piece};
 use crate::ingest::{ParsedBatch, LARGE_FACTOR};
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use std::path::Path;
@@ -345,13 +345,7 @@ pub(super) async fn webhook(
     let hub = &ctx.hub;
     let ip = conn.peer.ip();
     if principal.is_none() {
-        if let Some(wait) = ctx.security.failures.locked(ip) {
-            bump(&hub.ingest.auth_locked);
-            return Err(HttpError::TooMany {
-                detail: "too many failed authentications from this address".into(),
-                retry_after: wait.as_secs().max(1),
-            });
-        }
+        super::check_lockout(ctx, ip)?;
     }
     check_rate(ctx, principal.as_deref())?;
     if !hub.is_accepting() {
@@ -446,6 +440,5 @@ pub(super) async fn webhook(
         duplicates: (duplicates > 0).then_some(duplicates),
         error: all_bad.then_some("no valid event in the body"),
     };
-    let status = if all_bad { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    Ok(json_ok(status, &answer))
+    Ok(answer.respond())
 }

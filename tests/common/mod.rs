@@ -841,3 +841,19 @@ impl Drop for Livetap {
         }
     }
 }
+
+/// Polls the history traces list (`/api/telemetry/traces?{query}`, admin token) until `pred`
+/// holds or the deadline passes, and returns the last answer (the history writer flushes on
+/// its own schedule).
+pub async fn traces_until(addr: SocketAddr, query: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let r = request_auth(addr, "GET", &format!("/api/telemetry/traces?{query}"), b"").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        if pred(&v) || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
