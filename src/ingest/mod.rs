@@ -29,6 +29,7 @@
 pub mod dedupe;
 pub mod demo;
 pub mod lines;
+pub mod maillog;
 pub mod pool;
 pub mod scrape;
 pub mod socket;

@@ -1,0 +1,2 @@
+//! The mail-log line format: frame, parse, correlate and build, for each line in order.
+//! (Being written: issue 24.)
