@@ -33,6 +33,11 @@ pub trait LineFormat: Clone + Send + 'static {
     /// Per-chunk working space, reused for every line of the chunk (`()` if none is needed).
     type Scratch: Default;
 
+    /// True when a line's meaning depends on the lines before it (a mail log's queue ids and
+    /// sessions), so the stage parses one chunk at a time, in order, instead of several in
+    /// parallel. Such a format keeps its state behind an `Arc` shared by its clones.
+    const SEQUENTIAL: bool = false;
+
     /// Adds what line number `number` (1-based, counted over the whole stream) holds to `out`.
     /// `line` has no newline and is at most `max-line-bytes` long; it may be modified in
     /// place. `now` is the time to give events that carry none.

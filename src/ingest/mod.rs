@@ -400,7 +400,7 @@ pub fn parse_webhook_capped(
     Ok(out)
 }
 
-fn trim_mut(s: &mut [u8]) -> &mut [u8] {
+pub(crate) fn trim_mut(s: &mut [u8]) -> &mut [u8] {
     let start = s.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(s.len());
     let end = s.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |p| p + 1);
     &mut s[start..end]

@@ -110,7 +110,9 @@ where
     E: Reporter,
 {
     let max_line = hub.config.max_line_bytes;
-    let depth = parse_parallelism();
+    // A sequential format's chunks are parsed one at a time: its next chunk is handed out
+    // only once the one before it is parsed, so its state sees the lines in order.
+    let depth = if F::SEQUENTIAL { 1 } else { parse_parallelism() };
     let mut size = ChunkSize::new();
     let mut buf: Vec<u8> = Vec::with_capacity(size.0);
     let mut line_no = 1usize;
