@@ -463,6 +463,9 @@ impl Catalogue {
         for name in &self.key_names {
             let kind = if FOLDED_KEYS.contains(&name.as_str()) {
                 KeyKind::Folded
+            } else if name == "queueId" {
+                // A number in Stalwart, text in Postfix (`4F2A1C0`): see `KeyKind::Id`.
+                KeyKind::Id
             } else {
                 self.key_kinds.get(name).and_then(|k| KeyKind::from_name(k)).unwrap_or(KeyKind::String)
             };
@@ -526,7 +529,7 @@ mod tests {
         assert_eq!(keys.len(), 66);
         assert_eq!(keys.lookup_param("remote-ip").unwrap().1.kind, KeyKind::Ip);
         assert_eq!(keys.lookup_param("domain").unwrap().1.kind, KeyKind::Folded);
-        assert_eq!(keys.lookup_param("queue-id").unwrap().1.kind, KeyKind::Integer);
+        assert_eq!(keys.lookup_param("queue-id").unwrap().1.kind, KeyKind::Id);
     }
 
     #[test]

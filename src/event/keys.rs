@@ -31,6 +31,11 @@ pub enum KeyKind {
     Bool,
     /// A timestamp string, compared as text.
     Timestamp,
+    /// An identifier that is an integer for one producer and opaque text for another: a queue
+    /// id is a number in Stalwart and `4F2A1C0` or `4dQp3x1Zkz` in Postfix. A string of
+    /// digits compares as the number it spells (`0042` is `42`, as Stalwart's integer would
+    /// be written); anything else compares as it is, case and all.
+    Id,
 }
 
 impl KeyKind {
@@ -43,6 +48,7 @@ impl KeyKind {
             "integer" | "duration-ms" => KeyKind::Integer,
             "bool" => KeyKind::Bool,
             "timestamp" => KeyKind::Timestamp,
+            "id" => KeyKind::Id,
             _ => return None,
         })
     }
@@ -61,6 +67,15 @@ impl KeyKind {
                 }
                 Err(_) => push_lower(v, out),
             },
+            KeyKind::Id => {
+                let t = v.trim();
+                if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+                    let digits = t.trim_start_matches('0');
+                    out.push_str(if digits.is_empty() { "0" } else { digits });
+                } else {
+                    out.push_str(v);
+                }
+            }
             _ => out.push_str(v),
         }
     }
@@ -311,6 +326,14 @@ mod tests {
         assert!(KeyKind::Ip.canonical_query("10.0.0.300").is_err());
         assert_eq!(KeyKind::Integer.canonical_query(" 0042 ").unwrap(), "42");
         assert!(KeyKind::Integer.canonical_query("4x").is_err());
+        // Queue ids: Stalwart's numbers and Postfix's text compare in one kind.
+        assert_eq!(KeyKind::Id.canonical_query(" 0042 ").unwrap(), "42");
+        assert_eq!(KeyKind::Id.canonical_query("4F2A1C0").unwrap(), "4F2A1C0");
+        assert_eq!(KeyKind::Id.canonical_query("4dQp3x1Zkz").unwrap(), "4dQp3x1Zkz");
+        assert_eq!(KeyKind::Id.canonical_query("000").unwrap(), "0");
+        let mut out = String::new();
+        KeyKind::Id.canonical_str("0042", &mut out);
+        assert_eq!(out, "42");
         assert_eq!(KeyKind::Folded.canonical_query("Example.ORG").unwrap(), "example.org");
         assert_eq!(KeyKind::String.canonical_query("AbC").unwrap(), "AbC");
     }

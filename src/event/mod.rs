@@ -77,7 +77,12 @@ pub struct Event {
     pub level: Level,
     /// Span this event belongs to (`spanId` in the producer's data).
     pub span_id: Option<u64>,
-    /// True when the type closes its span.
+    /// The span this event's span was opened from (`parentSpanId` in the producer's data): a
+    /// Postfix message's SMTP session, a bounce's original message. A subscriber following
+    /// the parent follows this span too (`matcher::spans`).
+    pub parent_span: Option<u64>,
+    /// True when the type closes its span (or the source says the event does: a mail log's
+    /// `removed` line ends its message).
     pub span_end: bool,
     /// Creation time, seconds since the Unix epoch.
     pub created_at: i64,
@@ -318,6 +323,7 @@ impl<'c> EventBuilder<'c> {
         out.extend_from_slice(b"\",\"data\":{");
 
         let mut span_id = top_span;
+        let mut parent_span = None;
         let mut first = true;
         // Whether the full form is also the classic one, found by the walks this loop makes
         // anyway (the key lookup, the match-value walk): no pass of its own.
@@ -336,6 +342,11 @@ impl<'c> EventBuilder<'c> {
                     self.fields.push((id, a, self.canon.len() as u32));
                 }
                 continue;
+            }
+            if k.as_str() == "parentSpanId" {
+                // Kept in the JSON (it tells a reader where the span came from) and matchable
+                // like any key; the matcher also reads it to carry span following over.
+                parent_span = span_of(v);
             }
             if v.is_empty_value() {
                 continue;
@@ -372,6 +383,7 @@ impl<'c> EventBuilder<'c> {
             kind: info.name.clone(),
             level,
             span_id,
+            parent_span,
             span_end: info.span_end,
             created_at,
             json: Bytes::new(),

@@ -129,7 +129,7 @@ impl ShardWorker {
             idx.begin(scratch);
             idx.match_event(ev, scratch);
             if let Some(span) = ev.span_id {
-                spans.follow(span, ev.span_end, now, &idx, scratch);
+                spans.follow(span, ev.parent_span, ev.span_end, now, &idx, scratch);
             }
             for &d in &scratch.out {
                 let sub = idx.sub(d);

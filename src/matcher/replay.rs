@@ -360,7 +360,7 @@ impl ReplayMatcher {
         self.idx.begin(&mut self.scratch);
         self.idx.match_event(ev, &mut self.scratch);
         if let Some(span) = ev.span_id {
-            self.spans.follow(span, ev.span_end, 0, &self.idx, &mut self.scratch);
+            self.spans.follow(span, ev.parent_span, ev.span_end, 0, &self.idx, &mut self.scratch);
         }
         !self.scratch.out.is_empty()
     }

@@ -40,14 +40,33 @@ impl SpanTable {
     /// For an event of `span` already matched into `scratch.out`: adds the span's followers to
     /// the output, and records new followers among the filtered subscribers that matched.
     /// Subscribers without a filter are not recorded: they receive everything anyway.
+    ///
+    /// `parent` is the span `span` was opened from (a Postfix message's SMTP session): whoever
+    /// follows the parent receives this event and, from now on, follows `span` too, so
+    /// following a session also follows the messages it submitted and their deliveries. The
+    /// link is made once, by the event that carries it, and costs one lookup on that event
+    /// only.
     pub fn follow(
         &mut self,
         span: u64,
+        parent: Option<u64>,
         span_end: bool,
         now: u64,
         idx: &CompiledIndex,
         scratch: &mut Scratch,
     ) {
+        if let Some(parent) = parent.filter(|&p| p != span) {
+            if let Some(entry) = self.map.get_mut(&parent) {
+                entry.last_seen = now;
+                // The parent's followers are now in the output, so the loop below records them
+                // as the child's followers with the event's other filtered subscribers.
+                for &id in &entry.subs {
+                    if let Some(d) = idx.dense_of(id) {
+                        scratch.add_unique(d);
+                    }
+                }
+            }
+        }
         if let Some(entry) = self.map.get_mut(&span) {
             entry.last_seen = now;
             for &id in &entry.subs {
@@ -116,7 +135,7 @@ mod tests {
             let ev = b.build(&RawValue::parse_serde(json.as_bytes()).unwrap(), 0).unwrap();
             idx.begin(&mut s);
             idx.match_event(&ev, &mut s);
-            t.follow(ev.span_id.unwrap(), ev.span_end, now, &idx, &mut s);
+            t.follow(ev.span_id.unwrap(), ev.parent_span, ev.span_end, now, &idx, &mut s);
             s.out.len()
         };
         assert_eq!(run(r#"{"type":"smtp.ehlo","data":{"spanId":1}}"#, 0, &mut t), 0);
@@ -139,5 +158,32 @@ mod tests {
         assert!(t.len() <= 16);
         t.expire(10_000);
         assert!(t.is_empty());
+    }
+
+    /// Following a session follows the messages it opened (their first event names the session
+    /// as `parentSpanId`) and their later events, after the session itself has ended.
+    #[test]
+    fn a_parent_span_hands_its_followers_to_the_child() {
+        let (c, k) = Catalogue::with_keys(1024);
+        let q = parse_pairs("remote-ip=10.0.0.5", &k, &Limits::default()).unwrap();
+        let sub = Arc::new(Subscriber::new(7, q.expr, true, 64, None));
+        let idx = CompiledIndex::build(vec![sub], 1);
+        let mut b = EventBuilder::new(&c, &k);
+        let mut t = SpanTable::new(16, 1000);
+        let mut s = Scratch::default();
+        let mut run = |json: &str, t: &mut SpanTable| {
+            let ev = b.build(&RawValue::parse_serde(json.as_bytes()).unwrap(), 0).unwrap();
+            idx.begin(&mut s);
+            idx.match_event(&ev, &mut s);
+            t.follow(ev.span_id.unwrap(), ev.parent_span, ev.span_end, 1, &idx, &mut s);
+            s.out.len()
+        };
+        assert_eq!(run(r#"{"type":"smtp.connection-start","data":{"spanId":1,"remoteIp":"10.0.0.5"}}"#, &mut t), 1);
+        // A message of another session is not followed; one of this session is.
+        assert_eq!(run(r#"{"type":"postfix.client","data":{"spanId":20,"parentSpanId":2}}"#, &mut t), 0);
+        assert_eq!(run(r#"{"type":"postfix.client","data":{"spanId":10,"parentSpanId":1}}"#, &mut t), 1);
+        assert_eq!(run(r#"{"type":"smtp.connection-end","data":{"spanId":1}}"#, &mut t), 1);
+        assert_eq!(run(r#"{"type":"delivery.delivered","data":{"spanId":10,"to":"a@b.c"}}"#, &mut t), 1);
+        assert_eq!(run(r#"{"type":"delivery.delivered","data":{"spanId":20,"to":"a@b.c"}}"#, &mut t), 0);
     }
 }

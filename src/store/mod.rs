@@ -680,7 +680,7 @@ impl HistoryKeys {
         let get =
             |name: &str, kind: KeyKind| keys.lookup(name).or_else(|| keys.register(name, kind)).map(|k| k.0);
         HistoryKeys {
-            queue_id: get("queueId", KeyKind::Integer),
+            queue_id: get("queueId", KeyKind::Id),
             keywords: Self::KEYWORD_NAMES
                 .iter()
                 .filter_map(|n| get(n, if *n == "remoteIp" { KeyKind::Ip } else { KeyKind::Folded }))
