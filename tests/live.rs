@@ -241,7 +241,7 @@ async fn bad_queries_are_400_naming_the_parameter() {
         ("domian=example.org", Some("domian")),
         ("domain=example.org&level=loud", Some("level")),
         ("remote-ip=10.0.0.999", Some("remote-ip")),
-        ("queue-id=abc", Some("queue-id")),
+        ("remote-port=abc", Some("remote-port")),
         ("follow=maybe", Some("follow")),
         ("filter=a%01b", Some("filter")),
     ] {
