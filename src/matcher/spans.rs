@@ -178,7 +178,10 @@ mod tests {
             t.follow(ev.span_id.unwrap(), ev.parent_span, ev.span_end, 1, &idx, &mut s);
             s.out.len()
         };
-        assert_eq!(run(r#"{"type":"smtp.connection-start","data":{"spanId":1,"remoteIp":"10.0.0.5"}}"#, &mut t), 1);
+        assert_eq!(
+            run(r#"{"type":"smtp.connection-start","data":{"spanId":1,"remoteIp":"10.0.0.5"}}"#, &mut t),
+            1
+        );
         // A message of another session is not followed; one of this session is.
         assert_eq!(run(r#"{"type":"postfix.client","data":{"spanId":20,"parentSpanId":2}}"#, &mut t), 0);
         assert_eq!(run(r#"{"type":"postfix.client","data":{"spanId":10,"parentSpanId":1}}"#, &mut t), 1);

@@ -4,11 +4,13 @@
 //! syslog listener) hands to `stage::run_stream`. It is sequential (`SEQUENTIAL = true`):
 //! the correlator's state must see a host's lines in the order they were written.
 
-use super::correlate::Correlator;
+use super::correlate::{Correlator, Gauges, Link};
 use super::{dovecot, frame, postfix, LogRecord, Parsed, Val};
 use crate::event::{EventBuilder, RawValue};
 use crate::ingest::lines::LineFormat;
 use crate::ingest::ParsedBatch;
+use crate::metrics::model::Kind;
+use crate::metrics::push::MetricRecord;
 use parking_lot::Mutex;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -41,6 +43,49 @@ impl MailLog {
     /// zoneless timestamps.
     pub fn new(framing: Framing, utc_offset: i32) -> MailLog {
         MailLog { framing, utc_offset, state: Arc::new(Mutex::new(Correlator::default())) }
+    }
+
+    /// A format for another source of the same mail system, sharing this one's correlator:
+    /// a host's Postfix file and Dovecot file, or a file and a syslog listener, keep one set
+    /// of sessions, messages and gauges (their keys include the host and program, so they
+    /// do not mix).
+    pub fn sharing(&self, framing: Framing) -> MailLog {
+        MailLog { framing, utc_offset: self.utc_offset, state: self.state.clone() }
+    }
+
+    /// Forgets sessions and messages idle past their time-outs (a lost `disconnect` must not
+    /// keep a connection counted for ever); sources call it now and then.
+    pub fn expire(&self, now: i64) {
+        self.state.lock().expire(now);
+    }
+}
+
+/// The gauges the correlator derives, by catalogue name.
+fn gauge_records(g: Gauges) -> [(&'static str, u64); 4] {
+    [
+        ("smtp.active-connections", g.smtp),
+        ("imap.active-connections", g.imap),
+        ("pop3.active-connections", g.pop3),
+        ("queue.count", g.messages),
+    ]
+}
+
+/// Records the gauges in the chunk's metric samples (applied once the chunk is published),
+/// replacing this chunk's earlier readings so a chunk carries one of each.
+fn push_gauges(out: &mut ParsedBatch, number: usize, g: Gauges) {
+    for (name, value) in gauge_records(g) {
+        match out.samples.iter_mut().find(|(_, r)| r.name == name) {
+            Some((_, r)) => r.values[0] = value as f64,
+            None => out.samples.push((
+                number,
+                MetricRecord {
+                    name: name.to_string(),
+                    kind: Some(Kind::Gauge),
+                    values: smallvec::smallvec![value as f64],
+                    unit: None,
+                },
+            )),
+        }
     }
 }
 
@@ -75,21 +120,29 @@ impl LineFormat for MailLog {
         };
         let parsed =
             if is_dovecot(record.program) { dovecot::parse(&record) } else { postfix::parse(&record) };
+        let at = record.time.unwrap_or(now);
         let mut state = self.state.lock();
-        let link = state.link(&record, &parsed, now);
+        let before = state.gauges();
+        let link = state.link(&record, &parsed, at);
+        let after = state.gauges();
         drop(state);
-        let raw = to_raw(&record, &parsed, link, now);
+        let raw = to_raw(&record, &parsed, link, at);
+        let events = out.events.len();
         out.push_built(&raw, number, b, now);
+        if link.ends {
+            if let Some(ev) = out.events.get_mut(events).and_then(Arc::get_mut) {
+                // The message's `removed` line ends its span though its type does not.
+                ev.span_end = true;
+            }
+        }
+        if before != after {
+            push_gauges(out, number, after);
+        }
     }
 }
 
 /// The event object for a parsed line, with the spans the correlator gave it.
-fn to_raw<'a>(
-    rec: &LogRecord<'a>,
-    p: &Parsed<'a>,
-    link: super::correlate::Link,
-    now: i64,
-) -> RawValue<'a> {
+fn to_raw<'a>(_rec: &LogRecord<'a>, p: &Parsed<'a>, link: Link, at: i64) -> RawValue<'a> {
     let mut data: Vec<(Cow<'a, str>, RawValue<'a>)> = Vec::with_capacity(p.fields.len() + 4);
     if let Some(span) = link.span {
         data.push((Cow::Borrowed("spanId"), RawValue::UInt(span)));
@@ -105,9 +158,12 @@ fn to_raw<'a>(
         };
         data.push((Cow::Borrowed(k), v));
     }
+    if let Some(ms) = link.elapsed_ms {
+        data.push((Cow::Borrowed("elapsed"), RawValue::Int(ms)));
+    }
     let mut top = vec![
-        (Cow::Borrowed("type"), RawValue::Str(Cow::Borrowed(p.ty))),
-        (Cow::Borrowed("createdAt"), RawValue::Int(rec.time.unwrap_or(now))),
+        (Cow::Borrowed("type"), RawValue::Str(Cow::Borrowed(link.retype.unwrap_or(p.ty)))),
+        (Cow::Borrowed("createdAt"), RawValue::Int(at)),
         (Cow::Borrowed("data"), RawValue::Object(data)),
     ];
     if let Some(level) = p.level {
