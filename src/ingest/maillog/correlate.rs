@@ -148,7 +148,7 @@ impl Correlator {
             children: AHashMap::new(),
             // Fixed seeds: the keys only need to be spread, and a fixed hash keeps a test's
             // state reproducible.
-            hasher: ahash::RandomState::with_seeds(0x6c69_7665, 0x7461_70, 0x6d61_696c, 0x6c6f_67),
+            hasher: ahash::RandomState::with_seeds(0x6c69_7665, 0x0074_6170, 0x6d61_696c, 0x006c_6f67),
             next_span: fastrand::u64((1 << 40)..(1 << 52)),
             limits,
             gauges: Gauges::default(),
