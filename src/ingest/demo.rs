@@ -976,17 +976,17 @@ fn ts(now: i64, offset_secs: i64) -> Raw {
 /// the tick frequency (150 events/s is 1.5 per 10 ms tick) comes out exact with no drift.
 /// After a long stall only a quarter second's worth is caught up at once; the rest is
 /// skipped, because a burst of stale demo traffic helps no one.
-struct Pacer {
+pub(crate) struct Pacer {
     rate: u64,
     emitted: u64,
 }
 
 impl Pacer {
-    fn new(rate: u32) -> Pacer {
+    pub(crate) fn new(rate: u32) -> Pacer {
         Pacer { rate: u64::from(rate), emitted: 0 }
     }
 
-    fn due(&mut self, since_start: Duration) -> u64 {
+    pub(crate) fn due(&mut self, since_start: Duration) -> u64 {
         let target = u128::from(self.rate) * since_start.as_nanos() / 1_000_000_000;
         let target = u64::try_from(target).unwrap_or(u64::MAX);
         let cap = (self.rate / 4).max(1);
@@ -1001,7 +1001,7 @@ impl Pacer {
 }
 
 /// How often the demo source wakes up to publish what is due.
-const TICK: Duration = Duration::from_millis(10);
+pub(crate) const TICK: Duration = Duration::from_millis(10);
 /// Most events in one published batch, so that a high rate never asks for more ring slots
 /// than a modest ring has.
 const MAX_BATCH: u64 = 1024;

@@ -5,14 +5,14 @@
 //! the correlator's state must see a host's lines in the order they were written.
 
 use super::correlate::{Correlator, Gauges, Link};
-use super::{dovecot, frame, postfix, LogRecord, Parsed, Val};
-use crate::event::{EventBuilder, RawValue};
+use super::{dovecot, frame, postfix, Val};
+use crate::event::json::{JsonRef, Node, Text};
+use crate::event::{EventBuilder, Level};
 use crate::ingest::lines::LineFormat;
 use crate::ingest::ParsedBatch;
 use crate::metrics::model::Kind;
 use crate::metrics::push::MetricRecord;
 use parking_lot::Mutex;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// How a source's lines are framed.
@@ -35,6 +35,9 @@ fn is_dovecot(program: &str) -> bool {
 pub struct MailLog {
     framing: Framing,
     utc_offset: i32,
+    /// Replaying recorded lines (the demo): every event is given the time of parsing, not the
+    /// time in the line.
+    restamp: bool,
     state: Arc<Mutex<Correlator>>,
 }
 
@@ -42,7 +45,12 @@ impl MailLog {
     /// A format for one source; `utc_offset` (seconds east of UTC) is the zone of yearless,
     /// zoneless timestamps.
     pub fn new(framing: Framing, utc_offset: i32) -> MailLog {
-        MailLog { framing, utc_offset, state: Arc::new(Mutex::new(Correlator::default())) }
+        MailLog { framing, utc_offset, restamp: false, state: Arc::new(Mutex::new(Correlator::default())) }
+    }
+
+    /// A format for replaying recorded lines as if they were written now (the demo).
+    pub fn replaying(framing: Framing) -> MailLog {
+        MailLog { restamp: true, ..MailLog::new(framing, 0) }
     }
 
     /// A format for another source of the same mail system, sharing this one's correlator:
@@ -50,7 +58,7 @@ impl MailLog {
     /// of sessions, messages and gauges (their keys include the host and program, so they
     /// do not mix).
     pub fn sharing(&self, framing: Framing) -> MailLog {
-        MailLog { framing, utc_offset: self.utc_offset, state: self.state.clone() }
+        MailLog { framing, utc_offset: self.utc_offset, restamp: self.restamp, state: self.state.clone() }
     }
 
     /// Forgets sessions and messages idle past their time-outs (a lost `disconnect` must not
@@ -120,15 +128,21 @@ impl LineFormat for MailLog {
         };
         let parsed =
             if is_dovecot(record.program) { dovecot::parse(&record) } else { postfix::parse(&record) };
-        let at = record.time.unwrap_or(now);
+        let at = if self.restamp { now } else { record.time.unwrap_or(now) };
         let mut state = self.state.lock();
         let before = state.gauges();
         let link = state.link(&record, &parsed, at);
         let after = state.gauges();
         drop(state);
-        let raw = to_raw(&record, &parsed, link, at);
+        let line = LineEvent {
+            ty: link.retype.unwrap_or(parsed.ty),
+            at,
+            level: parsed.level.map(Level::as_str),
+            link,
+            fields: &parsed.fields,
+        };
         let events = out.events.len();
-        out.push_built(&raw, number, b, now);
+        out.push_built(LineJson::Event(&line), number, b, now);
         if link.ends {
             if let Some(ev) = out.events.get_mut(events).and_then(Arc::get_mut) {
                 // The message's `removed` line ends its span though its type does not.
@@ -141,33 +155,170 @@ impl LineFormat for MailLog {
     }
 }
 
-/// The event object for a parsed line, with the spans the correlator gave it.
-fn to_raw<'a>(_rec: &LogRecord<'a>, p: &Parsed<'a>, link: Link, at: i64) -> RawValue<'a> {
-    let mut data: Vec<(Cow<'a, str>, RawValue<'a>)> = Vec::with_capacity(p.fields.len() + 4);
-    if let Some(span) = link.span {
-        data.push((Cow::Borrowed("spanId"), RawValue::UInt(span)));
+/// One parsed line as the event object the builder reads, without building a tree: the
+/// builder walks it through [`JsonRef`] like any parsed JSON, so a log line costs no
+/// allocation before the event's own.
+struct LineEvent<'t> {
+    ty: &'t str,
+    at: i64,
+    level: Option<&'static str>,
+    link: Link,
+    fields: &'t [(&'static str, Val<'t>)],
+}
+
+impl<'t> LineEvent<'t> {
+    /// Members of the top object: `type`, `createdAt`, `level` (if overridden), `data`.
+    fn top_len(&self) -> usize {
+        3 + usize::from(self.level.is_some())
     }
-    if let Some(parent) = link.parent {
-        data.push((Cow::Borrowed("parentSpanId"), RawValue::UInt(parent)));
+
+    fn top(&'t self, i: usize) -> (Text<'t>, LineJson<'t>) {
+        match (i, self.level) {
+            (0, _) => (Text::clean("type"), LineJson::Str(Text::new(self.ty))),
+            (1, _) => (Text::clean("createdAt"), LineJson::Int(self.at)),
+            (2, Some(level)) => (Text::clean("level"), LineJson::Str(Text::clean(level))),
+            _ => (Text::clean("data"), LineJson::Data(self)),
+        }
     }
-    for &(k, v) in &p.fields {
-        let v = match v {
-            Val::Str(s) => RawValue::Str(Cow::Borrowed(s)),
-            Val::Int(i) => RawValue::Int(i),
-            Val::Bool(b) => RawValue::Bool(b),
-        };
-        data.push((Cow::Borrowed(k), v));
+
+    /// Members of `data`: `spanId`, `parentSpanId`, the parsed keys, then `elapsed` when the
+    /// correlator measured it.
+    fn data_len(&self) -> usize {
+        usize::from(self.link.span.is_some())
+            + usize::from(self.link.parent.is_some())
+            + self.fields.len()
+            + usize::from(self.link.elapsed_ms.is_some())
     }
-    if let Some(ms) = link.elapsed_ms {
-        data.push((Cow::Borrowed("elapsed"), RawValue::Int(ms)));
+
+    fn data(&'t self, mut i: usize) -> (Text<'t>, LineJson<'t>) {
+        if let Some(span) = self.link.span {
+            if i == 0 {
+                return (Text::clean("spanId"), LineJson::UInt(span));
+            }
+            i -= 1;
+        }
+        if let Some(parent) = self.link.parent {
+            if i == 0 {
+                return (Text::clean("parentSpanId"), LineJson::UInt(parent));
+            }
+            i -= 1;
+        }
+        match self.fields.get(i) {
+            Some(&(k, v)) => (
+                Text::clean(k),
+                match v {
+                    Val::Str(s) => LineJson::Str(Text::new(s)),
+                    Val::Int(n) => LineJson::Int(n),
+                    Val::Bool(b) => LineJson::Bool(b),
+                },
+            ),
+            None => (Text::clean("elapsed"), LineJson::Int(self.link.elapsed_ms.unwrap_or(0))),
+        }
     }
-    let mut top = vec![
-        (Cow::Borrowed("type"), RawValue::Str(Cow::Borrowed(link.retype.unwrap_or(p.ty)))),
-        (Cow::Borrowed("createdAt"), RawValue::Int(at)),
-        (Cow::Borrowed("data"), RawValue::Object(data)),
-    ];
-    if let Some(level) = p.level {
-        top.push((Cow::Borrowed("level"), RawValue::Str(Cow::Borrowed(level.as_str()))));
+}
+
+/// A handle on one value of a [`LineEvent`].
+#[derive(Clone, Copy)]
+enum LineJson<'t> {
+    Event(&'t LineEvent<'t>),
+    Data(&'t LineEvent<'t>),
+    Str(Text<'t>),
+    Int(i64),
+    UInt(u64),
+    Bool(bool),
+}
+
+/// The members of a [`LineEvent`]'s top object or its `data`.
+struct LineMembers<'t> {
+    ev: &'t LineEvent<'t>,
+    data: bool,
+    i: usize,
+    n: usize,
+}
+
+impl<'t> Iterator for LineMembers<'t> {
+    type Item = (Text<'t>, LineJson<'t>);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.i == self.n {
+            return None;
+        }
+        let i = self.i;
+        self.i += 1;
+        Some(if self.data { self.ev.data(i) } else { self.ev.top(i) })
     }
-    RawValue::Object(top)
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.n - self.i, Some(self.n - self.i))
+    }
+}
+
+impl ExactSizeIterator for LineMembers<'_> {}
+
+impl<'t> JsonRef<'t> for LineJson<'t> {
+    type Items = std::iter::Empty<LineJson<'t>>;
+    type Members = LineMembers<'t>;
+
+    fn node(self) -> Node<'t, Self> {
+        match self {
+            LineJson::Event(ev) => Node::Object(LineMembers { ev, data: false, i: 0, n: ev.top_len() }),
+            LineJson::Data(ev) => Node::Object(LineMembers { ev, data: true, i: 0, n: ev.data_len() }),
+            LineJson::Str(s) => Node::Str(s),
+            LineJson::Int(n) => Node::Int(n),
+            LineJson::UInt(n) => Node::UInt(n),
+            LineJson::Bool(b) => Node::Bool(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Catalogue, RawValue};
+    use crate::ingest::maillog::Parsed;
+
+    /// A line's event built through [`LineJson`] is byte for byte the event built from the
+    /// same object written as JSON: the walk has every member, in order, with its kind.
+    #[test]
+    fn line_events_build_as_their_json_does() {
+        let (c, k) = Catalogue::with_keys(1024);
+        let mut b = EventBuilder::new(&c, &k);
+        let mut p = Parsed::new("delivery.delivered");
+        p.push("to", Val::Str("a\"b@example.org"));
+        p.push("size", Val::Int(42));
+        p.push("tls", Val::Bool(true));
+        p.level = Some(Level::Warn);
+        let links = [
+            Link::default(),
+            Link { span: Some(7), parent: Some(3), ends: true, elapsed_ms: Some(2000), retype: None },
+        ];
+        for link in links {
+            let line = LineEvent {
+                ty: p.ty,
+                at: 1_800_000_000,
+                level: p.level.map(Level::as_str),
+                link,
+                fields: &p.fields,
+            };
+            let walked = b.build(LineJson::Event(&line), 0).unwrap();
+            // Written by hand: the members' order matters, and serde_json's map sorts them.
+            let mut data = String::new();
+            if let Some(s) = link.span {
+                data += &format!("\"spanId\":{s},");
+            }
+            if let Some(s) = link.parent {
+                data += &format!("\"parentSpanId\":{s},");
+            }
+            data += r#""to":"a\"b@example.org","size":42,"tls":true"#;
+            if let Some(ms) = link.elapsed_ms {
+                data += &format!(",\"elapsed\":{ms}");
+            }
+            let json = format!(
+                r#"{{"type":"delivery.delivered","createdAt":1800000000,"level":"warn","data":{{{data}}}}}"#
+            );
+            let tree = b.build(&RawValue::parse_serde(json.as_bytes()).unwrap(), 0).unwrap();
+            assert_eq!(walked.json, tree.json);
+            assert_eq!(walked.fields().collect::<Vec<_>>(), tree.fields().collect::<Vec<_>>());
+            assert_eq!((walked.span_id, walked.parent_span), (tree.span_id, tree.parent_span));
+            assert_eq!((walked.level, walked.created_at), (tree.level, tree.created_at));
+        }
+    }
 }

@@ -22,6 +22,7 @@
 //! parses about a million (`benches/maillog.rs`).
 
 pub mod correlate;
+pub mod demo;
 pub mod dovecot;
 pub mod format;
 pub mod frame;
