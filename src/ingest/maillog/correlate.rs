@@ -93,9 +93,11 @@ struct MessageState {
     activated: bool,
     /// The message was submitted by an authenticated client (`sasl_username=` on `client=`).
     authenticated: bool,
-    /// The span to name as the parent on the message's first event.
+    /// The span to name as the message's parent: its session, or the message a bounce
+    /// notification was made for.
     parent: Option<u64>,
-    /// The parent was named already (on the opening line).
+    /// The parent was named on an event already (the first event of the message that could
+    /// name it).
     linked: bool,
 }
 
@@ -328,14 +330,22 @@ impl Correlator {
             if let Some(child) = parsed.child_queue_id.filter(|q| !q.is_empty()) {
                 let child_key = self.key(rec.host, QUEUE, child, None);
                 let span = self.messages[&key].span;
-                if self.children.len() < self.limits.messages {
-                    self.children.insert(child_key, span);
+                match self.messages.get_mut(&child_key) {
+                    // Postfix's cleanup logs the notification's queue id before bounce names
+                    // it, so the child is usually open already: its next event names the
+                    // parent.
+                    Some(c) if c.parent.is_none() && c.span != span => c.parent = Some(span),
+                    Some(_) => {}
+                    None if self.children.len() < self.limits.messages => {
+                        self.children.insert(child_key, span);
+                    }
+                    None => {}
                 }
             }
             let st = self.messages.get_mut(&key).expect("opened above");
             st.last_seen = at;
             link.span = Some(st.span);
-            if !st.linked {
+            if !st.linked && st.parent.is_some() {
                 st.linked = true;
                 link.parent = st.parent;
             }
