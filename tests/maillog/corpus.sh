@@ -24,7 +24,7 @@ trap cleanup EXIT
 # wait_log FILE PATTERN SECONDS: polls FILE for an extended regular expression.
 wait_log() {
   local tries=0
-  until grep -qE "$2" "$1"; do
+  until grep -qsE "$2" "$1"; do
     tries=$((tries + 1))
     [ "$tries" -lt $(($3 * 10)) ] || {
       echo "corpus.sh: no line matching '$2' in $1 after $3 s" >&2
@@ -79,4 +79,5 @@ cp "$work/postfix.log" "$out/postfix.log"
 cp "$work/dovecot.log" "$out/dovecot.log"
 cp "$work/exporter.jsonl" "$out/dovecot-exporter.txt"
 cp "$work/env.txt" "$out/daemons.env"
-echo "corpus written to $out (work directory $work)"
+rm -rf "$work"
+echo "corpus written to $out"

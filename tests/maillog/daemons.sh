@@ -109,6 +109,7 @@ start() {
   command -v dovecot >/dev/null || die "dovecot is not installed (apt-get install dovecot-imapd dovecot-lmtpd dovecot-pop3d)"
   [ -x /usr/lib/dovecot/lmtp ] || die "dovecot's LMTP server is not installed (apt-get install dovecot-lmtpd)"
   [ -x /usr/lib/dovecot/imap ] || die "dovecot's IMAP server is not installed (apt-get install dovecot-imapd)"
+  [ -x /usr/lib/dovecot/pop3 ] || die "dovecot's POP3 server is not installed (apt-get install dovecot-pop3d)"
   getent passwd postfix >/dev/null || die "user postfix is missing (the postfix package creates it)"
   getent passwd dovenull >/dev/null || die "user dovenull is missing (the dovecot-core package creates it)"
 
@@ -419,13 +420,14 @@ EOF
 # children PID...: the pids of the direct children of the given processes, from /proc.
 children() {
   [ $# -gt 0 ] || return 0
-  local stat pid ppid rest
+  local stat pid ppid rest p
   for stat in /proc/[0-9]*/stat; do
-    # The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+    # The command name (field 2) may hold spaces; the fields after its closing parenthesis do
+    # not: state, then the parent's pid.
     { read -r rest <"$stat"; } 2>/dev/null || continue
     pid=${rest%% *}
     rest=${rest##*) }
-    ppid=$(echo "$rest" | cut -d' ' -f2)
+    read -r _ ppid _ <<<"$rest"
     for p in "$@"; do
       [ "$ppid" = "$p" ] && echo "$pid"
     done
