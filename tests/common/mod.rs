@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+pub mod maillog;
+
 /// The admin token every test server is started with.
 pub const TOKEN: &str = "integration-test-admin-token-0123";
 
