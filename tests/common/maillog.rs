@@ -166,12 +166,32 @@ impl MailHost {
     /// `start` with extra environment for `daemons.sh` (its knobs: MAILLOG_QUEUE_LIFETIME,
     /// MAILLOG_RETRY, MAILLOG_GREET_WAIT). Panics on any failure; call `available` first.
     pub fn start_with(livetap_url: Option<&str>, env: &[(&str, &str)]) -> MailHost {
+        MailHost::start_in(MailHost::fresh_dir(), livetap_url, env)
+    }
+
+    /// A fresh directory for [`MailHost::start_in`]. Its log files will be
+    /// [`MailHost::postfix_log_in`] and [`MailHost::dovecot_log_in`], so a reader can be pointed
+    /// at them before the daemons start (and livetap's Dovecot exporter URL is known only once
+    /// livetap runs).
+    pub fn fresh_dir() -> tempfile::TempDir {
         // Short, fixed parent: Unix socket paths (Dovecot's base_dir holds them) are limited to
         // 107 bytes, and TMPDIR may be long.
-        let dir = tempfile::Builder::new()
-            .prefix("livetap-mail.")
-            .tempdir_in("/tmp")
-            .expect("a temporary directory");
+        tempfile::Builder::new().prefix("livetap-mail.").tempdir_in("/tmp").expect("a temporary directory")
+    }
+
+    /// Where Postfix's log will be in a directory made by [`MailHost::fresh_dir`].
+    pub fn postfix_log_in(dir: &Path) -> PathBuf {
+        dir.join("postfix.log")
+    }
+
+    /// Where Dovecot's log will be in a directory made by [`MailHost::fresh_dir`].
+    pub fn dovecot_log_in(dir: &Path) -> PathBuf {
+        dir.join("dovecot.log")
+    }
+
+    /// `start_with` in a directory the caller made with [`MailHost::fresh_dir`] (removed when
+    /// the host is dropped). Panics on any failure; call `available` first.
+    pub fn start_in(dir: tempfile::TempDir, livetap_url: Option<&str>, env: &[(&str, &str)]) -> MailHost {
         let mut cmd = Command::new("bash");
         cmd.arg(scripts_dir().join("daemons.sh")).arg("start").arg(dir.path());
         if let Some(url) = livetap_url {
@@ -247,11 +267,24 @@ impl MailHost {
         self.run_traffic(true)
     }
 
+    /// `traffic` plus the named extras only (`non_smtp_command`, `bounced`, ...: the step names
+    /// of `traffic.py`), run after the base traffic in the order given.
+    pub fn traffic_with(&self, extras: &[&str]) -> Value {
+        self.run_traffic_args(false, extras)
+    }
+
     fn run_traffic(&self, extras: bool) -> Value {
+        self.run_traffic_args(extras, &[])
+    }
+
+    fn run_traffic_args(&self, extras: bool, chosen: &[&str]) -> Value {
         let mut cmd = Command::new("python3");
         cmd.arg(scripts_dir().join("traffic.py"));
         if extras {
             cmd.arg("--extras");
+        }
+        for step in chosen {
+            cmd.arg("--with").arg(step);
         }
         cmd.args(self.vars.iter().map(|(k, v)| format!("{k}={v}")));
         let done = run_with_deadline(cmd, "traffic.py", SCRIPT_DEADLINE);

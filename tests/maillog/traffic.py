@@ -2,7 +2,7 @@
 # tests/maillog/traffic.py: drives the issue-24 traffic against the throwaway Postfix and
 # Dovecot of daemons.sh with Python's own smtplib, imaplib and poplib, and reports it as JSON.
 #
-# Usage: traffic.py [--extras] KEY=VALUE...
+# Usage: traffic.py [--extras] [--with STEP]... KEY=VALUE...
 # The KEY=VALUE arguments are daemons.sh's start output (SMTP_PORT, IMAP_PORT, USER, PASSWORD,
 # LOCAL_DOMAIN, DEFERRED_DOMAIN; with --extras also POSTSCREEN_PORT, POP3_PORT,
 # POSTFIX_CONFIG, BOUNCED_ADDRESS and TLS); HOST defaults to 127.0.0.1.
@@ -19,7 +19,8 @@
 #   imap_login_failed  IMAP LOGIN with a wrong password
 # --extras adds the corpus's rarer cases: relay denied, STARTTLS, an authenticated submission,
 # a lost connection, an immediate bounce, a non-SMTP command, postscreen's pregreet rejection and a clean
-# postscreen pass, a sendmail pickup, POP3 logins.
+# postscreen pass, a sendmail pickup, POP3 logins. --with STEP adds one of those extras by name
+# (after the base traffic), for a test that wants one rare case without all the others.
 #
 # Output (stdout): one JSON object, a key per step with what was sent and what the server
 # answered: from, to, message_id, the client's local port, the reply code and text, and the
@@ -47,10 +48,14 @@ class TrafficError(Exception):
 
 def parse_args(argv):
     extras = False
+    chosen = []
     env = {"HOST": "127.0.0.1"}
-    for arg in argv:
+    args = iter(argv)
+    for arg in args:
         if arg == "--extras":
             extras = True
+        elif arg == "--with":
+            chosen.append(next(args, ""))
         elif "=" in arg:
             key, value = arg.split("=", 1)
             env[key] = value
@@ -59,7 +64,7 @@ def parse_args(argv):
     for key in ("SMTP_PORT", "IMAP_PORT", "USER", "PASSWORD", "LOCAL_DOMAIN", "DEFERRED_DOMAIN"):
         if key not in env:
             raise SystemExit("traffic.py: missing %s=..." % key)
-    return extras, env
+    return extras, chosen, env
 
 
 def text(resp):
@@ -383,7 +388,7 @@ def pop3(env, step, password, ok):
 
 
 def main():
-    extras, env = parse_args(sys.argv[1:])
+    extras, chosen, env = parse_args(sys.argv[1:])
     out = {}
     steps = [
         ("delivered", delivered),
@@ -393,21 +398,28 @@ def main():
         ("imap_login", imap_login),
         ("imap_login_failed", imap_login_failed),
     ]
+    extra_steps = [
+        ("relay_denied", relay_denied),
+        ("authenticated", authenticated),
+        ("lost_connection", lost_connection),
+        ("bounced", bounced),
+        ("non_smtp_command", non_smtp_command),
+        ("postscreen_pregreet", postscreen_pregreet),
+        ("postscreen_pass", postscreen_pass),
+        ("pickup", pickup),
+        ("pop3_login", lambda e: pop3(e, "pop3_login", e["PASSWORD"], True)),
+        ("pop3_login_failed", lambda e: pop3(e, "pop3_login_failed", e["PASSWORD"] + "-wrong", False)),
+        ("starttls", starttls),
+    ]
     if extras:
-        steps += [
-            ("relay_denied", relay_denied),
-            ("authenticated", authenticated),
-            ("lost_connection", lost_connection),
-            ("bounced", bounced),
-            ("non_smtp_command", non_smtp_command),
-            ("postscreen_pregreet", postscreen_pregreet),
-            ("postscreen_pass", postscreen_pass),
-            ("pickup", pickup),
-            ("pop3_login", lambda e: pop3(e, "pop3_login", e["PASSWORD"], True)),
-            ("pop3_login_failed", lambda e: pop3(e, "pop3_login_failed", e["PASSWORD"] + "-wrong", False)),
-        ]
-        if env.get("TLS") == "yes":
-            steps.append(("starttls", starttls))
+        # STARTTLS only when daemons.sh could make a certificate.
+        steps += [s for s in extra_steps if s[0] != "starttls" or env.get("TLS") == "yes"]
+    known = dict(extra_steps)
+    for name in chosen:
+        if name not in known:
+            raise SystemExit("traffic.py: --with %r: not one of %s" % (name, ", ".join(known)))
+        if not extras:
+            steps.append((name, known[name]))
     for name, step in steps:
         try:
             out[name] = step(env)
