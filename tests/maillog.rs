@@ -326,7 +326,7 @@ async fn metrics_until(
 // The daemons' side
 // ---------------------------------------------------------------------------------------
 
-/// The Argon2 hash of `password`, from `livetap hash-password`.
+/// The Argon2 hash of `password`, from `livetap hash-password` (killed after the deadline).
 fn hash_password(password: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_livetap"))
         .arg("hash-password")
@@ -337,8 +337,18 @@ fn hash_password(password: &str) -> String {
         .expect("run livetap hash-password");
     {
         use std::io::Write as _;
+        // Dropping stdin at the end of this block closes it: the password is one line.
         let mut stdin = child.stdin.take().expect("piped stdin");
         writeln!(stdin, "{password}").expect("write the password");
+    }
+    let end = std::time::Instant::now() + DEADLINE;
+    while child.try_wait().expect("wait for hash-password").is_none() {
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("livetap hash-password did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let out = child.wait_with_output().expect("livetap hash-password");
     assert!(out.status.success(), "hash-password: {}", String::from_utf8_lossy(&out.stderr));
