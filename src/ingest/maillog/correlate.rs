@@ -176,6 +176,15 @@ impl Correlator {
         self.next_span
     }
 
+    /// A new session's span. A Dovecot session's is a hash of its id, so its log lines and
+    /// its exporter events (`maillog::exporter`, which keeps no state) land in one span.
+    fn session_span(&mut self, session: Session<'_>) -> u64 {
+        match session {
+            Session::Named { scope: "dovecot", id } => super::exporter::session_span(id),
+            _ => self.new_span(),
+        }
+    }
+
     fn session_key(&self, rec: &LogRecord<'_>, session: Session<'_>) -> Option<u64> {
         match session {
             Session::None => None,
@@ -206,11 +215,11 @@ impl Correlator {
         *g = if up { *g + 1 } else { g.saturating_sub(1) };
     }
 
-    fn open_session(&mut self, key: u64, kind: SessionKind, now: i64) -> u64 {
+    fn open_session(&mut self, key: u64, session: Session<'_>, kind: SessionKind, now: i64) -> u64 {
         if self.sessions.len() >= self.limits.sessions && !self.sessions.contains_key(&key) {
             self.evict_sessions(now);
         }
-        let span = self.new_span();
+        let span = self.session_span(session);
         let st = SessionState { span, opened_at: now, last_seen: now, kind };
         if let Some(old) = self.sessions.insert(key, st) {
             self.count_session(old.kind, false);
@@ -379,11 +388,11 @@ impl Correlator {
                 if parsed.opens == Opens::Session { Self::kind_of(rec, parsed) } else { SessionKind::Other };
             if parsed.closes && parsed.opens != Opens::Session {
                 // A lone closing line: give it a span of its own and keep nothing.
-                link.span = Some(self.new_span());
+                link.span = Some(self.session_span(parsed.session));
                 link.ends = true;
                 return link;
             }
-            self.open_session(key, kind, at);
+            self.open_session(key, parsed.session, kind, at);
         }
         let st = self.sessions.get_mut(&key).expect("opened above");
         st.last_seen = at;
