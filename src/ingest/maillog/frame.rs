@@ -480,12 +480,12 @@ pub fn parse_journal(line: &mut [u8]) -> Option<LogRecord<'_>> {
     let message = text(f.message)?;
     let program = text(f.identifier).or_else(|| text(f.comm)).unwrap_or("");
     let pid = text(f.syslog_pid).and_then(parse_pid).or_else(|| text(f.pid).and_then(parse_pid));
-    let time = text(f.realtime).and_then(|t| parse_pid_u64(t)).map(|us| (us / 1_000_000) as i64);
+    let time = text(f.realtime).and_then(parse_u64).map(|us| (us / 1_000_000) as i64);
     Some(LogRecord { time, host: text(f.hostname).unwrap_or(""), program, pid, message })
 }
 
 /// A decimal `u64` (digits only).
-fn parse_pid_u64(s: &str) -> Option<u64> {
+fn parse_u64(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
         return None;
     }
@@ -583,7 +583,10 @@ fn unescape_in_place(b: &mut [u8], start: usize) -> Option<((usize, usize), usiz
             b't' => ('\t', 2),
             b'u' => {
                 let hi = hex4(b, r + 2)?;
-                if (0xD800..0xDC00).contains(&hi) && b.get(r + 6) == Some(&b'\\') && b.get(r + 7) == Some(&b'u') {
+                if (0xD800..0xDC00).contains(&hi)
+                    && b.get(r + 6) == Some(&b'\\')
+                    && b.get(r + 7) == Some(&b'u')
+                {
                     match hex4(b, r + 8) {
                         Some(lo) if (0xDC00..0xE000).contains(&lo) => {
                             let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
@@ -687,7 +690,13 @@ mod tests {
         days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s
     }
 
-    fn rec<'a>(time: Option<i64>, host: &'a str, program: &'a str, pid: Option<u32>, message: &'a str) -> LogRecord<'a> {
+    fn rec<'a>(
+        time: Option<i64>,
+        host: &'a str,
+        program: &'a str,
+        pid: Option<u32>,
+        message: &'a str,
+    ) -> LogRecord<'a> {
         LogRecord { time, host, program, pid, message }
     }
 
@@ -722,7 +731,8 @@ mod tests {
         let r = parse_line("Dec  7 13:00:00 mx postfix-out/qmgr: 4F2A1C0: removed", &c).unwrap();
         assert_eq!((r.program, r.pid, r.message), ("postfix-out/qmgr", None, "4F2A1C0: removed"));
         // The message is kept as written, colons and brackets included; it may be empty.
-        let r = parse_line("Dec  7 13:00:00 mx postfix/smtp[7]: 4F2A: to=<a@b>, relay=x[1.2.3.4]:25", &c).unwrap();
+        let r = parse_line("Dec  7 13:00:00 mx postfix/smtp[7]: 4F2A: to=<a@b>, relay=x[1.2.3.4]:25", &c)
+            .unwrap();
         assert_eq!(r.message, "4F2A: to=<a@b>, relay=x[1.2.3.4]:25");
         assert_eq!(parse_line("Dec  7 13:00:00 mx postfix/smtpd[1]:", &c).unwrap().message, "");
         // A host-less file line.
@@ -735,7 +745,10 @@ mod tests {
         // The clock's zone does not apply to a time that names its own.
         let c = Clock { now: DEC7, utc_offset: -5 * 3600 };
         let line = "2026-12-07T13:00:00.123456+01:00 mx postfix/smtpd[812]: disconnect from x";
-        assert_eq!(parse_line(line, &c), Some(rec(Some(DEC7 - 3600), "mx", "postfix/smtpd", Some(812), "disconnect from x")));
+        assert_eq!(
+            parse_line(line, &c),
+            Some(rec(Some(DEC7 - 3600), "mx", "postfix/smtpd", Some(812), "disconnect from x"))
+        );
         for (ts, t) in [
             ("2026-12-07T13:00:00Z", DEC7),
             ("2026-12-07t13:00:00.5z", DEC7),
@@ -784,7 +797,10 @@ mod tests {
     fn rfc5424() {
         let c = utc(DEC7);
         let want = rec(Some(DEC7), "mx", "postfix/smtpd", Some(812), "connect from x");
-        assert_eq!(parse_line("<22>1 2026-12-07T13:00:00.1Z mx postfix/smtpd 812 - - connect from x", &c), Some(want));
+        assert_eq!(
+            parse_line("<22>1 2026-12-07T13:00:00.1Z mx postfix/smtpd 812 - - connect from x", &c),
+            Some(want)
+        );
         // Structured data, several elements, escapes inside values.
         let line = r#"<22>1 2026-12-07T14:00:00+01:00 mx postfix/smtpd 812 ID47 [a@1 k="v \"q\" \]"][b@2 x="]"] connect from x"#;
         assert_eq!(parse_line(line, &c), Some(want));
@@ -821,7 +837,13 @@ mod tests {
         let c = utc(DEC7);
         // Written by Dovecot 2.3.19.1 with its default log_timestamp ("%b %d %H:%M:%S ").
         let line = "Dec 07 13:00:00 master: Info: Dovecot v2.3.19.1 (9b53102964) starting up for imap";
-        let want = rec(Some(DEC7), "", "dovecot", None, "master: Info: Dovecot v2.3.19.1 (9b53102964) starting up for imap");
+        let want = rec(
+            Some(DEC7),
+            "",
+            "dovecot",
+            None,
+            "master: Info: Dovecot v2.3.19.1 (9b53102964) starting up for imap",
+        );
         assert_eq!(parse_line(line, &c), Some(want));
         for msg in [
             "imap-login: Info: Login: user=<bob>, method=PLAIN, rip=203.0.113.7, lip=127.0.0.1, session=<abc>",
@@ -834,10 +856,16 @@ mod tests {
             assert_eq!(parse_line(&line, &c), Some(rec(Some(DEC7), "", "dovecot", None, msg)), "{line}");
         }
         let r = parse_line("2026-12-07 13:00:00 lmtp(4243): Info: Connect from local", &c).unwrap();
-        assert_eq!((r.time, r.program, r.message), (Some(DEC7), "dovecot", "lmtp(4243): Info: Connect from local"));
+        assert_eq!(
+            (r.time, r.program, r.message),
+            (Some(DEC7), "dovecot", "lmtp(4243): Info: Connect from local")
+        );
         // Dovecot through syslog is an ordinary tagged line.
         let r = parse_line("Dec  7 13:00:00 mx dovecot[77]: imap-login: Login: user=<bob>", &c).unwrap();
-        assert_eq!((r.host, r.program, r.pid, r.message), ("mx", "dovecot", Some(77), "imap-login: Login: user=<bob>"));
+        assert_eq!(
+            (r.host, r.program, r.pid, r.message),
+            ("mx", "dovecot", Some(77), "imap-login: Login: user=<bob>")
+        );
     }
 
     #[test]
@@ -873,13 +901,22 @@ mod tests {
     fn february_29() {
         // In a leap year.
         let now = at(2028, 3, 1, 0, 0, 0);
-        assert_eq!(parse_line("Feb 29 12:00:00 mx p[1]: m", &utc(now)).unwrap().time, Some(at(2028, 2, 29, 12, 0, 0)));
+        assert_eq!(
+            parse_line("Feb 29 12:00:00 mx p[1]: m", &utc(now)).unwrap().time,
+            Some(at(2028, 2, 29, 12, 0, 0))
+        );
         // Read in January of the year before: next year's is the nearest that exists.
         let now = at(2027, 1, 5, 0, 0, 0);
-        assert_eq!(parse_line("Feb 29 12:00:00 mx p[1]: m", &utc(now)).unwrap().time, Some(at(2028, 2, 29, 12, 0, 0)));
+        assert_eq!(
+            parse_line("Feb 29 12:00:00 mx p[1]: m", &utc(now)).unwrap().time,
+            Some(at(2028, 2, 29, 12, 0, 0))
+        );
         // Read on New Year's Day after a leap year: last year's.
         let now = at(2029, 1, 1, 0, 0, 0);
-        assert_eq!(parse_line("Feb 29 12:00:00 mx p[1]: m", &utc(now)).unwrap().time, Some(at(2028, 2, 29, 12, 0, 0)));
+        assert_eq!(
+            parse_line("Feb 29 12:00:00 mx p[1]: m", &utc(now)).unwrap().time,
+            Some(at(2028, 2, 29, 12, 0, 0))
+        );
         // Far from any leap year, and a day no month has: the line is kept, without a time.
         let r = parse_line("Feb 29 12:00:00 mx p[1]: m", &utc(at(2026, 6, 1, 0, 0, 0))).unwrap();
         assert_eq!((r.time, r.program), (None, "p"));
@@ -944,7 +981,10 @@ mod tests {
         assert_eq!(parse_line("Dec  7 13:00:00 mx p[1]: m", &utc(i64::MIN)).unwrap().time, None);
     }
 
-    fn journal(line: &str) -> Option<(Option<i64>, String, String, Option<u32>, String)> {
+    /// A journal entry's record, owned: time, host, program, pid, message.
+    type Owned = (Option<i64>, String, String, Option<u32>, String);
+
+    fn journal(line: &str) -> Option<Owned> {
         let mut bytes = line.as_bytes().to_vec();
         parse_journal(&mut bytes)
             .map(|r| (r.time, r.host.to_string(), r.program.to_string(), r.pid, r.message.to_string()))
@@ -955,7 +995,13 @@ mod tests {
         let line = r#"{"__CURSOR":"s=1;i=2","__REALTIME_TIMESTAMP":"1796648400123456","__MONOTONIC_TIMESTAMP":"5","_BOOT_ID":"x","_HOSTNAME":"mx","SYSLOG_FACILITY":"2","SYSLOG_IDENTIFIER":"postfix/smtpd","SYSLOG_PID":"812","_PID":"812","_COMM":"smtpd","MESSAGE":"connect from unknown[203.0.113.7]"}"#;
         assert_eq!(
             journal(line),
-            Some((Some(DEC7), "mx".into(), "postfix/smtpd".into(), Some(812), "connect from unknown[203.0.113.7]".into()))
+            Some((
+                Some(DEC7),
+                "mx".into(),
+                "postfix/smtpd".into(),
+                Some(812),
+                "connect from unknown[203.0.113.7]".into()
+            ))
         );
         // White space anywhere JSON allows it, and other kinds of values that are skipped.
         let line = " { \"MESSAGE\" : \"m\" , \"X\" : [1, {\"a\": [\"]\"]}], \"Y\": null, \"Z\": {\"q\": \"}\"} , \"_PID\" : \"9\" } ";
@@ -977,7 +1023,9 @@ mod tests {
         let long = "x".repeat(5000);
         let j = journal(&format!(r#"{{"MESSAGE":"{long}\n{long}"}}"#)).unwrap();
         assert_eq!(j.4, format!("{long}\n{long}"));
-        for bad in [r#"{"MESSAGE":"\x"}"#, r#"{"MESSAGE":"\u12"}"#, r#"{"MESSAGE":"\u12g4"}"#, r#"{"MESSAGE":"abc"#] {
+        for bad in
+            [r#"{"MESSAGE":"\x"}"#, r#"{"MESSAGE":"\u12"}"#, r#"{"MESSAGE":"\u12g4"}"#, r#"{"MESSAGE":"abc"#]
+        {
             assert_eq!(journal(bad), None, "{bad}");
         }
     }
