@@ -450,3 +450,46 @@ fn the_readme_source_snippet_is_a_valid_config() {
     c.validate().unwrap();
     assert_eq!(c.source.len(), 2, "{toml}");
 }
+
+#[tokio::test]
+async fn tcp_syslog_connections_past_the_cap_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let lt = Livetap::start(&["--syslog-listen", "tcp://127.0.0.1:0"]);
+    let tcp = banner_addr(&lt, "tcp");
+    let mut sse = subscribe(lt.addr).await;
+    // 64 connections are served: each sends a line that arrives.
+    let mut open = Vec::new();
+    for n in 0..64 {
+        let mut c = tokio::net::TcpStream::connect(&tcp).await.unwrap();
+        c.write_all(format!("<22>Dec  7 13:00:00 mx postfix/smtpd[1]: seq={n} held open\n").as_bytes())
+            .await
+            .unwrap();
+        open.push(c);
+    }
+    let mut got = Vec::new();
+    let c = sse.collect(64, DEADLINE).await;
+    got.extend(c.events.iter().map(|e| e["data"]["details"].as_str().unwrap_or("").to_string()));
+    assert_eq!(got.len(), 64, "{got:?}");
+    // The next is closed at once, unread.
+    let mut extra = tokio::net::TcpStream::connect(&tcp).await.unwrap();
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(DEADLINE, extra.read(&mut buf)).await.expect("closed by livetap");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    // Once one closes, a new connection is served again (retried until the place is free:
+    // the closed connection's stream ends on its own schedule).
+    drop(open.pop());
+    let mut attempts = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    'served: loop {
+        let mut c = tokio::net::TcpStream::connect(&tcp).await.unwrap();
+        let _ = c.write_all(b"<22>Dec  7 13:00:00 mx postfix/smtpd[1]: after a place was freed\n").await;
+        attempts.push(c);
+        let more = sse.collect_until(Duration::from_millis(500), |c| !c.events.is_empty()).await;
+        for e in &more.events {
+            if e["data"]["details"] == "after a place was freed" {
+                break 'served;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no connection was served after one closed");
+    }
+}

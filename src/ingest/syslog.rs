@@ -35,15 +35,17 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, UdpSocket, UnixDatagram};
 use tokio::sync::mpsc;
 
-/// Bytes of datagrams queued for parsing at most (each counted with [`DATAGRAM_OVERHEAD`]).
+/// Bytes of datagrams queued for parsing at most (each counted with a fixed overhead too).
 pub const QUEUE_BYTES: usize = 4 << 20;
 /// What a queued datagram costs beyond its bytes (its allocation and queue slot), so a flood
 /// of tiny datagrams is bounded too.
 const DATAGRAM_OVERHEAD: usize = 64;
 /// The largest datagram read whole (a UDP datagram's payload is at most 65,507 bytes).
 const DATAGRAM_MAX: usize = 64 * 1024;
-/// TCP connections served at once.
-pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// TCP connections served at once. A host forwards through one connection per relay (rsyslog,
+/// syslog-ng), so a few dozen is plenty; the cap bounds what connections can hold, each up to
+/// `max-line-bytes` of a long line.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
 
 /// A bound syslog listener.
 pub struct SyslogListener {
