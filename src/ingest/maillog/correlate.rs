@@ -127,6 +127,9 @@ pub struct Correlator {
     next_span: u64,
     limits: Limits,
     gauges: Gauges,
+    /// The latest line time seen: idleness is measured against the log's own clock, so a
+    /// source catching up on old lines (`--from-start`) does not expire what it just read.
+    newest: i64,
 }
 
 impl Default for Correlator {
@@ -154,6 +157,7 @@ impl Correlator {
             next_span: fastrand::u64((1 << 40)..(1 << 52)),
             limits,
             gauges: Gauges::default(),
+            newest: i64::MIN,
         }
     }
 
@@ -301,8 +305,11 @@ impl Correlator {
     }
 
     /// Drops every entry idle past its time-out: called now and then by the source (a
-    /// session whose `disconnect` was lost must not count as active for ever).
+    /// session whose `disconnect` was lost must not count as active for ever). Idleness is
+    /// measured against the newest line seen, never later than `now`: a log read from its
+    /// start is measured by its own clock, and a quiet log keeps its state until it speaks.
     pub fn expire(&mut self, now: i64) {
+        let now = now.min(self.newest);
         let (s, m) = (self.limits.session_idle_secs, self.limits.message_idle_secs);
         let mut dropped = Vec::new();
         self.sessions.retain(|_, st| {
@@ -323,6 +330,7 @@ impl Correlator {
     /// state as the line says.
     pub fn link(&mut self, rec: &LogRecord<'_>, parsed: &Parsed<'_>, at: i64) -> Link {
         let mut link = Link::default();
+        self.newest = self.newest.max(at);
         let session_key = self.session_key(rec, parsed.session);
         if let Some(queue_id) = parsed.queue_id.filter(|q| !q.is_empty()) {
             let key = self.key(rec.host, QUEUE, queue_id, None);
@@ -589,6 +597,11 @@ mod tests {
         assert!(c.sessions.len() <= 100 && c.messages.len() <= 100);
         assert_eq!(c.gauges().smtp as usize, c.sessions.len());
         assert_eq!(c.gauges().messages as usize, c.messages.len());
+        // Measured by the log's clock: nothing is idle yet at the newest line's time ...
+        c.expire(1_000);
+        assert!(c.gauges().smtp > 0);
+        // ... and everything is once the log has moved on.
+        c.link(&rec("postfix/qmgr", 1, ""), &line("postfix.log", None, Session::None, Opens::Nothing), 1_000);
         c.expire(1_000);
         assert_eq!(c.gauges(), Gauges::default());
     }
