@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use livetap::auth::{resolve_admin_token, TokenOrigin};
 use livetap::config::{Config, Overrides};
 use livetap::event::catalogue::Generation;
+use livetap::ingest::logsource::{
+    FileSource, JournalConfig, ListenAddr, LogZone, SourceConfig, SyslogConfig,
+};
 use livetap::Server;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -73,6 +76,24 @@ struct Cli {
     /// Serve plain HTTP on a non-loopback --listen address (prefer [tls] in the config).
     #[arg(long)]
     allow_plain_http: bool,
+    /// Follow a Postfix log file like `tail -F` (repeatable).
+    #[arg(long, value_name = "PATH")]
+    postfix_log: Vec<PathBuf>,
+    /// Follow a Dovecot log file (its log_path) like `tail -F` (repeatable).
+    #[arg(long, value_name = "PATH")]
+    dovecot_log: Vec<PathBuf>,
+    /// Read the log files and the journal from their start instead of their end.
+    #[arg(long)]
+    from_start: bool,
+    /// Read Postfix's and Dovecot's entries from the systemd journal (journalctl).
+    #[arg(long)]
+    journal: bool,
+    /// Receive syslog: udp://HOST:PORT, tcp://HOST:PORT or unix:///PATH (repeatable).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    syslog_listen: Vec<ListenAddr>,
+    /// Zone of log timestamps without one (Dec  7 13:00:00): local (default), UTC or +HH:MM.
+    #[arg(long, value_name = "OFFSET", value_parser = parse_zone)]
+    log_utc_offset: Option<LogZone>,
 }
 
 // Parsed once per process, so the size of the largest variant does not matter.
@@ -149,6 +170,28 @@ struct Window {
     /// Items per page.
     #[arg(long)]
     limit: Option<usize>,
+}
+
+/// Parses `--syslog-listen`.
+fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    s.parse().map_err(|e: livetap::ingest::logsource::SourceError| e.to_string())
+}
+
+/// Parses `--log-utc-offset`.
+fn parse_zone(s: &str) -> Result<LogZone, String> {
+    s.parse().map_err(|e: livetap::ingest::logsource::SourceError| e.to_string())
+}
+
+/// The mail-log sources given as flags.
+fn flag_sources(cli: &Cli) -> Vec<SourceConfig> {
+    let files = cli.postfix_log.iter().chain(&cli.dovecot_log);
+    let mut out: Vec<SourceConfig> =
+        files.map(|p| SourceConfig::File(FileSource { path: p.clone(), from_start: false })).collect();
+    if cli.journal {
+        out.push(SourceConfig::Journal(JournalConfig::default()));
+    }
+    out.extend(cli.syslog_listen.iter().map(|a| SourceConfig::Syslog(SyslogConfig { listen: a.clone() })));
+    out
 }
 
 /// Parses `--demo-generation` (`0.15` or `0.16`).
@@ -359,7 +402,8 @@ fn prompt(label: &str) -> anyhow::Result<String> {
 /// it clears 2 MiB. Ingest allocates fresh memory as the ring and the replay log fill, so those
 /// faults landed on the parsing thread: stalls of about 6 ms several times a second, which
 /// were the p99 of a hub at 12,600 events/s (5.1 ms, against 0.34 ms without them;
-/// `perf/RESULTS.md` §9). The flag is inherited by nothing else (livetap starts no processes).
+/// `perf/RESULTS.md` §9). The one process livetap starts, the journal source's `journalctl`,
+/// inherits the flag, which costs it nothing.
 #[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() {
     // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` only sets a flag on this process; it
@@ -434,6 +478,7 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
+    let sources = flag_sources(&cli);
     let overrides = Overrides {
         listen: cli.listen,
         admin_token: cli.admin_token,
@@ -452,10 +497,21 @@ fn main() -> anyhow::Result<()> {
         stall_timeout_secs: cli.stall_timeout_secs,
         log_level: cli.log_level,
         allow_plain_http: cli.allow_plain_http.then_some(true),
+        sources,
+        from_start: cli.from_start,
+        log_utc_offset: cli.log_utc_offset,
     };
     let config = Config::load(cli.config.as_deref(), overrides)?;
+    // A log file read from its start reports its progress at `info`, which the default `warn`
+    // would hide from the one who asked for it.
+    let catching_up = config.source.iter().any(|s| matches!(s, SourceConfig::File(f) if f.from_start));
+    let level = if catching_up && config.log_level == "warn" {
+        "warn,livetap::ingest::tail=info".to_string()
+    } else {
+        config.log_level.clone()
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .context("invalid log-level")?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let (token, origin) = resolve_admin_token(config.admin_token.as_deref(), config.data_dir.as_deref())
@@ -475,8 +531,9 @@ async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Resu
     let demo = config.demo.then_some((config.demo_rate, config.demo_generation));
     let socket = config.ingest_socket.clone();
     let listen = config.listen;
-    let server =
-        Server::start(config, token.clone()).await.with_context(|| format!("cannot start on {listen}"))?;
+    let server = Server::start(config, token.clone())
+        .await
+        .with_context(|| format!("cannot start livetap (HTTP on {listen})"))?;
     let scheme = if server.is_tls() { "https" } else { "http" };
     let base = format!("{scheme}://{}", server.addr);
     let shown = match origin {
@@ -498,6 +555,9 @@ async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Resu
     }
     if let Some(p) = socket {
         writeln!(out, "  NDJSON socket: {}", p.display())?;
+    }
+    for source in &server.log_sources {
+        writeln!(out, "  mail log:    {source}")?;
     }
     writeln!(out, "  dashboard:   {base}/")?;
     writeln!(out, "  watch live:  {base}/api/telemetry/traces/live")?;

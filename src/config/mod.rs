@@ -290,6 +290,12 @@ pub struct Config {
     pub body_timeout_secs: u64,
     /// Seconds a write to a client may stay blocked before the connection is dropped.
     pub write_timeout_secs: u64,
+    /// Mail-log sources (`[[source]]`): followed files, the journal, syslog listeners
+    /// (`ingest::logsource`).
+    pub source: Vec<crate::ingest::logsource::SourceConfig>,
+    /// The zone of mail-log timestamps that name none (`Dec  7 13:00:00`): `local` (the
+    /// host's, when livetap starts) or an offset such as `+01:00`.
+    pub log_utc_offset: crate::ingest::logsource::LogZone,
 }
 
 impl Default for Config {
@@ -355,6 +361,8 @@ impl Default for Config {
             header_timeout_secs: 30,
             body_timeout_secs: 30,
             write_timeout_secs: 60,
+            source: Vec::new(),
+            log_utc_offset: crate::ingest::logsource::LogZone::Local,
         }
     }
 }
@@ -396,6 +404,13 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `--allow-plain-http`.
     pub allow_plain_http: Option<bool>,
+    /// `--postfix-log`, `--dovecot-log`, `--journal`, `--syslog-listen`: sources added to the
+    /// file's.
+    pub sources: Vec<crate::ingest::logsource::SourceConfig>,
+    /// `--from-start`: every file and journal source reads from its start.
+    pub from_start: bool,
+    /// `--log-utc-offset`.
+    pub log_utc_offset: Option<crate::ingest::logsource::LogZone>,
 }
 
 impl Config {
@@ -426,6 +441,21 @@ impl Config {
         }
         if overrides.data_dir.is_some() {
             c.data_dir = overrides.data_dir;
+        }
+        if let Some(z) = overrides.log_utc_offset {
+            c.log_utc_offset = z;
+        }
+        // Sources on the command line add to the file's, and `--from-start` applies to all.
+        c.source.extend(overrides.sources);
+        if overrides.from_start {
+            use crate::ingest::logsource::SourceConfig;
+            for s in &mut c.source {
+                match s {
+                    SourceConfig::File(f) => f.from_start = true,
+                    SourceConfig::Journal(j) => j.from_start = true,
+                    SourceConfig::Syslog(_) => {}
+                }
+            }
         }
         c.validate()?;
         Ok(c)
@@ -516,7 +546,44 @@ impl Config {
         for t in &self.scrape {
             t.validate().map_err(|m| ConfigError::Invalid { key: "scrape", message: m.into() })?;
         }
+        self.validate_sources()?;
         self.validate_security()
+    }
+
+    /// Mail-log sources: each file and listen address once, the journal once (two readers of
+    /// one log would publish every line twice).
+    fn validate_sources(&self) -> Result<(), ConfigError> {
+        use crate::ingest::logsource::SourceConfig;
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.source {
+            let (key, message) = match s {
+                SourceConfig::File(f) => (
+                    format!("file {}", f.path.display()),
+                    format!(
+                        "{} is followed twice (flags add to the file's [[source]] tables)",
+                        f.path.display()
+                    ),
+                ),
+                SourceConfig::Journal(_) => {
+                    ("journal".to_string(), "the journal is read twice: keep one journal source".to_string())
+                }
+                SourceConfig::Syslog(l) => {
+                    (format!("listen {}", l.listen), format!("{} is listened on twice", l.listen))
+                }
+            };
+            if !seen.insert(key) {
+                return Err(ConfigError::Invalid { key: "source", message });
+            }
+            if let SourceConfig::Journal(j) = s {
+                if j.command.as_ref().is_some_and(|c| c.is_empty()) {
+                    return Err(ConfigError::Invalid {
+                        key: "source",
+                        message: "command must not be empty".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_security(&self) -> Result<(), ConfigError> {

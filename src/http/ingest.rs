@@ -5,6 +5,7 @@
 use super::{bump, gate, json_ok, metrics, Ctx, HttpError, LiveBody, RequestBody};
 use crate::auth::{self, Principal};
 use crate::event::encode::now_secs;
+use crate::event::EventBuilder;
 use crate::hub::{Hub, PublishError};
 use crate::ingest::{self, LineError, ParsedBatch};
 use http::header;
@@ -127,6 +128,20 @@ pub(super) async fn ingest_ndjson(
     principal: Arc<Principal>,
     req: Request<RequestBody>,
 ) -> Result<Response<LiveBody>, HttpError> {
+    ingest_body(ctx, principal, req, |body, b, now, cap| Ok(ingest::parse_ndjson_capped(body, b, now, cap)))
+        .await
+}
+
+/// What an authenticated ingest endpoint does with its body, whatever the body's format:
+/// the principal's rate, the gate's place, budget and parse slot, `parse` (given the body,
+/// a builder, the time and the most events the ring can take), the overflow check, and the
+/// publication. `parse` refuses a body it cannot read with its own error.
+pub(super) async fn ingest_body(
+    ctx: &Ctx,
+    principal: Arc<Principal>,
+    req: Request<RequestBody>,
+    parse: impl FnOnce(&mut Vec<u8>, &mut EventBuilder<'_>, i64, usize) -> Result<ParsedBatch, HttpError>,
+) -> Result<Response<LiveBody>, HttpError> {
     check_rate(ctx, Some(&principal))?;
     if !ctx.hub.is_accepting() {
         return Err(HttpError::Busy(PublishError::ShuttingDown));
@@ -137,9 +152,16 @@ pub(super) async fn ingest_ndjson(
     let mut body = ctx.gate.read(hub, req.into_body(), length, gate::Budget::Trusted).await?;
     let _slot = ctx.gate.parse_slot(hub).await?;
     let cap = hub.ring.capacity() as usize;
-    let parsed = ingest::parse_ndjson_capped(&mut body.bytes, &mut hub.builder(), now_secs(), cap);
+    let parsed = parse(&mut body.bytes, &mut hub.builder(), now_secs(), cap);
     let body_len = body.bytes.len();
     drop(body);
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            gate::give_back_after(body_len);
+            return Err(e);
+        }
+    };
     if parsed.overflow {
         return Err(refuse_overflow(hub, parsed, body_len));
     }

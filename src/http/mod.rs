@@ -10,12 +10,14 @@
 //!
 //! The rest of the surface is split by what it serves: `error.rs` ([`HttpError`]), `body.rs`
 //! ([`LiveBody`], [`RequestBody`], JSON responses), `ingest.rs` (the ingest and webhook
-//! handlers, [`IngestAnswer`]) and `live.rs` (the live traces stream and the live tokens).
+//! handlers, [`IngestAnswer`]), `dovecot.rs` (Dovecot's event exporter) and `live.rs` (the
+//! live traces stream and the live tokens).
 
 mod body;
 pub mod cors;
 mod dashboard;
 pub mod direct;
+mod dovecot;
 mod error;
 pub mod gate;
 mod history;
@@ -131,6 +133,8 @@ const ROUTES: &[(&str, Method, Access)] = &[
     ("/api/telemetry/ingest", Method::POST, Some((Permission::Ingest, None))),
     // The webhook's permission applies only when no webhook key is set (else: X-Signature).
     ("/api/telemetry/webhook", Method::POST, Some((Permission::Ingest, None))),
+    // Dovecot's event exporter (http-post transport, JSON format): Basic from its URL.
+    ("/api/livetap/ingest/dovecot", Method::POST, Some((Permission::Ingest, None))),
     ("/api/livetap/stats", Method::GET, Some((Permission::Admin, None))),
     ("/api/telemetry/traces", Method::GET, Some((Permission::History, None))),
     ("/api/telemetry/trace/{id}", Method::GET, Some((Permission::History, None))),
@@ -235,6 +239,7 @@ async fn route(
         "/metrics/prometheus" => Ok(metrics::prometheus(hub, crate::metrics::prometheus::Naming::Stalwart)),
         "/api/telemetry/ingest" => ingest_ndjson(ctx, principal(), req).await,
         "/api/telemetry/webhook" => webhook(ctx, conn, req, Some(principal())).await,
+        "/api/livetap/ingest/dovecot" => dovecot::ingest_dovecot(ctx, principal(), req).await,
         "/api/livetap/stats" => Ok(json_ok(StatusCode::OK, &hub.stats())),
         "/api/telemetry/traces" => history::traces(hub, req.uri().query().unwrap_or("")).await,
         "/api/telemetry/trace/{id}" => history::trace(hub, &full_path["/api/telemetry/trace/".len()..]).await,

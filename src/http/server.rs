@@ -35,6 +35,9 @@ pub struct Server {
     pub security: Arc<Security>,
     /// The address the listener is bound to.
     pub addr: SocketAddr,
+    /// What each mail-log source reads (`file /var/log/mail.log (from its end)`, `syslog
+    /// udp://127.0.0.1:5514`), for the banner.
+    pub log_sources: Vec<String>,
     tls: Option<Arc<TlsReloader>>,
     accept: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -61,6 +64,10 @@ impl Server {
         }
         let listener = bind(config.listen)?;
         let addr = listener.local_addr()?;
+        // Mail-log files are opened, the journal probed and syslog addresses bound before the
+        // hub starts, so each problem stops livetap with its fix before anything runs.
+        let logs = crate::ingest::logsource::prepare(&config).await.map_err(std::io::Error::other)?;
+        let log_sources = logs.descriptions;
         let hub = Hub::start(config, admin_token.clone())?;
         // Stalwart v0.16's event JSON, for `/api/live/tracing` (both `keyValues` forms), typed
         // by the catalogue's key kinds and the config's `[[keys]]`.
@@ -76,6 +83,7 @@ impl Server {
         if let Some(path) = &hub.config.ingest_socket {
             sources.push(Box::new(SocketSource::bind(path)?));
         }
+        sources.extend(logs.sources);
         if hub.config.demo {
             sources.push(Box::new(
                 DemoSource::new(hub.config.demo_rate).with_generation(hub.config.demo_generation),
@@ -97,7 +105,7 @@ impl Server {
         }
         let ctx = Arc::new(Ctx::new(hub.clone(), security.clone()));
         let accept = tokio::spawn(accept_loop(ctx, listener, tls.clone()));
-        Ok(Server { hub, security, addr, tls, accept, tasks })
+        Ok(Server { hub, security, addr, log_sources, tls, accept, tasks })
     }
 
     /// True when the listener speaks TLS.

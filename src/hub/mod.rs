@@ -404,6 +404,7 @@ impl Hub {
             connections: self.ingest.connections.load(Ordering::Relaxed),
             connections_refused: self.ingest.connections_refused.load(Ordering::Relaxed),
             idle_closed: self.ingest.idle_closed.load(Ordering::Relaxed),
+            syslog_dropped: self.ingest.syslog_dropped.load(Ordering::Relaxed),
             subscribers: subs.len(),
             metric_streams: self.metrics.streams(),
             ring_capacity: self.ring.capacity(),

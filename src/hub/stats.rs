@@ -34,6 +34,9 @@ pub struct IngestStats {
     /// Connections closed after `header-timeout-secs` with no request in flight (HTTP/1
     /// keep-alive and HTTP/2 alike).
     pub idle_closed: AtomicU64,
+    /// Syslog datagrams dropped because their listener's parse queue was full
+    /// (`ingest::syslog`).
+    pub syslog_dropped: AtomicU64,
 }
 
 impl IngestStats {
@@ -71,6 +74,8 @@ pub struct StatsSnapshot {
     pub connections_refused: u64,
     /// Connections closed for being idle (no request in flight for `header-timeout-secs`).
     pub idle_closed: u64,
+    /// Syslog datagrams dropped for a full parse queue.
+    pub syslog_dropped: u64,
     /// Events matched by every matcher thread (the ring's tail).
     pub matched: u64,
     /// Shard-events matched by the producer that published them while the matcher threads

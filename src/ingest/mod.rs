@@ -23,12 +23,19 @@
 //! the socket), publishes them in order with backpressure, and hands rejected lines, with
 //! their numbers, to the source's [`stage::Reporter`].
 //!
+//! Mail logs come in through three such sources, [`tail`] (a followed file), [`journal`]
+//! (`journalctl` as a child process) and [`syslog`] (a syslog listener), which share their
+//! configuration, start-up errors and reporting in [`logsource`] and hand their lines to the
+//! mail-log format ([`maillog`]).
+//!
 //! [`scrape`] is the one source that feeds the metrics registry rather than the ring: it polls
 //! upstream Prometheus endpoints.
 
 pub mod dedupe;
 pub mod demo;
+pub mod journal;
 pub mod lines;
+pub mod logsource;
 pub mod maillog;
 pub mod pool;
 pub mod scrape;
@@ -36,6 +43,8 @@ pub mod socket;
 pub mod split;
 pub mod stage;
 pub mod stream_split;
+pub mod syslog;
+pub mod tail;
 
 use crate::event::{BuildError, Event, EventBuilder, JsonRef, Node, Tape};
 use crate::metrics::push::{self, MetricRecord};

@@ -127,6 +127,9 @@ pub struct Correlator {
     next_span: u64,
     limits: Limits,
     gauges: Gauges,
+    /// The latest line time seen: idleness is measured against the log's own clock, so a
+    /// source catching up on old lines (`--from-start`) does not expire what it just read.
+    newest: i64,
 }
 
 impl Default for Correlator {
@@ -154,6 +157,7 @@ impl Correlator {
             next_span: fastrand::u64((1 << 40)..(1 << 52)),
             limits,
             gauges: Gauges::default(),
+            newest: i64::MIN,
         }
     }
 
@@ -174,6 +178,15 @@ impl Correlator {
     fn new_span(&mut self) -> u64 {
         self.next_span += 1;
         self.next_span
+    }
+
+    /// A new session's span. A Dovecot session's is a hash of its id, so its log lines and
+    /// its exporter events (`maillog::exporter`, which keeps no state) land in one span.
+    fn session_span(&mut self, session: Session<'_>) -> u64 {
+        match session {
+            Session::Named { scope: "dovecot", id } => super::exporter::session_span(id),
+            _ => self.new_span(),
+        }
     }
 
     fn session_key(&self, rec: &LogRecord<'_>, session: Session<'_>) -> Option<u64> {
@@ -206,11 +219,11 @@ impl Correlator {
         *g = if up { *g + 1 } else { g.saturating_sub(1) };
     }
 
-    fn open_session(&mut self, key: u64, kind: SessionKind, now: i64) -> u64 {
+    fn open_session(&mut self, key: u64, session: Session<'_>, kind: SessionKind, now: i64) -> u64 {
         if self.sessions.len() >= self.limits.sessions && !self.sessions.contains_key(&key) {
             self.evict_sessions(now);
         }
-        let span = self.new_span();
+        let span = self.session_span(session);
         let st = SessionState { span, opened_at: now, last_seen: now, kind };
         if let Some(old) = self.sessions.insert(key, st) {
             self.count_session(old.kind, false);
@@ -292,8 +305,11 @@ impl Correlator {
     }
 
     /// Drops every entry idle past its time-out: called now and then by the source (a
-    /// session whose `disconnect` was lost must not count as active for ever).
+    /// session whose `disconnect` was lost must not count as active for ever). Idleness is
+    /// measured against the newest line seen, never later than `now`: a log read from its
+    /// start is measured by its own clock, and a quiet log keeps its state until it speaks.
     pub fn expire(&mut self, now: i64) {
+        let now = now.min(self.newest);
         let (s, m) = (self.limits.session_idle_secs, self.limits.message_idle_secs);
         let mut dropped = Vec::new();
         self.sessions.retain(|_, st| {
@@ -314,6 +330,7 @@ impl Correlator {
     /// state as the line says.
     pub fn link(&mut self, rec: &LogRecord<'_>, parsed: &Parsed<'_>, at: i64) -> Link {
         let mut link = Link::default();
+        self.newest = self.newest.max(at);
         let session_key = self.session_key(rec, parsed.session);
         if let Some(queue_id) = parsed.queue_id.filter(|q| !q.is_empty()) {
             let key = self.key(rec.host, QUEUE, queue_id, None);
@@ -379,11 +396,11 @@ impl Correlator {
                 if parsed.opens == Opens::Session { Self::kind_of(rec, parsed) } else { SessionKind::Other };
             if parsed.closes && parsed.opens != Opens::Session {
                 // A lone closing line: give it a span of its own and keep nothing.
-                link.span = Some(self.new_span());
+                link.span = Some(self.session_span(parsed.session));
                 link.ends = true;
                 return link;
             }
-            self.open_session(key, kind, at);
+            self.open_session(key, parsed.session, kind, at);
         }
         let st = self.sessions.get_mut(&key).expect("opened above");
         st.last_seen = at;
@@ -580,6 +597,11 @@ mod tests {
         assert!(c.sessions.len() <= 100 && c.messages.len() <= 100);
         assert_eq!(c.gauges().smtp as usize, c.sessions.len());
         assert_eq!(c.gauges().messages as usize, c.messages.len());
+        // Measured by the log's clock: nothing is idle yet at the newest line's time ...
+        c.expire(1_000);
+        assert!(c.gauges().smtp > 0);
+        // ... and everything is once the log has moved on.
+        c.link(&rec("postfix/qmgr", 1, ""), &line("postfix.log", None, Session::None, Opens::Nothing), 1_000);
         c.expire(1_000);
         assert_eq!(c.gauges(), Gauges::default());
     }

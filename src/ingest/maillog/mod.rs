@@ -17,6 +17,10 @@
 //! 4. [`format`] is the [`super::lines::LineFormat`] that runs the three steps for every line
 //!    of a followed file, a journal reader or a syslog listener, and builds the events.
 //!
+//! Dovecot has a second way in, [`exporter`]: its event exporter's JSON, posted to
+//! `POST /api/livetap/ingest/dovecot` and mapped onto the same catalogue, with the same span
+//! for a Dovecot session as its log lines name ([`exporter::session_span`]).
+//!
 //! Because step 3 needs the lines in order, mail-log streams are parsed one chunk at a time
 //! (`LineFormat::SEQUENTIAL`); a mail host writes a few hundred lines a second, and one core
 //! parses about a million (`benches/maillog.rs`).
@@ -24,6 +28,7 @@
 pub mod correlate;
 pub mod demo;
 pub mod dovecot;
+pub mod exporter;
 pub mod format;
 pub mod frame;
 pub mod postfix;
