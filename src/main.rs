@@ -6,7 +6,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use livetap::auth::{resolve_admin_token, TokenOrigin};
-use livetap::config::{Config, Overrides};
+use livetap::config::{Config, DemoTraffic, Overrides};
 use livetap::event::catalogue::Generation;
 use livetap::ingest::logsource::{
     FileSource, JournalConfig, ListenAddr, LogZone, SourceConfig, SyslogConfig,
@@ -49,6 +49,10 @@ struct Cli {
     /// Stalwart catalogue generation the demo speaks: 0.15 (default) or 0.16 (v0.16 event names).
     #[arg(long, value_name = "0.15|0.16", value_parser = parse_generation)]
     demo_generation: Option<Generation>,
+    /// What the demo shows: stalwart (default, generated Stalwart events) or postfix (recorded
+    /// Postfix and Dovecot log lines replayed through the mail-log parser).
+    #[arg(long, value_name = "stalwart|postfix", value_parser = parse_demo_traffic)]
+    demo_traffic: Option<DemoTraffic>,
     /// Slots in the event ring (default 65536).
     #[arg(long, value_name = "N")]
     ring_capacity: Option<usize>,
@@ -192,6 +196,11 @@ fn flag_sources(cli: &Cli) -> Vec<SourceConfig> {
     }
     out.extend(cli.syslog_listen.iter().map(|a| SourceConfig::Syslog(SyslogConfig { listen: a.clone() })));
     out
+}
+
+/// Parses `--demo-traffic` (`stalwart` or `postfix`).
+fn parse_demo_traffic(s: &str) -> Result<DemoTraffic, String> {
+    DemoTraffic::parse(s).ok_or_else(|| format!("`{s}`: expected stalwart or postfix"))
 }
 
 /// Parses `--demo-generation` (`0.15` or `0.16`).
@@ -488,6 +497,7 @@ fn main() -> anyhow::Result<()> {
         demo: cli.demo.then_some(true),
         demo_rate: cli.demo_rate,
         demo_generation: cli.demo_generation,
+        demo_traffic: cli.demo_traffic,
         ring_capacity: cli.ring_capacity,
         subscriber_queue: cli.subscriber_queue,
         matcher_threads: cli.matcher_threads,
@@ -528,7 +538,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Result<()> {
-    let demo = config.demo.then_some((config.demo_rate, config.demo_generation));
+    let demo = config.demo.then_some((config.demo_rate, config.demo_generation, config.demo_traffic));
     let socket = config.ingest_socket.clone();
     let listen = config.listen;
     let server = Server::start(config, token.clone())
@@ -546,7 +556,9 @@ async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Resu
     let mut out = std::io::stdout().lock();
     writeln!(out, "livetap {} listening on {base}", env!("CARGO_PKG_VERSION"))?;
     writeln!(out, "  admin token: {shown}")?;
-    if let Some((rate, generation)) = demo {
+    if let Some((rate, _, DemoTraffic::Postfix)) = demo {
+        writeln!(out, "  demo: {rate} lines/s of recorded Postfix and Dovecot logs, replayed")?;
+    } else if let Some((rate, generation, _)) = demo {
         let names = match generation {
             Generation::V015 => String::new(),
             generation => format!(", Stalwart v{generation} event names"),

@@ -171,6 +171,10 @@ pub struct Config {
     /// The generation of Stalwart's catalogue the demo generator speaks: `"0.15"` (the
     /// default, the classic names) or `"0.16"` (v0.16's names, renamed and added types).
     pub demo_generation: crate::event::catalogue::Generation,
+    /// What the demo shows: `"stalwart"` (the default: a generator of Stalwart's events) or
+    /// `"postfix"` (recorded Postfix and Dovecot log lines replayed through the mail-log
+    /// parser, at `demo-rate` lines per second).
+    pub demo_traffic: DemoTraffic,
     /// Slots in the event ring (rounded up to a power of two).
     pub ring_capacity: usize,
     /// Events queued per subscriber before it is marked lagged.
@@ -298,6 +302,35 @@ pub struct Config {
     pub log_utc_offset: crate::ingest::logsource::LogZone,
 }
 
+/// What the demo shows (`demo-traffic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DemoTraffic {
+    /// A generator of Stalwart's events (`ingest::demo`).
+    #[default]
+    Stalwart,
+    /// Recorded Postfix and Dovecot log lines, replayed (`ingest::maillog::demo`).
+    Postfix,
+}
+
+impl DemoTraffic {
+    /// Parses `stalwart` or `postfix`.
+    pub fn parse(s: &str) -> Option<DemoTraffic> {
+        match s {
+            "stalwart" => Some(DemoTraffic::Stalwart),
+            "postfix" => Some(DemoTraffic::Postfix),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DemoTraffic {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DemoTraffic, D::Error> {
+        let s = String::deserialize(d)?;
+        DemoTraffic::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{s}`: expected \"stalwart\" or \"postfix\"")))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -309,6 +342,7 @@ impl Default for Config {
             demo: false,
             demo_rate: 200,
             demo_generation: crate::event::catalogue::Generation::V015,
+            demo_traffic: DemoTraffic::Stalwart,
             ring_capacity: 65_536,
             subscriber_queue: 8192,
             replay_bytes: 64 << 20,
@@ -386,6 +420,8 @@ pub struct Overrides {
     pub demo_rate: Option<u32>,
     /// `--demo-generation`.
     pub demo_generation: Option<crate::event::catalogue::Generation>,
+    /// `--demo-traffic`.
+    pub demo_traffic: Option<DemoTraffic>,
     /// `--ring-capacity`.
     pub ring_capacity: Option<usize>,
     /// `--subscriber-queue`.
@@ -427,7 +463,16 @@ impl Config {
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = overrides.$f { c.$f = v; } )* };
         }
-        over!(listen, demo, demo_rate, demo_generation, ring_capacity, subscriber_queue, matcher_threads);
+        over!(
+            listen,
+            demo,
+            demo_rate,
+            demo_generation,
+            demo_traffic,
+            ring_capacity,
+            subscriber_queue,
+            matcher_threads
+        );
         over!(io_threads);
         over!(max_body_bytes, ping_interval_secs, stall_timeout_secs, log_level, allow_plain_http);
         if overrides.admin_token.is_some() {
@@ -751,6 +796,9 @@ mod tests {
     fn demo_generation_from_file_and_flag() {
         use crate::event::catalogue::Generation;
         assert_eq!(Config::default().demo_generation, Generation::V015);
+        let t = Config::from_toml("demo = true\ndemo-traffic = \"postfix\"\n").unwrap();
+        assert_eq!(t.demo_traffic, DemoTraffic::Postfix);
+        assert!(Config::from_toml("demo-traffic = \"exim\"\n").unwrap_err().to_string().contains("postfix"));
         let c = Config::from_toml("demo = true\ndemo-generation = \"0.16\"\n").unwrap();
         assert_eq!(c.demo_generation, Generation::V016);
         let e = Config::from_toml("demo-generation = \"0.17\"\n").unwrap_err();

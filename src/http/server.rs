@@ -85,9 +85,13 @@ impl Server {
         }
         sources.extend(logs.sources);
         if hub.config.demo {
-            sources.push(Box::new(
-                DemoSource::new(hub.config.demo_rate).with_generation(hub.config.demo_generation),
-            ));
+            match hub.config.demo_traffic {
+                crate::config::DemoTraffic::Stalwart => sources.push(Box::new(
+                    DemoSource::new(hub.config.demo_rate).with_generation(hub.config.demo_generation),
+                )),
+                crate::config::DemoTraffic::Postfix => sources
+                    .push(Box::new(crate::ingest::maillog::demo::MailLogDemo::new(hub.config.demo_rate))),
+            }
         }
         let mut tasks = Vec::new();
         for s in sources {
