@@ -372,6 +372,10 @@ impl Correlator {
             if parsed.ty == "queue.queue-message" {
                 if st.activated {
                     link.retype = Some("delivery.attempt-start");
+                } else if parsed.get("from").is_none() {
+                    // The null sender `from=<>`: a delivery status notification Postfix made
+                    // (a bounce or a delay warning), queued as Stalwart queues its DSNs.
+                    link.retype = Some("queue.queue-dsn");
                 } else if st.authenticated {
                     link.retype = Some("queue.queue-message-authenticated");
                 }
@@ -467,8 +471,9 @@ mod tests {
         assert_eq!((end.span, end.ends, end.elapsed_ms), (Some(session), true, Some(3000)));
         assert_eq!(c.gauges().smtp, 0);
         let qmgr = rec("postfix/qmgr", 5, "");
-        let active =
-            c.link(&qmgr, &line("queue.queue-message", Some("4F2A"), Session::None, Opens::Nothing), 104);
+        let mut queued = line("queue.queue-message", Some("4F2A"), Session::None, Opens::Nothing);
+        queued.push("from", Val::Str("a@example.org"));
+        let active = c.link(&qmgr, &queued, 104);
         assert_eq!((active.span, active.parent, active.retype), (Some(message), None, None));
         let sent = c.link(
             &rec("postfix/smtp", 9, ""),
@@ -477,8 +482,7 @@ mod tests {
         );
         assert_eq!(sent.span, Some(message));
         // A second activation (after a deferral) is a new attempt, not a new message.
-        let again =
-            c.link(&qmgr, &line("queue.queue-message", Some("4F2A"), Session::None, Opens::Nothing), 160);
+        let again = c.link(&qmgr, &queued, 160);
         assert_eq!(again.retype, Some("delivery.attempt-start"));
         let mut removed = line("delivery.completed", Some("4F2A"), Session::None, Opens::Nothing);
         removed.closes = true;
@@ -570,12 +574,13 @@ mod tests {
         let mut client = line("postfix.client", Some("Q1"), Session::Process, Opens::Message);
         client.push("accountName", Val::Str("alice"));
         c.link(&rec("postfix/submission/smtpd", 1, ""), &client, 0);
-        let active = c.link(
-            &rec("postfix/qmgr", 2, ""),
-            &line("queue.queue-message", Some("Q1"), Session::None, Opens::Nothing),
-            0,
-        );
+        let mut queued = line("queue.queue-message", Some("Q1"), Session::None, Opens::Nothing);
+        queued.push("from", Val::Str("alice@example.org"));
+        let active = c.link(&rec("postfix/qmgr", 2, ""), &queued, 0);
         assert_eq!(active.retype, Some("queue.queue-message-authenticated"));
+        // A message from the null sender is a DSN Postfix made.
+        let dsn = line("queue.queue-message", Some("Q2"), Session::None, Opens::Nothing);
+        assert_eq!(c.link(&rec("postfix/qmgr", 2, ""), &dsn, 0).retype, Some("queue.queue-dsn"));
     }
 
     /// Memory stays bounded: at the cap the oldest entries go, and idle ones expire with the
