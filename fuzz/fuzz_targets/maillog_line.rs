@@ -1,15 +1,16 @@
 //! Fuzz target `maillog_line`: the mail-log line parsers on raw bytes. The input's first line
 //! is a record's program and the rest its message, given to `postfix::parse` and
 //! `dovecot::parse`; the whole input is also a chunk of log lines through
-//! `ingest::lines::parse_chunk` with the `MailLog` format, in both framings. Nothing may
-//! panic, a parse keeps to its key cap, and Postfix's keys borrow from the record.
+//! `ingest::lines::parse_chunk` with the `MailLog` format, in both framings, and as a body of
+//! Dovecot's event exporter (`maillog::exporter::parse_body`). Nothing may panic, a parse
+//! keeps to its key cap, and Postfix's keys borrow from the record.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use livetap::event::{Catalogue, EventBuilder, KeyRegistry};
 use livetap::ingest::lines::parse_chunk;
 use livetap::ingest::maillog::format::{Framing, MailLog};
-use livetap::ingest::maillog::{dovecot, postfix, LogRecord, Opens, Parsed, Val, MAX_FIELDS};
+use livetap::ingest::maillog::{dovecot, exporter, postfix, LogRecord, Opens, Parsed, Val, MAX_FIELDS};
 use std::sync::OnceLock;
 
 /// One catalogue and key registry per process, as the hub has.
@@ -55,5 +56,11 @@ fuzz_target!(|data: &[u8]| {
         let mut builder = EventBuilder::new(catalogue, keys).with_max_bytes(4096);
         let out = parse_chunk(&MailLog::new(framing, 3600), &mut chunk, 1, 4096, &mut builder, 1_796_652_532);
         assert!(out.events.len() + out.rejected <= lines);
+    }
+    // An exporter body is one JSON event: it is accepted as at most `max_events` events or
+    // refused with a reason, never a panic.
+    let mut builder = EventBuilder::new(catalogue, keys).with_max_bytes(4096);
+    if let Ok(out) = exporter::parse_body(data, &mut builder, 1_796_652_532, 4) {
+        assert!(out.events.len() <= 4);
     }
 });

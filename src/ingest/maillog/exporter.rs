@@ -414,6 +414,11 @@ pub fn map_event<'a>(ev: &Exported<'a>) -> Option<Mapped<'a>> {
     }
     let proto = ev.protocol();
     let m = match name {
+        // Postfix asked Dovecot's auth service (`smtpd_sasl_type = dovecot`): Postfix's own
+        // log already reports the outcome (`SASL … authentication failed` is `auth.failed`,
+        // `sasl_username=` on `client=` the success), so this stays Dovecot's own event and
+        // the catalogue counters count each SMTP login once.
+        "auth_request_finished" if ev.str("service").is_some_and(|s| s == "smtp") => passthrough(name, ev),
         "auth_request_finished" => {
             // `success` is there (as `yes`) only when the login succeeded; 2.3 adds `error`
             // to some failures only, so anything but success is a failure.
