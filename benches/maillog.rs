@@ -16,7 +16,7 @@ use criterion::{criterion_group, Criterion, Throughput};
 use livetap::event::{Catalogue, EventBuilder, RawValue};
 use livetap::ingest::lines::parse_chunk;
 use livetap::ingest::maillog::format::{Framing, MailLog};
-use livetap::ingest::maillog::{postfix, LogRecord, Parsed, Val};
+use livetap::ingest::maillog::{frame, postfix, LogRecord, Parsed, Val};
 use std::borrow::Cow;
 use std::hint::black_box;
 
@@ -32,22 +32,10 @@ fn corpus() -> String {
         .collect()
 }
 
-/// Cuts a corpus line's framing (`Mmm dd hh:mm:ss host prog[pid]: ` or an RFC 3339 time, host
-/// and tag), so `postfix_parse` measures the parser alone.
+/// Cuts a corpus line's framing with the sources' framing (`maillog::frame`), so
+/// `postfix_parse` measures the parser alone.
 fn record(line: &str) -> LogRecord<'_> {
-    let fields = if line.as_bytes().first().is_some_and(u8::is_ascii_digit) { 1 } else { 3 };
-    let mut rest = line;
-    for _ in 0..fields {
-        rest = rest.trim_start();
-        rest = &rest[rest.find(' ').expect("a timestamp field")..];
-    }
-    let (host, rest) = rest.trim_start().split_once(' ').expect("a host");
-    let (tag, message) = rest.split_once(": ").expect("a tag");
-    let (program, pid) = match tag.split_once('[') {
-        Some((p, pid)) => (p, pid.strip_suffix(']').and_then(|n| n.parse().ok())),
-        None => (tag, None),
-    };
-    LogRecord { time: None, host, program, pid, message }
+    frame::parse_line(line, &frame::Clock { now: NOW, utc_offset: 0 }).expect("a framed corpus line")
 }
 
 /// The event object of a parse, shaped as the mail-log format shapes it.

@@ -1341,22 +1341,10 @@ mod tests {
     use crate::ingest::maillog::MAX_FIELDS;
     use std::fmt::Write as _;
 
-    /// Cuts a test corpus line's framing (`Mmm dd hh:mm:ss host prog[pid]: ` or an RFC 3339
-    /// time, then host and tag) without `frame.rs`, which another part of issue 24 owns.
+    /// Cuts a test corpus line's framing with the framing the sources use (`frame.rs`).
     fn record(line: &str) -> LogRecord<'_> {
-        let fields = if line.as_bytes().first().is_some_and(u8::is_ascii_digit) { 1 } else { 3 };
-        let mut rest = line;
-        for _ in 0..fields {
-            rest = rest.trim_start();
-            rest = &rest[rest.find(' ').expect("a timestamp field")..];
-        }
-        let (host, rest) = rest.trim_start().split_once(' ').expect("a host");
-        let (tag, message) = rest.split_once(": ").expect("a tag");
-        let (program, pid) = match tag.split_once('[') {
-            Some((p, pid)) => (p, pid.strip_suffix(']').and_then(|n| n.parse().ok())),
-            None => (tag, None),
-        };
-        LogRecord { time: None, host, program, pid, message }
+        let clock = crate::ingest::maillog::frame::Clock { now: 1_796_652_532, utc_offset: 0 };
+        crate::ingest::maillog::frame::parse_line(line, &clock).expect("a framed corpus line")
     }
 
     /// A record with just a program and a message.
