@@ -267,24 +267,23 @@ impl Correlator {
     /// Forgets sessions idle past their time-out and, if still at the cap, the oldest tenth.
     fn evict_sessions(&mut self, now: i64) {
         let idle = self.limits.session_idle_secs;
-        let mut dropped = Vec::new();
-        self.sessions.retain(|_, s| {
-            let keep = now.saturating_sub(s.last_seen) <= idle;
-            if !keep {
-                dropped.push(s.kind);
-            }
-            keep
-        });
+        self.retain_sessions(|s| now.saturating_sub(s.last_seen) <= idle);
         if self.sessions.len() >= self.limits.sessions {
             let cut = tenth_oldest(self.sessions.values().map(|s| s.last_seen));
-            self.sessions.retain(|_, s| {
-                let keep = s.last_seen > cut;
-                if !keep {
-                    dropped.push(s.kind);
-                }
-                keep
-            });
+            self.retain_sessions(|s| s.last_seen > cut);
         }
+    }
+
+    /// Keeps the sessions `keep` accepts, taking the others off the gauges.
+    fn retain_sessions(&mut self, keep: impl Fn(&SessionState) -> bool) {
+        let mut dropped = Vec::new();
+        self.sessions.retain(|_, s| {
+            let kept = keep(s);
+            if !kept {
+                dropped.push(s.kind);
+            }
+            kept
+        });
         for kind in dropped {
             self.count_session(kind, false);
         }
@@ -311,17 +310,7 @@ impl Correlator {
     pub fn expire(&mut self, now: i64) {
         let now = now.min(self.newest);
         let (s, m) = (self.limits.session_idle_secs, self.limits.message_idle_secs);
-        let mut dropped = Vec::new();
-        self.sessions.retain(|_, st| {
-            let keep = now.saturating_sub(st.last_seen) <= s;
-            if !keep {
-                dropped.push(st.kind);
-            }
-            keep
-        });
-        for kind in dropped {
-            self.count_session(kind, false);
-        }
+        self.retain_sessions(|st| now.saturating_sub(st.last_seen) <= s);
         self.messages.retain(|_, st| now.saturating_sub(st.last_seen) <= m);
         self.gauges.messages = self.messages.len() as u64;
     }
