@@ -34,6 +34,33 @@ pub struct TapEvent {
     pub event: Arc<Event>,
 }
 
+/// Outgoing channels that other parts of livetap hand an event to by name, outside the
+/// channel's own query: an alert notifies the webhook its `[[alert]]` table names this way.
+/// `tap::webhook` implements it for the configured webhooks; the alert evaluator holds it as
+/// an `Arc<dyn Notify>`, so neither module knows the other's types.
+pub trait Notify: Send + Sync {
+    /// Queues `event` for the target called `name` (durably, for a webhook, before it
+    /// returns). False when no target has that name or it could not take the event; the
+    /// caller logs that, since the event itself was published into the hub anyway.
+    fn notify(&self, name: &str, event: TapEvent) -> bool;
+
+    /// The names of the targets, so a configuration that names an unknown one is refused.
+    fn names(&self) -> Vec<String>;
+}
+
+/// A [`Notify`] with no targets (no webhooks configured).
+pub struct NoTargets;
+
+impl Notify for NoTargets {
+    fn notify(&self, _name: &str, _event: TapEvent) -> bool {
+        false
+    }
+
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// A consumer of the event stream, run on its own thread.
 pub trait Tap: Send + 'static {
     /// A short, unique name for logs and statistics (`history`, `webhook:alerts`, …).
