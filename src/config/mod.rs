@@ -300,6 +300,8 @@ pub struct Config {
     /// The zone of mail-log timestamps that name none (`Dec  7 13:00:00`): `local` (the
     /// host's, when livetap starts) or an offset such as `+01:00`.
     pub log_utc_offset: crate::ingest::logsource::LogZone,
+    /// Log sinks (`[[sink]]`): files and standard output fed by a query (`tap::sink`).
+    pub sink: Vec<crate::tap::sink::SinkConfig>,
 }
 
 /// What the demo shows (`demo-traffic`).
@@ -397,6 +399,7 @@ impl Default for Config {
             write_timeout_secs: 60,
             source: Vec::new(),
             log_utc_offset: crate::ingest::logsource::LogZone::Local,
+            sink: Vec::new(),
         }
     }
 }
@@ -592,6 +595,8 @@ impl Config {
             t.validate().map_err(|m| ConfigError::Invalid { key: "scrape", message: m.into() })?;
         }
         self.validate_sources()?;
+        crate::tap::sink::validate_all(&self.sink)
+            .map_err(|message| ConfigError::Invalid { key: "sink", message })?;
         self.validate_security()
     }
 

@@ -78,6 +78,7 @@ impl Server {
         if let Some(writer) = hub.history_writer.clone() {
             hub.add_tap(Box::new(HistoryTap::new(writer))).await.map_err(std::io::Error::other)?;
         }
+        crate::tap::sink::start(&hub).await?;
         let security = Arc::new(Security::build(&hub.config, &admin_token, &hub.keys)?);
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         if let Some(path) = &hub.config.ingest_socket {

@@ -117,6 +117,19 @@ pub fn own_values(stats: &StatsSnapshot, reg: &MetricsRegistry, filter: &NameFil
             ));
         }
     }
+    // A tap's own counters (a log sink's events, bytes, rotations, errors) as
+    // `livetap.<kind>.<name>.<counter>`: the tap `sink:errors` gives `livetap.sink.errors.events`.
+    for tap in &stats.taps {
+        for (counter, v) in &tap.counters {
+            let name = format!("livetap.{}.{counter}", tap.name.replace(':', "."));
+            all.push(MetricValue {
+                name: Arc::from(name),
+                unit: None,
+                help: Some("A tap's own counter"),
+                reading: c(*v),
+            });
+        }
+    }
     all.retain(|m| filter.matches(&m.name) && m.reading != Reading::Counter(0));
     all
 }

@@ -15,6 +15,7 @@
 //! durability behind this trait, on its thread: it spools to disk before it acknowledges.
 
 pub mod history;
+pub mod sink;
 
 use crate::event::Event;
 use crate::matcher::registry::Subscription;
@@ -90,6 +91,18 @@ pub trait Tap: Send + 'static {
 
     /// Everything accepted before shutdown was delivered; the tap's thread ends after this.
     fn stop(&mut self) {}
+
+    /// Counters of the tap's own (a sink's events, bytes, rotations, errors), shown in its
+    /// statistics beside the queue's. Asked once, before the tap's thread starts.
+    fn counters(&self) -> Option<Arc<dyn TapCounters>> {
+        None
+    }
+}
+
+/// A tap's own counters, read by the statistics while the tap's thread updates them.
+pub trait TapCounters: Send + Sync {
+    /// `(name, value)` pairs, in a fixed order.
+    fn readings(&self) -> Vec<(&'static str, u64)>;
 }
 
 /// How often an idle tap's thread wakes by itself (for [`Tap::idle`] and to notice shutdown).
@@ -113,6 +126,9 @@ pub struct TapStats {
     pub queued: u64,
     /// Events its thread handed to [`Tap::deliver`] so far.
     pub delivered: u64,
+    /// The tap's own counters ([`Tap::counters`]), when it has any.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// A running tap, as the hub holds it.
@@ -121,6 +137,7 @@ pub struct TapHandle {
     query: String,
     sub: Arc<Subscriber>,
     delivered: Arc<AtomicU64>,
+    counters: Option<Arc<dyn TapCounters>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -134,6 +151,7 @@ impl TapHandle {
             dropped: self.sub.dropped(),
             queued: self.sub.queued() as u64,
             delivered: self.delivered.load(Ordering::Relaxed),
+            counters: self.counters.as_ref().map(|c| c.readings().into_iter().collect()).unwrap_or_default(),
         }
     }
 
@@ -169,6 +187,7 @@ pub fn spawn(
 ) -> std::io::Result<TapHandle> {
     let name = tap.name().to_string();
     let query = tap.query().to_string();
+    let counters = tap.counters();
     let sub = subscription.sub.clone();
     let delivered = Arc::new(AtomicU64::new(0));
     let count = delivered.clone();
@@ -218,5 +237,5 @@ pub fn spawn(
         tap.stop();
         drop(subscription);
     })?;
-    Ok(TapHandle { name, query, sub, delivered, thread: Some(thread) })
+    Ok(TapHandle { name, query, sub, delivered, counters, thread: Some(thread) })
 }
