@@ -254,6 +254,16 @@ async fn a_sink_reopens_its_file_when_it_is_deleted_and_one_without_matches_stay
     assert_eq!(std::fs::metadata(&none).unwrap().len(), 0);
 }
 
+/// A pipe: its read end and its write end.
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `pipe2` fills the two descriptors it creates; each is owned by one `File` below.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) }
+}
+
 /// Writes a config file with the test's admin settings and `tables`.
 fn config_file(dir: &Path, tables: &str) -> PathBuf {
     let p = dir.join("livetap.toml");
@@ -325,11 +335,10 @@ async fn a_stdout_sink_of_the_real_binary_writes_lines_journald_can_read() {
     // Standard output is a pipe whose device and inode `JOURNAL_STREAM` names, as systemd sets
     // it for a service whose output goes to the journal: the sinks prefix each line with the
     // event's syslog priority.
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = pipe();
     let meta = {
-        use std::os::fd::AsFd;
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::File::from(writer.as_fd().try_clone_to_owned().unwrap()).metadata().unwrap();
+        let m = writer.metadata().unwrap();
         (m.dev(), m.ino())
     };
     let mut child = livetap_command(2)
@@ -397,4 +406,34 @@ async fn a_stdout_sink_of_the_real_binary_writes_lines_journald_can_read() {
         assert_eq!(body, sub);
     }
     assert_eq!(text_lines, vec!["<4>2026-12-07T17:00:00Z WARN  test.txt n=2".to_string()]);
+}
+
+/// The lines of the first fenced block after `marker` in `text`.
+fn block_after(text: &str, marker: &str) -> String {
+    let rest = &text[text.find(marker).expect("marker in README")..];
+    let body = &rest[rest.find("```").expect("a fenced block") + 3..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").expect("closing fence")].to_string()
+}
+
+#[test]
+fn the_readme_sink_examples_are_what_livetap_reads_and_writes() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## Log sinks").unwrap()..];
+    // The configuration example parses and validates.
+    let c = livetap::Config::from_toml(&block_after(section, "```toml")).unwrap_or_else(|e| panic!("{e}"));
+    c.validate().unwrap();
+    assert_eq!(c.sink.len(), 2);
+    // The sample NDJSON line is an event's JSON as livetap writes it, and the sample text line
+    // is that event's text line.
+    let ndjson = block_after(section, "**Formats.**");
+    let ndjson = ndjson.trim_end();
+    let text_line = block_after(section, "a line break, whatever the producer sent");
+    let (catalogue, keys) = livetap::event::Catalogue::with_keys(1024);
+    let raw = livetap::event::RawValue::parse_serde(ndjson.as_bytes()).unwrap();
+    let ev = livetap::event::EventBuilder::new(&catalogue, &keys).build(&raw, 0).unwrap();
+    assert_eq!(std::str::from_utf8(&ev.json).unwrap(), ndjson);
+    let mut line = Vec::new();
+    livetap::tap::sink::text::write_line(&ev, &mut line, &mut Vec::new());
+    assert_eq!(String::from_utf8(line).unwrap(), text_line.trim_end());
 }

@@ -3,7 +3,8 @@
 //! `keyValues`) and the classic contract (`event::classic`) are rewritten from the event's own
 //! JSON, so a mistake in their scanners would reach every client of that dialect; the classic
 //! form must also hold only the catalogue's keys and no `null`, or Stalwart's old web admin
-//! drops the whole frame.
+//! drops the whole frame. The log sinks' text line (`tap::sink::text`), rewritten from the same
+//! JSON, stays one line of printable text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +12,7 @@ use livetap::event::classic::{self, is_classic_key};
 use livetap::event::dialect::Encoder;
 use livetap::event::v016::{KeyValues, V016};
 use livetap::event::{Catalogue, EventBuilder, KeyRegistry, Tape};
+use livetap::tap::sink::text;
 use serde_json::Value;
 use std::sync::OnceLock;
 
@@ -64,4 +66,15 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_else(|e| panic!("classic form is not JSON ({e}): {}", String::from_utf8_lossy(&out)));
     assert_eq!(v["type"].as_str(), Some(&*ev.kind));
     classic_data(&v["data"]);
+    // The log sinks' lines: an NDJSON line is the event's JSON, which must hold no line break;
+    // a text line is one line of printable text that starts with the event's time.
+    assert!(!ev.json.contains(&b'\n'), "a line break in an event's JSON");
+    let mut line = Vec::new();
+    text::write_line(&ev, &mut line, &mut Vec::new());
+    let line = String::from_utf8(line).expect("a text line is UTF-8");
+    assert!(
+        !line.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' ')),
+        "a control or line-breaking character in a text line: {line:?}"
+    );
+    assert!(line.starts_with(std::str::from_utf8(&livetap::event::encode::format_timestamp(ev.created_at)).unwrap()));
 });

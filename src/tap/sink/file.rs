@@ -230,11 +230,10 @@ impl RotatingFile {
         } else {
             (1..self.settings.keep)
                 .rev()
-                .map(|i| match std::fs::rename(numbered(&path, i), numbered(&path, i + 1)) {
+                .try_for_each(|i| match std::fs::rename(numbered(&path, i), numbered(&path, i + 1)) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                     r => r,
                 })
-                .collect::<std::io::Result<()>>()
                 .and_then(|()| std::fs::rename(&path, numbered(&path, 1)))
         };
         match result {

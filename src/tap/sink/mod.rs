@@ -205,7 +205,7 @@ impl SinkConfig {
         }
         match self.kind {
             SinkKind::File => {
-                if self.path.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+                if self.path.as_ref().map_or(true, |p| p.as_os_str().is_empty()) {
                     return Err("kind = \"file\" needs path = \"/var/log/livetap/events.log\"".into());
                 }
                 if self.journal_priority.is_some() {
@@ -306,8 +306,10 @@ enum Output {
 
 /// A running sink.
 pub struct Sink {
+    /// The tap's name, `sink:<name>`.
     name: String,
-    tap_name: String,
+    /// The sink's name, for logs.
+    sink_name: String,
     query: String,
     format: SinkFormat,
     form: WireForm,
@@ -324,19 +326,20 @@ pub struct Sink {
 /// The fix for a file that cannot be opened.
 fn open_fix(path: &Path, e: &std::io::Error) -> String {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    match e.kind() {
-        std::io::ErrorKind::NotFound => {
+    // ENOTDIR and EISDIR by number: their `ErrorKind`s are newer than the supported Rust.
+    match (e.kind(), e.raw_os_error()) {
+        (std::io::ErrorKind::NotFound, _) => {
             format!("create the directory first (mkdir -p {}), or choose another path", dir.display())
         }
-        std::io::ErrorKind::PermissionDenied => format!(
+        (std::io::ErrorKind::PermissionDenied, _) => format!(
             "let the user livetap runs as write {} and {} (chown or chmod), or choose a path in a directory it owns",
             path.display(),
             dir.display()
         ),
-        std::io::ErrorKind::NotADirectory => {
+        (_, Some(libc::ENOTDIR)) => {
             format!("a part of {} is a file, not a directory: choose another path", dir.display())
         }
-        std::io::ErrorKind::IsADirectory => {
+        (_, Some(libc::EISDIR)) => {
             format!("{} is a directory: name a file inside it, such as {}/livetap.log", path.display(), path.display())
         }
         _ => "check the path, the disk and the permissions, or choose another path".to_string(),
@@ -382,8 +385,8 @@ impl Sink {
             }),
         };
         Ok(Sink {
-            name: config.name.clone(),
-            tap_name: format!("sink:{}", config.name),
+            name: format!("sink:{}", config.name),
+            sink_name: config.name.clone(),
             query: config.query.clone(),
             format: config.format,
             form,
@@ -432,7 +435,7 @@ fn probe_dir(path: &Path) -> std::io::Result<()> {
 
 impl Tap for Sink {
     fn name(&self) -> &str {
-        &self.tap_name
+        &self.name
     }
 
     fn query(&self) -> &str {
@@ -468,14 +471,14 @@ impl Tap for Sink {
                     self.counters.bytes.fetch_add(self.batch.len() as u64, Ordering::Relaxed);
                     if self.failing {
                         self.failing = false;
-                        tracing::info!(sink = %self.name, "sink writes standard output again");
+                        tracing::info!(sink = %self.sink_name, "sink writes standard output again");
                     }
                 }
                 Err(e) => {
                     self.counters.errors.fetch_add(events.len() as u64, Ordering::Relaxed);
                     if !self.failing {
                         self.failing = true;
-                        tracing::error!(sink = %self.name, error = %e,
+                        tracing::error!(sink = %self.sink_name, error = %e,
                             "sink cannot write standard output; events are dropped and counted until it can");
                     }
                 }
@@ -485,7 +488,7 @@ impl Tap for Sink {
     }
 
     fn lagged(&mut self, n: u64) {
-        tracing::warn!(sink = %self.name, dropped = n, "sink fell behind; events were dropped for it");
+        tracing::warn!(sink = %self.sink_name, dropped = n, "sink fell behind; events were dropped for it");
     }
 
     fn idle(&mut self) {
