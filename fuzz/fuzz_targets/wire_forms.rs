@@ -76,5 +76,6 @@ fuzz_target!(|data: &[u8]| {
         !line.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' ')),
         "a control or line-breaking character in a text line: {line:?}"
     );
-    assert!(line.starts_with(std::str::from_utf8(&livetap::event::encode::format_timestamp(ev.created_at)).unwrap()));
+    let time = livetap::event::encode::format_timestamp(ev.created_at);
+    assert!(line.as_bytes().starts_with(&time), "a text line that does not start with its time: {line:?}");
 });

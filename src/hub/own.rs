@@ -164,4 +164,24 @@ mod tests {
         assert_eq!(some.len(), 1);
         assert_eq!(some[0].reading, Reading::Gauge(2.0));
     }
+
+    #[test]
+    fn a_taps_own_counters_are_metrics() {
+        let (c, k) = crate::event::Catalogue::with_keys(1024);
+        let reg = MetricsRegistry::new(&c, &k, 1, 16);
+        let tap = crate::tap::TapStats {
+            name: "sink:errors".into(),
+            query: String::new(),
+            matched: 3,
+            dropped: 0,
+            queued: 0,
+            delivered: 3,
+            counters: [("events", 3), ("errors", 0)].into_iter().collect(),
+        };
+        let stats = StatsSnapshot { taps: vec![tap], ..Default::default() };
+        let all = own_values(&stats, &reg, &NameFilter::new(["livetap.sink.*"]));
+        // Zero counters are left out, as for every counter.
+        assert_eq!(all.len(), 1);
+        assert_eq!((&*all[0].name, &all[0].reading), ("livetap.sink.errors.events", &Reading::Counter(3)));
+    }
 }

@@ -140,7 +140,9 @@ impl RotatingFile {
         if by_size || by_day {
             self.rotate();
         }
-        if self.open.is_none() && !self.reopen() {
+        // After an error the file is reopened by the path check above, at most every
+        // CHECK_SECS: not once per event while, say, the disk is full.
+        if self.open.is_none() {
             return self.failed(None);
         }
         let Some(open) = self.open.as_mut() else { return false };

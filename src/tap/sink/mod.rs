@@ -321,7 +321,13 @@ pub struct Sink {
     batch: Vec<u8>,
     /// True while standard output fails: the first error of a burst is logged.
     failing: bool,
+    /// Events dropped for the sink since its last lag warning, and when that was.
+    lagged_since_log: u64,
+    lag_logged_at: Option<std::time::Instant>,
 }
+
+/// The least time between two warnings that a sink fell behind.
+const LAG_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The fix for a file that cannot be opened.
 fn open_fix(path: &Path, e: &std::io::Error) -> String {
@@ -397,6 +403,8 @@ impl Sink {
             scratch: Vec::new(),
             batch: Vec::new(),
             failing: false,
+            lagged_since_log: 0,
+            lag_logged_at: None,
         })
     }
 
@@ -488,7 +496,15 @@ impl Tap for Sink {
     }
 
     fn lagged(&mut self, n: u64) {
-        tracing::warn!(sink = %self.sink_name, dropped = n, "sink fell behind; events were dropped for it");
+        // Once per burst: an overloaded sink lags at every drain, and the stats count it all.
+        self.lagged_since_log += n;
+        let now = std::time::Instant::now();
+        if self.lag_logged_at.map_or(true, |t| now.duration_since(t) >= LAG_LOG_EVERY) {
+            tracing::warn!(sink = %self.sink_name, dropped = self.lagged_since_log,
+                "sink fell behind; events were dropped for it (counted in the tap stats)");
+            self.lagged_since_log = 0;
+            self.lag_logged_at = Some(now);
+        }
     }
 
     fn idle(&mut self) {
