@@ -437,3 +437,31 @@ fn the_readme_sink_examples_are_what_livetap_reads_and_writes() {
     livetap::tap::sink::text::write_line(&ev, &mut line, &mut Vec::new());
     assert_eq!(String::from_utf8(line).unwrap(), text_line.trim_end());
 }
+
+#[tokio::test]
+async fn a_full_disk_is_counted_and_logged_once_and_never_blocks_ingest() {
+    let dir = scratch("full");
+    // `/dev/full` refuses every write with ENOSPC, as a full disk does.
+    let config = config_file(&dir, "[[sink]]\nname = \"full\"\nkind = \"file\"\npath = \"/dev/full\"\n");
+    let lt = Livetap::start(&["--config", config.to_str().unwrap()]);
+    let addr = lt.addr;
+    let mut stream = SseClient::connect(addr, "/api/livetap/live", Some(TOKEN)).await;
+    let events: Vec<Value> = (0..50).map(|i| json!({"type": "test.full", "data": {"n": i}})).collect();
+    for round in 1..=3u64 {
+        ingest_ok(addr, &events).await;
+        assert_eq!(stream.count_events(50, DEADLINE).await.0, 50, "the stream is not held back");
+        tap_until(addr, "sink:full", |t| t["counters"]["errors"].as_u64() >= Some(round)).await;
+    }
+    let t = tap_until(addr, "sink:full", |t| t["delivered"] == 150).await;
+    assert_eq!(t["dropped"], 0);
+    // The log is read by a thread of its own: wait for the first warning to arrive.
+    let deadline = Instant::now() + DEADLINE;
+    while !lt.stderr().contains("sink cannot write its file") {
+        assert!(Instant::now() < deadline, "no error logged: {}", lt.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = lt.stderr();
+    assert_eq!(err.matches("sink cannot write its file").count(), 1, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("writes its file again"), "{err}");
+}

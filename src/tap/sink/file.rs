@@ -77,6 +77,8 @@ pub struct RotatingFile {
     checked_at: i64,
     /// True while writes fail: the first error of a burst is logged, the rest only counted.
     failing: bool,
+    /// Lines were buffered since the last flush.
+    pending: bool,
 }
 
 /// `path.N`.
@@ -121,6 +123,7 @@ impl RotatingFile {
             day,
             checked_at: now,
             failing: false,
+            pending: false,
         })
     }
 
@@ -152,7 +155,7 @@ impl RotatingFile {
                 if self.day.is_none() {
                     self.day = Some(today);
                 }
-                self.recovered();
+                self.pending = true;
                 true
             }
             Err(e) => {
@@ -175,9 +178,19 @@ impl RotatingFile {
                     Ok(())
                 }
             });
-            if let Err(e) = r {
-                self.open = None;
-                self.failed(Some(e));
+            match r {
+                // Only lines that reached the file show that it works again (a buffered write
+                // or an empty flush proves nothing on a full disk).
+                Ok(()) if self.pending => {
+                    self.pending = false;
+                    self.recovered();
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    self.pending = false;
+                    self.open = None;
+                    self.failed(Some(e));
+                }
             }
         }
         if now - self.checked_at >= CHECK_SECS {
@@ -404,5 +417,22 @@ mod tests {
         assert!(f.write_line(b"back\n"));
         f.flush();
         assert_eq!(read(&path), "back\n");
+    }
+
+    #[test]
+    fn a_full_disk_is_one_burst_of_errors() {
+        // `/dev/full` takes an open and refuses every write with ENOSPC.
+        let now = Arc::new(AtomicI64::new(100));
+        let mut f = sink(Path::new("/dev/full"), 0, false, 1, &now);
+        for round in 1..=3u64 {
+            assert!(f.write_line(b"buffered\n"), "a buffered write succeeds");
+            f.flush();
+            assert!(f.failing, "round {round}");
+            assert_eq!(f.counters.errors.load(Ordering::Relaxed), round);
+            // The next path check reopens the file; an empty flush is no recovery.
+            now.fetch_add(CHECK_SECS, Ordering::Relaxed);
+            f.flush();
+            assert!(f.open.is_some() && f.failing);
+        }
     }
 }

@@ -372,8 +372,10 @@ impl Sink {
                     path: path.clone(),
                     error,
                 })?;
-                // Rotation renames files in the directory: check now that it can.
-                probe_dir(&path).map_err(|error| SinkError::Open {
+                // Rotation renames files in the directory: check now that it can. Without
+                // rotation only the file itself is written (which may then be a device).
+                let rotates = config.rotate_bytes.is_some() || config.rotate_daily == Some(true);
+                probe_dir(&path, rotates).map_err(|error| SinkError::Open {
                     name: config.name.clone(),
                     fix: open_fix(&path, &error),
                     path: path.clone(),
@@ -433,7 +435,10 @@ impl Sink {
 
 /// Creates and removes a file beside `path`, so a directory livetap cannot write into (for
 /// rotation's renames) is refused at start-up.
-fn probe_dir(path: &Path) -> std::io::Result<()> {
+fn probe_dir(path: &Path, rotates: bool) -> std::io::Result<()> {
+    if !rotates {
+        return Ok(());
+    }
     let mut probe = path.as_os_str().to_owned();
     probe.push(format!(".livetap-probe-{}", std::process::id()));
     let probe = PathBuf::from(probe);
