@@ -170,15 +170,24 @@ async fn rotated_files_hold_exactly_what_a_subscriber_with_the_same_query_receiv
 }
 
 #[tokio::test]
-async fn a_text_sink_writes_one_readable_line_per_event() {
+async fn a_text_sink_writes_one_readable_line_per_event_and_a_classic_one_the_classic_json() {
     let dir = scratch("text");
     let path = dir.join("text.log");
     let config = sink(&format!(
         "name = \"text\"\nkind = \"file\"\nformat = \"text\"\nquery = \"event=test.text\"\npath = \"{}\"",
         path.display()
     ));
-    let server = start_server(|c| c.sink = vec![config]).await;
+    // Beside it, an NDJSON sink in the classic dialect, checked against a classic stream.
+    let classic_path = dir.join("classic.log");
+    let classic = sink(&format!(
+        "name = \"classic\"\nkind = \"file\"\ndialect = \"classic\"\nquery = \"event=test.text\"\npath = \"{}\"",
+        classic_path.display()
+    ));
+    let server = start_server(|c| c.sink = vec![config, classic]).await;
     let addr = server.addr;
+    let mut stream =
+        SseClient::connect(addr, "/api/telemetry/traces/live?event=test.text", Some(TOKEN)).await;
+    assert_eq!(stream.status, 200);
     ingest_ok(
         addr,
         &[
@@ -191,7 +200,12 @@ async fn a_text_sink_writes_one_readable_line_per_event() {
     )
     .await;
     tap_until(addr, "sink:text", |t| t["counters"]["events"] == 2).await;
+    let raws = raw_events(&mut stream, 2).await;
+    drop(stream);
     server.shutdown().await;
+    let classic_lines = std::fs::read_to_string(&classic_path).unwrap();
+    assert_eq!(classic_lines.trim_end().replace('\n', ","), raws.join(","));
+    assert_eq!(classic_lines.lines().count(), 2);
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         concat!(
