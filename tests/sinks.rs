@@ -328,6 +328,10 @@ async fn the_binary_refuses_an_unwritable_path_a_bad_kind_and_an_unknown_key() {
             "[[sink]]\nname = \"x\"\nkind = \"stdout\"\nkeep = 3\n".to_string(),
             vec!["keep is for kind = \"file\""],
         ),
+        (
+            "[[sink]]\nname = \"x\"\nkind = \"stdout\"\nquery = \"level=loud\"\n".to_string(),
+            vec!["tap `sink:x`: invalid query", "level"],
+        ),
     ];
     for (toml_text, wants) in cases {
         let (status, err) = refused(&config_file(&dir, &toml_text)).await;

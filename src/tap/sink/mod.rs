@@ -410,11 +410,6 @@ impl Sink {
         })
     }
 
-    /// The sink's counters (shared with its thread).
-    pub fn counters(&self) -> Arc<Counters> {
-        self.counters.clone()
-    }
-
     /// Appends `ev`'s line (newline included) to `self.line`.
     fn render(&mut self, ev: &TapEvent) {
         self.line.clear();
