@@ -521,8 +521,7 @@ async fn run(
 ) {
     let interval = alerts.interval;
     let mut samples = eval::Samples::new(parsed.alerts.iter().flat_map(|(_, c)| c.terms.iter()), interval);
-    let filter =
-        NameFilter::new(samples.names().map(str::to_string).collect::<Vec<_>>().iter().map(String::as_str));
+    let filter = NameFilter::new(samples.names());
     let start = Instant::now();
     let mut machines: Vec<Machine> = parsed
         .alerts
@@ -557,7 +556,7 @@ async fn run(
                 let mut st = alerts.status.lock();
                 if let Some(s) = st.get_mut(i) {
                     s.state = m.state;
-                    if m.state != before || transition.is_some() && transition != Some(Transition::Repeat) {
+                    if m.state != before {
                         s.since = rfc3339(wall);
                     }
                     s.values = terms.clone();
@@ -572,14 +571,10 @@ async fn run(
             if let Some(t) = transition {
                 let n = Notification { alert: a, state: m.state, transition: t, terms: &terms, time: wall };
                 tracing::warn!(alert = %a.name, state = m.state.as_str(), values = %n.values_text(), "alert {}", n.verb());
-                deliver(&hub, notify.as_ref(), mailer.as_ref(), &mail_stats(&alerts), &n).await;
+                deliver(&hub, notify.as_ref(), mailer.as_ref(), &alerts.mail, &n).await;
             }
         }
     }
-}
-
-fn mail_stats(a: &Alerts) -> Arc<email::MailStats> {
-    a.mail.clone()
 }
 
 /// What one notification says.
