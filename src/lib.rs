@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alert;
 pub mod auth;
 pub mod config;
 pub mod event;

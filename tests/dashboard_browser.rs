@@ -287,12 +287,15 @@ fn dashboard_in_a_real_browser() {
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("browser-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
 
-    // A password user who may watch traces but not metrics, to sign in with Basic as well.
+    // A password user who may watch traces but not metrics, to sign in with Basic as well, and
+    // an alert that the demo's SMTP connections keep firing, for the alert banner and list.
     let config = artifacts.join("viewer.toml");
     std::fs::write(
         &config,
         format!(
-            "[[principal]]\nname = \"viewer\"\npassword-hash = \"{}\"\npermissions = [\"tracing-live\"]\n",
+            "alert-interval = \"1s\"\n\n[[alert]]\nname = \"demo-connections\"\n\
+             condition = \"rate(smtp.connection-start, 5s) > 0\"\n\n\
+             [[principal]]\nname = \"viewer\"\npassword-hash = \"{}\"\npermissions = [\"tracing-live\"]\n",
             hash_password(VIEWER_PASSWORD)
         ),
     )

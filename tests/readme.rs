@@ -35,3 +35,20 @@ fn readme_query_examples_parse() {
         assert!(!q.unwrap().expr.is_true(), "{example}");
     }
 }
+
+#[test]
+fn readme_alert_examples_are_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    // The example configuration loads and its alerts pass validation.
+    let toml = block_after(&readme, "### Example alerts").join("\n");
+    let config = livetap::Config::from_toml(&toml).unwrap_or_else(|e| panic!("README alert example: {e}"));
+    assert_eq!(config.alert.len(), 2);
+    config.validate_alerts(Some(&toml)).unwrap_or_else(|e| panic!("README alert example: {e}"));
+    // The example conditions parse against the catalogue's metric names.
+    let kinds = livetap::alert::CatalogueKinds::new(&Catalogue::embedded());
+    let conditions = block_after(&readme, "### Conditions");
+    assert!(conditions.len() >= 2);
+    for c in conditions {
+        livetap::alert::expr::parse(&c, &kinds).unwrap_or_else(|e| panic!("README condition `{c}`: {e}"));
+    }
+}

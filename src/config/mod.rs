@@ -297,6 +297,13 @@ pub struct Config {
     /// Mail-log sources (`[[source]]`): followed files, the journal, syslog listeners
     /// (`ingest::logsource`).
     pub source: Vec<crate::ingest::logsource::SourceConfig>,
+    /// Alerts (`[[alert]]`) over the live metrics, evaluated every `alert-interval`
+    /// (`alert`).
+    pub alert: Vec<crate::alert::AlertConfig>,
+    /// How often the alerts are evaluated (`"10s"` by default).
+    pub alert_interval: crate::alert::DurationSetting,
+    /// The SMTP relay alert emails go through (`[smtp]`).
+    pub smtp: Option<crate::alert::SmtpConfig>,
     /// The zone of mail-log timestamps that name none (`Dec  7 13:00:00`): `local` (the
     /// host's, when livetap starts) or an offset such as `+01:00`.
     pub log_utc_offset: crate::ingest::logsource::LogZone,
@@ -398,6 +405,9 @@ impl Default for Config {
             body_timeout_secs: 30,
             write_timeout_secs: 60,
             source: Vec::new(),
+            alert: Vec::new(),
+            alert_interval: crate::alert::DurationSetting(crate::alert::DEFAULT_INTERVAL),
+            smtp: None,
             log_utc_offset: crate::ingest::logsource::LogZone::Local,
             sink: Vec::new(),
         }
@@ -455,11 +465,15 @@ pub struct Overrides {
 impl Config {
     /// Reads `path` (if given), applies `overrides` and validates the result.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let mut source_text = None;
         let mut c = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|source| ConfigError::Read { path: p.into(), source })?;
-                Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: p.into(), message })?
+                let c = Self::from_toml(&text)
+                    .map_err(|message| ConfigError::Parse { path: p.into(), message })?;
+                source_text = Some(text);
+                c
             }
             None => Config::default(),
         };
@@ -504,6 +518,11 @@ impl Config {
                     SourceConfig::Syslog(_) => {}
                 }
             }
+        }
+        // Alert conditions first, with the file's text, so an error names the line.
+        if let (Some(p), Some(text)) = (path, &source_text) {
+            c.validate_alerts(Some(text))
+                .map_err(|e| ConfigError::Parse { path: p.into(), message: e.to_string() })?;
         }
         c.validate()?;
         Ok(c)
@@ -597,7 +616,19 @@ impl Config {
         self.validate_sources()?;
         crate::tap::sink::validate_all(&self.sink)
             .map_err(|message| ConfigError::Invalid { key: "sink", message })?;
+        self.validate_alerts(None)
+            .map_err(|e| ConfigError::Invalid { key: "alert", message: e.to_string() })?;
         self.validate_security()
+    }
+
+    /// The `[[alert]]` tables and `[smtp]` (`alert::check`); `source` is the file's text.
+    pub fn validate_alerts(&self, source: Option<&str>) -> Result<(), crate::alert::AlertError> {
+        if self.alert.is_empty() && self.smtp.is_none() {
+            return Ok(());
+        }
+        let kinds = crate::alert::CatalogueKinds::new(&crate::event::Catalogue::embedded());
+        crate::alert::check(&self.alert, self.smtp.as_ref(), self.alert_interval.0, &kinds, source)
+            .map(|_| ())
     }
 
     /// Mail-log sources: each file and listen address once, the journal once (two readers of

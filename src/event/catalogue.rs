@@ -304,6 +304,10 @@ fn default_text(name: &str) -> Arc<[u8]> {
     Arc::from(out)
 }
 
+/// Event types livetap publishes itself that no Stalwart catalogue defines, with their
+/// level: an alert's resolution (`alert`; Stalwart has `telemetry.alert` for the firing).
+pub const OWN_TYPES: &[(&str, Level)] = &[("telemetry.alert-resolved", Level::Info)];
+
 /// The catalogue's event types of both generations and the renames between them, read once
 /// per process from the embedded files; every name borrows the embedded text.
 struct Known {
@@ -351,6 +355,20 @@ static KNOWN: std::sync::LazyLock<Known> = std::sync::LazyLock::new(|| {
             });
             info.generations = info.generations.with(*generation);
         }
+    }
+    // livetap's own types, known (with their level) although neither generation defines
+    // them: a subscriber or an `[[alert]]`'s webhook filters on them like on any known type.
+    for &(name, level) in OWN_TYPES {
+        types.entry(name).or_insert_with(|| TypeInfo {
+            name: TypeName::Known(name),
+            level,
+            span_start: false,
+            span_end: false,
+            known: true,
+            generations: Generations::NONE,
+            counterpart: None,
+            default_text: default_text(name),
+        });
     }
     for (_, _, flags) in &files {
         for f in &flags.events {
@@ -439,7 +457,7 @@ impl Catalogue {
         }
     }
 
-    /// Every catalogue event type name of either generation (about 688), in no order.
+    /// Every catalogue event type name of either generation (about 688, and livetap's [`OWN_TYPES`]), in no order.
     pub fn known_names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.types.keys().copied()
     }
@@ -575,8 +593,11 @@ mod tests {
         assert_eq!((v15.len(), v16.len()), (591, 637));
         let union: ahash::AHashSet<&str> = v15.iter().chain(&v16).map(|(n, _)| n.as_str()).collect();
         assert_eq!(union.len(), 688);
-        assert_eq!(c.known_types(), 688);
-        assert_eq!(c.known_names().count(), 688);
+        // The catalogues' types and livetap's own.
+        assert_eq!(c.known_types(), 688 + OWN_TYPES.len());
+        assert_eq!(c.known_names().count(), 688 + OWN_TYPES.len());
+        assert_eq!(c.type_info("telemetry.alert-resolved").level, Level::Info);
+        assert!(c.type_info("telemetry.alert-resolved").known);
         for (generation, list) in [(Generation::V015, &v15), (Generation::V016, &v16)] {
             for (name, level) in list {
                 let t = c.type_info(name);

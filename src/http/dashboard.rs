@@ -67,6 +67,7 @@ static ASSETS: &[Asset] = &[
     asset!("icon.svg", "image/svg+xml"),
     asset!("js/app.js", JS),
     asset!("js/api.js", JS),
+    asset!("js/alerts.js", JS),
     asset!("js/chart.js", JS),
     asset!("js/events.js", JS),
     asset!("js/filter.js", JS),

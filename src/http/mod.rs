@@ -13,6 +13,7 @@
 //! handlers, [`IngestAnswer`]), `dovecot.rs` (Dovecot's event exporter) and `live.rs` (the
 //! live traces stream and the live tokens).
 
+mod alerts;
 mod body;
 pub mod cors;
 mod dashboard;
@@ -63,6 +64,8 @@ pub struct Ctx {
     pub gate: gate::IngestGate,
     /// The webhook senders' resend credits (`ingest::dedupe`).
     pub dedupe: crate::ingest::dedupe::Dedupe,
+    /// The alerts' states, for `/api/livetap/alerts`.
+    pub alerts: Arc<crate::alert::Alerts>,
 }
 
 impl Ctx {
@@ -74,7 +77,13 @@ impl Ctx {
         let timeout = std::time::Duration::from_secs(c.webhook_sender_timeout_secs);
         let dedupe =
             crate::ingest::dedupe::Dedupe::new(c.webhook_dedupe_secs, c.webhook_dedupe_entries, timeout);
-        Ctx { hub, security, cors, gate, dedupe }
+        Ctx { hub, security, cors, gate, dedupe, alerts: crate::alert::Alerts::none() }
+    }
+
+    /// The same, showing `alerts` in `/api/livetap/alerts`.
+    pub fn with_alerts(mut self, alerts: Arc<crate::alert::Alerts>) -> Ctx {
+        self.alerts = alerts;
+        self
     }
 }
 
@@ -136,6 +145,7 @@ const ROUTES: &[(&str, Method, Access)] = &[
     // Dovecot's event exporter (http-post transport, JSON format): Basic from its URL.
     ("/api/livetap/ingest/dovecot", Method::POST, Some((Permission::Ingest, None))),
     ("/api/livetap/stats", Method::GET, Some((Permission::Admin, None))),
+    ("/api/livetap/alerts", Method::GET, Some((Permission::MetricsLive, None))),
     ("/api/telemetry/traces", Method::GET, Some((Permission::History, None))),
     ("/api/telemetry/trace/{id}", Method::GET, Some((Permission::History, None))),
     ("/api/telemetry/metrics", Method::GET, Some((Permission::History, None))),
@@ -241,6 +251,7 @@ async fn route(
         "/api/telemetry/webhook" => webhook(ctx, conn, req, Some(principal())).await,
         "/api/livetap/ingest/dovecot" => dovecot::ingest_dovecot(ctx, principal(), req).await,
         "/api/livetap/stats" => Ok(json_ok(StatusCode::OK, &hub.stats())),
+        "/api/livetap/alerts" => Ok(alerts::list(&ctx.alerts)),
         "/api/telemetry/traces" => history::traces(hub, req.uri().query().unwrap_or("")).await,
         "/api/telemetry/trace/{id}" => history::trace(hub, &full_path["/api/telemetry/trace/".len()..]).await,
         "/api/telemetry/metrics" => history::metrics(hub, req.uri().query().unwrap_or("")).await,

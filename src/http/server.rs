@@ -108,7 +108,12 @@ impl Server {
             tracing::info!(url = %hub.config.scrape[i].url, "scraping into the live metrics");
             tasks.push(tokio::spawn(crate::ingest::scrape::run(hub.clone(), i)));
         }
-        let ctx = Arc::new(Ctx::new(hub.clone(), security.clone()));
+        // Alerts: conditions checked against the catalogue and webhook names against the
+        // configured webhooks (none until `[[webhook]]` lands: `NoTargets`).
+        let notify: Arc<dyn crate::tap::Notify> = Arc::new(crate::tap::NoTargets);
+        let (alerts, alert_task) = crate::alert::start(hub.clone(), notify).map_err(std::io::Error::other)?;
+        tasks.extend(alert_task);
+        let ctx = Arc::new(Ctx::new(hub.clone(), security.clone()).with_alerts(alerts));
         let accept = tokio::spawn(accept_loop(ctx, listener, tls.clone()));
         Ok(Server { hub, security, addr, log_sources, tls, accept, tasks })
     }

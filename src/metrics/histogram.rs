@@ -320,6 +320,44 @@ impl HistogramSnapshot {
     }
 }
 
+impl HistogramSnapshot {
+    /// The observations made between `earlier` and this reading of the same histogram, for a
+    /// quantile over a window (the alert evaluator). Bucket counts are subtracted (a bucket
+    /// that shrank, after a scrape target restarted, counts zero); the minimum and maximum
+    /// stay this reading's, which bound the window's observations too. A reading without the
+    /// fine buckets subtracts the cumulative `le` counts instead.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let fine = match (&self.fine, &earlier.fine) {
+            (Some(now), Some(then)) if now.len() == then.len() => {
+                Some(now.iter().zip(then).map(|(a, b)| a.saturating_sub(*b)).collect::<Vec<u64>>())
+            }
+            _ => None,
+        };
+        let same_bounds = self.le.len() == earlier.le.len();
+        let le = self
+            .le
+            .iter()
+            .enumerate()
+            .map(|(i, &(bound, cum))| {
+                let before = if same_bounds { earlier.le[i].1 } else { 0.0 };
+                (bound, (cum - before).max(0.0))
+            })
+            .collect();
+        let count = match &fine {
+            Some(f) => f.iter().sum(),
+            None => self.count.saturating_sub(earlier.count),
+        };
+        HistogramSnapshot {
+            count,
+            sum: (self.sum - earlier.sum).max(0.0),
+            min: self.min,
+            max: self.max,
+            fine,
+            le,
+        }
+    }
+}
+
 /// `histogram_quantile` over cumulative `(le, count)` buckets.
 fn external_quantile(le: &[(f64, f64)], q: f64) -> Option<f64> {
     let total = le.last()?.1;

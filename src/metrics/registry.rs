@@ -264,6 +264,8 @@ impl MetricsRegistry {
         let metric_counters =
             catalogue.metrics.iter().filter(|m| m.kind == "counter").map(|m| m.name.as_str());
         let types = catalogue.event_keys.iter().chain(&catalogue.event_keys_v016).map(|e| e.name.as_str());
+        // livetap's own types (`telemetry.alert-resolved`) are counters like the catalogue's.
+        let types = types.chain(crate::event::catalogue::OWN_TYPES.iter().map(|(n, _)| *n));
         for name in types.chain(metric_counters) {
             if catalogue_types.insert(Box::<str>::from(name)) {
                 let mut s = String::with_capacity(name.len());

@@ -1,7 +1,8 @@
 // The dashboard in a real browser, against a real livetap with its demo generator: sign in,
 // events arrive, the server's parse error shows inline, a filter leaves only matching rows and
 // is kept in the page URL (never the token), a reload keeps it, follow a session, expand a row,
-// pause and resume, reconnect and resume, charts draw, and a screenshot. The steps share one
+// pause and resume, reconnect and resume, charts draw, a firing alert's banner and list, and a
+// screenshot. The steps share one
 // page and run in order. Started by `cargo test --test dashboard_browser`, which passes the
 // hub's URL and token in the environment.
 
@@ -241,6 +242,20 @@ test("charts draw: events per second and a chosen metric", async () => {
     null,
     15000,
   );
+});
+
+test("a firing alert shows as a banner and in the alerts list", async () => {
+  // The hub's config has an alert on the demo's SMTP connections, which keep coming.
+  await until("the alert banner", () => {
+    const b = document.querySelector("#alert-banner");
+    return !b.hidden && /Alert firing: demo-connections/.test(b.textContent);
+  });
+  const item = page.locator('#alerts-list .alert-item[data-name="demo-connections"]');
+  assert.equal(await item.getAttribute("data-state"), "firing");
+  const text = await item.textContent();
+  assert.match(text, /rate\(smtp\.connection-start, 5s\) > 0/);
+  assert.match(text, /rate\(smtp\.connection-start, 5s\) = \d/);
+  assert.match(text, /since \d{4}-\d\d-\d\dT/);
 });
 
 test("screenshot", async () => {

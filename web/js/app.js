@@ -7,6 +7,7 @@ import { EventView } from "./events.js";
 import { FilterBar } from "./filter.js";
 import { LineChart } from "./chart.js";
 import { MetricsPanel } from "./metrics.js";
+import { AlertsPanel } from "./alerts.js";
 import { family, fmtCount } from "./util.js";
 
 /** Rows kept in the page; older rows are dropped from view, not from the stream. */
@@ -51,6 +52,13 @@ const filter = new FilterBar({
   onApply: (params, after) => startTraces(params, after),
 });
 
+const alerts = new AlertsPanel({
+  panel: $("alerts-panel"),
+  list: $("alerts-list"),
+  status: $("alerts-status"),
+  banner: $("alert-banner"),
+  bannerText: $("alert-banner-text"),
+});
 const metrics = new MetricsPanel({
   form: $("metrics-form"),
   names: $("metrics-names"),
@@ -100,6 +108,7 @@ async function signIn(candidate, remember) {
     onState: onTraceState,
   });
   metrics.start(api);
+  alerts.start(api);
   // An invalid filter from a shared URL is shown with the parser's message, not streamed.
   await filter.apply();
 }
@@ -107,6 +116,7 @@ async function signIn(candidate, remember) {
 function signOut() {
   if (stream) stream.close();
   metrics.stop();
+  alerts.stop();
   stream = null;
   api = null;
   sessionStorage.removeItem(AUTH_KEY);
