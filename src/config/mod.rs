@@ -300,6 +300,8 @@ pub struct Config {
     /// The zone of mail-log timestamps that name none (`Dec  7 13:00:00`): `local` (the
     /// host's, when livetap starts) or an offset such as `+01:00`.
     pub log_utc_offset: crate::ingest::logsource::LogZone,
+    /// Outgoing webhooks (`[[webhook]]`, `tap::webhook`).
+    pub webhook: Vec<crate::tap::webhook::WebhookConfig>,
 }
 
 /// What the demo shows (`demo-traffic`).
@@ -397,6 +399,7 @@ impl Default for Config {
             write_timeout_secs: 60,
             source: Vec::new(),
             log_utc_offset: crate::ingest::logsource::LogZone::Local,
+            webhook: Vec::new(),
         }
     }
 }
@@ -592,6 +595,7 @@ impl Config {
             t.validate().map_err(|m| ConfigError::Invalid { key: "scrape", message: m.into() })?;
         }
         self.validate_sources()?;
+        crate::tap::webhook::validate(&self.webhook, self.data_dir.as_deref())?;
         self.validate_security()
     }
 

@@ -38,6 +38,8 @@ pub struct Server {
     /// What each mail-log source reads (`file /var/log/mail.log (from its end)`, `syslog
     /// udp://127.0.0.1:5514`), for the banner.
     pub log_sources: Vec<String>,
+    /// The outgoing webhooks (also the `Notify` targets of alerts).
+    pub webhooks: Arc<crate::tap::webhook::Webhooks>,
     tls: Option<Arc<TlsReloader>>,
     accept: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -78,6 +80,8 @@ impl Server {
         if let Some(writer) = hub.history_writer.clone() {
             hub.add_tap(Box::new(HistoryTap::new(writer))).await.map_err(std::io::Error::other)?;
         }
+        // Outgoing webhooks are taps too: before the sources.
+        let webhooks = crate::tap::webhook::Webhooks::start(&hub).await.map_err(std::io::Error::other)?;
         let security = Arc::new(Security::build(&hub.config, &admin_token, &hub.keys)?);
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         if let Some(path) = &hub.config.ingest_socket {
@@ -107,9 +111,10 @@ impl Server {
             tracing::info!(url = %hub.config.scrape[i].url, "scraping into the live metrics");
             tasks.push(tokio::spawn(crate::ingest::scrape::run(hub.clone(), i)));
         }
-        let ctx = Arc::new(Ctx::new(hub.clone(), security.clone()));
-        let accept = tokio::spawn(accept_loop(ctx, listener, tls.clone()));
-        Ok(Server { hub, security, addr, log_sources, tls, accept, tasks })
+        let mut ctx = Ctx::new(hub.clone(), security.clone());
+        ctx.webhooks = webhooks.clone();
+        let accept = tokio::spawn(accept_loop(Arc::new(ctx), listener, tls.clone()));
+        Ok(Server { hub, security, addr, log_sources, webhooks, tls, accept, tasks })
     }
 
     /// True when the listener speaks TLS.
@@ -132,6 +137,9 @@ impl Server {
     /// Graceful shutdown (see [`Hub::shutdown`]); returns once streams are closed.
     pub async fn shutdown(self) {
         self.hub.shutdown().await;
+        // The taps closed and flushed every webhook spool in the hub's shutdown; now the
+        // senders stop (a batch in flight is sent again after the next start).
+        self.webhooks.stop().await;
         let _ = self.accept.await;
         for t in self.tasks {
             t.abort();

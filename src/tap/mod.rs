@@ -15,6 +15,7 @@
 //! durability behind this trait, on its thread: it spools to disk before it acknowledges.
 
 pub mod history;
+pub mod webhook;
 
 use crate::event::Event;
 use crate::matcher::registry::Subscription;
