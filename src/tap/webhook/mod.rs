@@ -123,8 +123,8 @@ pub struct WebhookConfig {
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawWebhook {
-    name: String,
-    url: String,
+    name: Name,
+    url: Url,
     #[serde(default)]
     query: String,
     #[serde(default)]
@@ -182,17 +182,47 @@ mod defaults {
     }
 }
 
+/// A webhook's name, checked on its own so an error points at its line.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Name(String);
+
+impl TryFrom<String> for Name {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!("webhook name `{name}`: use 1 to 64 letters, digits, '-' or '_'"));
+        }
+        Ok(Name(name))
+    }
+}
+
+/// A webhook's URL, checked on its own so an error points at its line.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Url(String);
+
+impl TryFrom<String> for Url {
+    type Error = String;
+
+    fn try_from(url: String) -> Result<Self, String> {
+        match url.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => Ok(Url(url)),
+            _ => Err(format!("url `{url}` must be an http:// or https:// URL with a host")),
+        }
+    }
+}
+
 impl TryFrom<RawWebhook> for WebhookConfig {
     type Error = String;
 
     fn try_from(r: RawWebhook) -> Result<Self, String> {
-        let name_ok = !r.name.is_empty()
-            && r.name.len() <= 64
-            && r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !name_ok {
-            return Err(format!("webhook name `{}`: use 1 to 64 letters, digits, '-' or '_'", r.name));
-        }
-        let w = |m: String| format!("webhook `{}`: {m}", r.name);
+        let name = r.name.0;
+        let w = |m: String| format!("webhook `{name}`: {m}");
         let in_range = |key: &str, v: u64, lo: u64, hi: u64| {
             if (lo..=hi).contains(&v) {
                 Ok(())
@@ -214,8 +244,8 @@ impl TryFrom<RawWebhook> for WebhookConfig {
             a.check().map_err(w)?;
         }
         let cfg = WebhookConfig {
-            name: r.name.clone(),
-            url: r.url,
+            name: name.clone(),
+            url: r.url.0,
             query: r.query,
             headers: r.headers,
             auth: r.auth,
@@ -232,11 +262,7 @@ impl TryFrom<RawWebhook> for WebhookConfig {
             retry_max_secs: r.retry_max_secs,
             ca_file: r.ca_file,
         };
-        // The URL and headers are checked the way they are used.
-        match cfg.url.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-            _ => return Err(w(format!("url `{}` must be an http:// or https:// URL with a host", cfg.url))),
-        }
+        // The headers are checked the way they are used.
         sender::static_headers(&cfg).map_err(w)?;
         Ok(cfg)
     }
@@ -338,7 +364,9 @@ pub struct Running {
     metric_names: Vec<String>,
 }
 
-/// The per-webhook metric names after `livetap.webhook.<name>.`, their kind (counter or
+/// The per-webhook metric names after `webhook.<name>.` (not under `livetap.`: the registry
+/// reserves that prefix for the readings it computes itself; these are handed to it the way
+/// scraped values are), their kind (counter or
 /// gauge), for the README and `/metrics`.
 pub const METRICS: [(&str, bool); 9] = [
     ("sent-events", true),
@@ -543,7 +571,7 @@ impl Webhooks {
                     closed_tail = rec.closed_tail, "webhook spool recovered"
                 );
             }
-            let metric_names = METRICS.iter().map(|(m, _)| format!("livetap.webhook.{name}.{m}")).collect();
+            let metric_names = METRICS.iter().map(|(m, _)| format!("webhook.{name}.{m}")).collect();
             let running = Arc::new(Running {
                 config: cfg,
                 counters,

@@ -188,8 +188,8 @@ pub struct Spool {
     cursor: (u64, u64),
     /// Events dropped under the cap since the writer last asked ([`Spool::take_dropped`]).
     dropped_unreported: u64,
-    /// Record buffer reused per event.
-    scratch: Vec<u8>,
+    /// Event records in `pending`.
+    pending_events: u64,
     /// How many events the format adds bytes for (the separators of a batch).
     per_event_overhead: usize,
 }
@@ -424,7 +424,7 @@ impl Spool {
             active_closed_events: 0,
             cursor,
             dropped_unreported: 0,
-            scratch: Vec::new(),
+            pending_events: 0,
             per_event_overhead,
         };
         // Segments acknowledged to their end before the crash go now.
@@ -460,22 +460,11 @@ impl Spool {
         if self.open_since.is_none() {
             self.open_since = Some(Instant::now());
         }
-        self.counters.spooled_events.fetch_add(1, Ordering::Relaxed);
+        self.pending_events += 1;
         if self.open_events >= self.settings.max_events as u64 {
             self.cut()?;
         }
         Ok(())
-    }
-
-    /// Appends an event given as a record-building closure's output; see [`Spool::append_event`].
-    /// Lets a caller build the JSON into the spool's own scratch buffer.
-    pub fn append_with(&mut self, seq: u64, build: impl FnOnce(&mut Vec<u8>)) -> Result<(), SpoolError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        build(&mut scratch);
-        let r = self.append_event(seq, &scratch);
-        self.scratch = scratch;
-        r
     }
 
     /// Closes the open batch (if it has events). When the active segment is past its size,
@@ -540,6 +529,9 @@ impl Spool {
         }
         let written = self.pending.len() as u64;
         self.pending.clear();
+        // Counted once written, so a reader that sees the count knows the events are in the
+        // file (in the kernel's hands, and on disk as the fsync policy says).
+        self.counters.spooled_events.fetch_add(std::mem::take(&mut self.pending_events), Ordering::Relaxed);
         let pending_closed = self.pending_closed.take();
         let seg = self.active();
         seg.len += written;
