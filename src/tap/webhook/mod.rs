@@ -454,7 +454,7 @@ impl WebhookTap {
             Ok(true) => self.running.wake.notify_one(),
             Ok(false) => {}
             Err(e) => {
-                if self.last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                if !self.last_error_log.is_some_and(|t| t.elapsed() <= Duration::from_secs(60)) {
                     tracing::error!(webhook = %self.running.config.name, error = %e, "cannot write the webhook spool");
                     self.last_error_log = Some(Instant::now());
                 }

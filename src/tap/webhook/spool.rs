@@ -234,7 +234,7 @@ fn read_record(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<(Read_, 
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     let kind = head[8];
-    if len > MAX_RECORD || len < 8 || !(kind == EVENT || kind == CUT) {
+    if !(8..=MAX_RECORD).contains(&len) || !(kind == EVENT || kind == CUT) {
         return Ok((Read_::End, 0));
     }
     let start = buf.len();
