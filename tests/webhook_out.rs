@@ -557,3 +557,20 @@ fn bad_webhook_configuration_is_refused_with_its_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("set data-dir"), "{err}");
 }
+
+#[test]
+fn readme_webhook_example_is_a_valid_configuration() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let rest = &readme[readme.find("Outgoing webhooks example:").expect("marker in README")..];
+    let body = &rest[rest.find("```toml\n").expect("a toml block") + 8..];
+    let text = &body[..body.find("```").unwrap()];
+    let c = livetap::config::Config::from_toml(text).unwrap_or_else(|e| panic!("README example: {e}"));
+    c.validate().unwrap();
+    let w = &c.webhook[0];
+    assert_eq!(w.name, "security");
+    assert_eq!(w.max_spool_bytes, 1 << 30);
+    // The example shows the defaults: the same table without them is equal.
+    let minimal = "[[webhook]]\nname = \"security\"\nurl = \"https://siem.example.org/hooks/mail\"\nquery = \"event=auth.failed,security.*\"\nsignature-key = \"change-me\"\nheaders = { \"X-Source\" = \"livetap\" }\nauth = { token = \"s3cr3t-bearer\" }\n";
+    let m = livetap::config::Config::from_toml(minimal).unwrap();
+    assert_eq!(&m.webhook[0], w);
+}

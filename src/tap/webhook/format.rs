@@ -8,11 +8,16 @@
 use crate::event::dialect::Encoder;
 use crate::event::encode::{format_timestamp, write_str, write_text, write_value};
 use crate::event::json::{JsonRef, Node};
-use crate::event::raw::RawValue;
+use crate::event::tape::Tape;
 use crate::event::Event;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use std::time::{Duration, SystemTime};
+
+thread_local! {
+    /// The tape an encoding thread parses events' full form onto, reused.
+    static TAPE: std::cell::RefCell<Tape> = std::cell::RefCell::new(Tape::new());
+}
 
 /// The dialect name of [`StalwartWebhookShape`] in the hub's registry.
 pub const DIALECT: &str = "stalwart-webhook";
@@ -42,24 +47,34 @@ impl Encoder for StalwartWebhookShape {
         }
         // The full form's `data` is already what Stalwart writes (camelCase keys, empty values
         // left out, `spanId` taken out into `span_id`); an event whose bytes do not parse
-        // (impossible for livetap's own) keeps an empty `data`.
-        if let Ok(raw) = RawValue::parse_serde(&event.json) {
-            if let Some(Node::Object(members)) = raw.get("data").map(JsonRef::node) {
-                for (k, v) in members {
-                    if k.as_str() == "spanId" || v.is_empty_value() {
-                        continue;
-                    }
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    write_text(out, k);
-                    out.push(b':');
-                    write_value(out, v);
-                }
-            }
-        }
+        // (impossible for livetap's own) keeps an empty `data`. The bytes are parsed onto a
+        // tape the thread keeps, so encoding allocates nothing but its result once warm.
+        TAPE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut tape) => write_data_members(&mut tape, &event.json, first, out),
+            // Only an encoder nested in another's encoding would get here (none is).
+            Err(_) => write_data_members(&mut Tape::new(), &event.json, first, out),
+        });
         out.extend_from_slice(b"}}");
+    }
+}
+
+/// Appends the members of the `data` object of `json` (an event's full form), leaving out
+/// `spanId` and empty values, after a comma unless `first`.
+fn write_data_members(tape: &mut Tape, json: &[u8], mut first: bool, out: &mut Vec<u8>) {
+    let Ok(root) = tape.parse(json) else { return };
+    if let Some(Node::Object(members)) = root.get("data").map(JsonRef::node) {
+        for (k, v) in members {
+            if k.as_str() == "spanId" || v.is_empty_value() {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_text(out, k);
+            out.push(b':');
+            write_value(out, v);
+        }
     }
 }
 
@@ -182,6 +197,7 @@ pub fn verdict(status: u16) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::raw::RawValue;
     use crate::event::{Catalogue, EventBuilder};
 
     fn event(json: &str) -> Event {

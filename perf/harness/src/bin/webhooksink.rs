@@ -116,7 +116,8 @@ async fn main() -> std::io::Result<()> {
         }
     }
     let events = c.events.load(Ordering::Relaxed);
-    let span = (c.last_us.load(Ordering::Relaxed).saturating_sub(c.first_us.load(Ordering::Relaxed))) as f64 / 1e6;
+    let span =
+        (c.last_us.load(Ordering::Relaxed).saturating_sub(c.first_us.load(Ordering::Relaxed))) as f64 / 1e6;
     let bodies = c.bodies.load(Ordering::Relaxed).max(1);
     println!(
         "webhooksink: {events} events in {} bodies (mean {:.0} KiB), {:.0} events/s between the first and the last",
