@@ -574,3 +574,63 @@ fn readme_webhook_example_is_a_valid_configuration() {
     let m = livetap::config::Config::from_toml(minimal).unwrap();
     assert_eq!(&m.webhook[0], w);
 }
+
+#[tokio::test]
+async fn a_full_spool_drops_the_oldest_batches_and_reports_them() {
+    let recv = Receiver::start(None, Box::new(|_, _| Reply::Status(503, vec![], "down"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", recv.addr);
+    let server = start_server(|c| {
+        c.data_dir = Some(dir.path().to_path_buf());
+        c.webhook = vec![hook(&format!(
+            "name = \"tiny\"\nurl = \"{url}\"\nmax-bytes = 1024\nmax-events = 5\nmax-spool-bytes = 8192\nmax-delay-ms = 50\nretry-initial-ms = 20\nretry-max-secs = 1"
+        ))];
+    })
+    .await;
+    let mut errors =
+        SseClient::connect(server.addr, "/api/livetap/live?event=telemetry.webhook-error", Some(TOKEN)).await;
+    for chunk in 0..10 {
+        let events: Vec<Value> = (chunk * 20..chunk * 20 + 20).map(auth_failed).collect();
+        ingest_ok(server.addr, &events).await;
+    }
+    let reported = errors.collect_events(1, DEADLINE).await;
+    assert!(!reported.is_empty(), "no telemetry.webhook-error event");
+    let e = &reported[0];
+    assert!(e["data"]["details"].as_str().unwrap().contains("webhook tiny"), "{e}");
+    assert!(e["data"]["total"].as_u64().unwrap() > 0, "{e}");
+    let c = &server.webhooks.get("tiny").unwrap().counters;
+    assert!(c.dropped_events.load(Ordering::Relaxed) > 0);
+    wait_for("the spool under its cap", DEADLINE, || {
+        c.spooled_bytes.load(Ordering::Relaxed) <= 8192 + 1024 + 64
+    })
+    .await;
+    // The error events are never sent to a webhook (this one wants every event).
+    assert!(recv.got().iter().flat_map(Got::events).all(|e| e["type"] != "telemetry.webhook-error"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_notification_reaches_a_webhook_outside_its_query() {
+    let recv = Receiver::start(None, ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", recv.addr);
+    let server = start_server(|c| {
+        c.data_dir = Some(dir.path().to_path_buf());
+        c.webhook = vec![hook(&format!("name = \"n\"\nurl = \"{url}\"\nquery = \"event=nothing.ever\""))];
+    })
+    .await;
+    use livetap::tap::Notify;
+    let raw = json!({"type": "telemetry.alert", "data": {"details": "queue too long"}}).to_string();
+    let raw = livetap::event::RawValue::parse_serde(raw.as_bytes()).unwrap();
+    let ev = Arc::new(server.hub.builder().build(&raw, 1_700_000_000).unwrap());
+    let hooks: Arc<dyn Notify> = server.webhooks.clone();
+    assert_eq!(hooks.names(), ["n"]);
+    assert!(hooks.notify("n", livetap::tap::TapEvent { seq: 41, event: ev.clone() }));
+    assert!(!hooks.notify("other", livetap::tap::TapEvent { seq: 41, event: ev }));
+    wait_for("the notification", DEADLINE, || !recv.delivered().is_empty()).await;
+    let e = &recv.delivered()[0];
+    assert_eq!(e["id"], "42");
+    assert_eq!(e["type"], "telemetry.alert");
+    assert_eq!(e["data"]["details"], "queue too long");
+    server.shutdown().await;
+}

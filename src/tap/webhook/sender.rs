@@ -273,6 +273,12 @@ pub fn request_headers(base: &HeaderMap, cfg: &WebhookConfig, ids: (u64, u64), b
     h
 }
 
+/// Acknowledges a batch off the async workers (the lock, the cursor file, a segment deletion).
+async fn ack(running: &Arc<Running>, at: super::spool::BatchRef, end: u64, events: u64) {
+    let r = running.clone();
+    let _ = tokio::task::spawn_blocking(move || r.spool.lock().ack(&at, end, events)).await;
+}
+
 /// Sends `running`'s spooled batches until `stop` is cancelled.
 pub async fn run(running: Arc<Running>, stop: tokio_util::sync::CancellationToken) {
     let cfg = &running.config;
@@ -283,17 +289,29 @@ pub async fn run(running: Arc<Running>, stop: tokio_util::sync::CancellationToke
     let mut attempt: u32 = 0;
     let mut failing = false;
     loop {
-        let next = running.spool.lock().next_batch();
-        let Some(at) = next else {
+        // The spool's lock may be held by the tap's thread across a write and an fsync, and
+        // the batch is read from a file: both off the async workers.
+        let r = running.clone();
+        let Ok((next, b)) = tokio::task::spawn_blocking(move || {
+            let next = r.spool.lock().next_batch();
+            let read = next.as_ref().map(|at| read_batch(at, &mut batch));
+            (next.map(|at| (at, read)), batch)
+        })
+        .await
+        else {
+            return;
+        };
+        batch = b;
+        let Some((at, read)) = next else {
             c.oldest_ms.store(0, Ordering::Relaxed);
             tokio::select! {
                 _ = running.wake.notified() => continue,
                 _ = stop.cancelled() => return,
             }
         };
-        match read_batch(&at, &mut batch) {
-            Ok(Some(())) => {}
-            Ok(None) | Err(_) => {
+        match read {
+            Some(Ok(Some(()))) => {}
+            _ => {
                 // Deleted by the cap while it was read, or damaged: look again from the cursor
                 // (the cap moved it on), after a moment so a damaged file does not spin.
                 tokio::select! {
@@ -316,7 +334,7 @@ pub async fn run(running: Arc<Running>, stop: tokio_util::sync::CancellationToke
                 Verdict::Delivered => {
                     c.sent_events.fetch_add(n, Ordering::Relaxed);
                     c.sent_batches.fetch_add(1, Ordering::Relaxed);
-                    running.spool.lock().ack(&at, batch.end, n);
+                    ack(&running, at, batch.end, n).await;
                     if failing {
                         tracing::info!(webhook = %cfg.name, "webhook receiver accepts batches again");
                     }
@@ -331,7 +349,7 @@ pub async fn run(running: Arc<Running>, stop: tokio_util::sync::CancellationToke
                         webhook = %cfg.name, status = a.status, first_id = ids.0, last_id = ids.1,
                         answer = %a.excerpt, "webhook receiver refused a batch; it is skipped"
                     );
-                    running.spool.lock().ack(&at, batch.end, n);
+                    ack(&running, at, batch.end, n).await;
                     attempt = 0;
                     continue;
                 }

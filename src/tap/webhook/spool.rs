@@ -78,7 +78,7 @@ pub struct SpoolSettings {
 impl SpoolSettings {
     /// Size at which a new segment starts (after the next cut).
     fn segment_bytes(&self) -> u64 {
-        (self.max_spool_bytes / 8).clamp(64 << 10, 64 << 20)
+        (self.max_spool_bytes / 8).clamp(4 << 10, 64 << 20)
     }
 }
 
@@ -773,7 +773,7 @@ mod tests {
     #[test]
     fn segments_roll_and_are_deleted_once_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        // Segments of 64 KiB (the floor); batches of 100 events of 1 KiB.
+        // Segments of 64 KiB (an eighth of the cap); batches of 100 events of 1 KiB.
         let (mut s, _) = open(dir.path(), settings(100, 512 << 10));
         let json = vec![b'x'; 1000];
         for seq in 0..300 {
