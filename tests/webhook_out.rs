@@ -86,8 +86,63 @@ struct Receiver {
     state: Arc<State>,
 }
 
+/// Serves one receiver connection (plain or TLS) with hyper.
+async fn serve_conn<I>(io: I, st: Arc<State>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let st = st.clone();
+        async move {
+            let headers: HashMap<String, String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+            if let Some(key) = &st.key {
+                let want = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(key, &body));
+                if headers.get("x-signature") != Some(&want) {
+                    st.bad_signatures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            let mut got = Got { at: Instant::now(), headers, body, status: 0 };
+            let n = st.got.lock().unwrap().len();
+            let reply = (st.behaviour.lock().unwrap())(n, &got);
+            let (status, extra, text) = match reply {
+                Reply::Status(s, h, t) => (s, h, t),
+                Reply::Hang => {
+                    st.hung.fetch_add(1, Ordering::SeqCst);
+                    // Longer than any test; livetap gives up first.
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    (500, vec![], "")
+                }
+            };
+            got.status = status;
+            st.got.lock().unwrap().push(got);
+            let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(text.as_bytes())));
+            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+            resp.headers_mut().insert("server", "test-receiver".parse().unwrap());
+            for (k, v) in extra {
+                resp.headers_mut().insert(k, v.parse().unwrap());
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
+}
+
 impl Receiver {
     async fn start(key: Option<&str>, behaviour: Behaviour) -> Receiver {
+        Receiver::start_with(key, behaviour, None).await
+    }
+
+    /// A receiver speaking HTTPS with `tls`.
+    async fn start_with(
+        key: Option<&str>,
+        behaviour: Behaviour,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -102,50 +157,16 @@ impl Receiver {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let st = st.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let st = st.clone();
-                        async move {
-                            let headers: HashMap<String, String> = req
-                                .headers()
-                                .iter()
-                                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-                                .collect();
-                            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
-                            if let Some(key) = &st.key {
-                                let want =
-                                    base64::engine::general_purpose::STANDARD.encode(hmac_sha256(key, &body));
-                                if headers.get("x-signature") != Some(&want) {
-                                    st.bad_signatures.fetch_add(1, Ordering::SeqCst);
-                                }
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve_conn(s, st).await;
                             }
-                            let mut got = Got { at: Instant::now(), headers, body, status: 0 };
-                            let n = st.got.lock().unwrap().len();
-                            let reply = (st.behaviour.lock().unwrap())(n, &got);
-                            let (status, extra, text) = match reply {
-                                Reply::Status(s, h, t) => (s, h, t),
-                                Reply::Hang => {
-                                    st.hung.fetch_add(1, Ordering::SeqCst);
-                                    // Longer than any test; livetap gives up first.
-                                    tokio::time::sleep(Duration::from_secs(600)).await;
-                                    (500, vec![], "")
-                                }
-                            };
-                            got.status = status;
-                            st.got.lock().unwrap().push(got);
-                            let mut resp =
-                                hyper::Response::new(Full::new(bytes::Bytes::from_static(text.as_bytes())));
-                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            resp.headers_mut().insert("server", "test-receiver".parse().unwrap());
-                            for (k, v) in extra {
-                                resp.headers_mut().insert(k, v.parse().unwrap());
-                            }
-                            Ok::<_, std::convert::Infallible>(resp)
                         }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                        None => serve_conn(stream, st).await,
+                    }
                 });
             }
         });
@@ -294,6 +315,13 @@ async fn a_receiver_failing_with_503_for_20s_gets_everything_and_retry_after_is_
     let got = recv.got();
     let failed: Vec<&Got> = got.iter().filter(|g| g.status == 503).collect();
     assert!(failed.len() >= 2, "{}", failed.len());
+    // A resent batch is the same bytes under the same idempotency key.
+    let mut bodies: HashMap<&str, &[u8]> = HashMap::new();
+    for g in &got {
+        let prev = bodies.entry(g.headers["idempotency-key"].as_str()).or_insert(&g.body[..]);
+        assert_eq!(*prev, &g.body[..], "a batch changed between sends");
+    }
+    assert_eq!(bodies[failed[0].headers["idempotency-key"].as_str()], &failed[1].body[..]);
     // Each retry came at least the 3 s Retry-After asked for after the previous answer.
     for w in got.windows(2) {
         if w[0].status == 503 {
@@ -632,5 +660,53 @@ async fn a_notification_reaches_a_webhook_outside_its_query() {
     assert_eq!(e["id"], "42");
     assert_eq!(e["type"], "telemetry.alert");
     assert_eq!(e["data"]["details"], "queue too long");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_receivers_are_verified_against_the_ca_file() {
+    use tokio_rustls::rustls;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+    let recv =
+        Receiver::start_with(Some("k"), ok(), Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+    let port = recv.addr.port();
+    let ca_path = ca.display().to_string();
+    let data = dir.path().join("data");
+    let server = start_server(|c| {
+        c.data_dir = Some(data);
+        c.webhook = vec![
+            hook(&format!(
+                "name = \"tls\"\nurl = \"https://localhost:{port}/\"\nca-file = \"{ca_path}\"\nsignature-key = \"k\"\nmax-delay-ms = 50"
+            )),
+            // The system bundle does not trust this certificate: no request gets through.
+            hook(&format!(
+                "name = \"untrusted\"\nurl = \"https://localhost:{port}/\"\nmax-delay-ms = 50\nretry-initial-ms = 20\nretry-max-secs = 1"
+            )),
+        ];
+    })
+    .await;
+    ingest_ok(server.addr, &[auth_failed(1), auth_failed(2)]).await;
+    wait_for("2 events over TLS", DEADLINE, || recv.delivered().len() >= 2).await;
+    recv.assert_signatures();
+    let untrusted = &server.webhooks.get("untrusted").unwrap().counters;
+    wait_for("the untrusted webhook's retries", DEADLINE, || untrusted.retries.load(Ordering::Relaxed) >= 2)
+        .await;
+    assert_eq!(untrusted.sent_events.load(Ordering::Relaxed), 0);
+    assert_eq!(recv.delivered().len(), 2, "only the trusting webhook's events arrived");
+    let r = request_auth(server.addr, "POST", "/api/livetap/webhooks/untrusted/test", b"").await;
+    let j = r.json();
+    assert_eq!(j["delivered"], false, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("TLS"), "{j}");
     server.shutdown().await;
 }
