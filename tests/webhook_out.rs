@@ -710,3 +710,37 @@ async fn https_receivers_are_verified_against_the_ca_file() {
     assert!(j["error"].as_str().unwrap().contains("TLS"), "{j}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_closes_the_open_batch_and_it_is_sent() {
+    let recv = Receiver::start(None, ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", recv.addr);
+    // A batch that only a shutdown closes: no count, size or delay limit is reached.
+    let table = format!("name = \"g\"\nurl = \"{url}\"\nmax-delay-ms = 3600000");
+    let data = dir.path().to_path_buf();
+    let server = start_server(|c| {
+        c.data_dir = Some(data.clone());
+        c.webhook = vec![hook(&table)];
+    })
+    .await;
+    ingest_ok(server.addr, &[auth_failed(1), auth_failed(2), auth_failed(3)]).await;
+    let c = server.webhooks.get("g").unwrap().counters.clone();
+    wait_for("3 spooled events", DEADLINE, || c.spooled_events.load(Ordering::Relaxed) == 3).await;
+    assert!(recv.got().is_empty(), "the batch is still open");
+    server.shutdown().await;
+    let server = start_server(|c| {
+        c.data_dir = Some(data.clone());
+        c.webhook = vec![hook(&table)];
+    })
+    .await;
+    wait_for("the 3 events", DEADLINE, || recv.delivered().len() >= 3).await;
+    let mut names: Vec<String> =
+        recv.delivered().iter().map(|e| e["data"]["accountName"].as_str().unwrap().to_string()).collect();
+    // Sent once, either as the senders stopped or after the restart; a resend (the stop cut
+    // the acknowledgement short) repeats them whole.
+    names.sort();
+    names.dedup();
+    assert_eq!(names, ["u1", "u2", "u3"]);
+    server.shutdown().await;
+}
