@@ -22,10 +22,20 @@ thread_local! {
 /// The dialect name of [`StalwartWebhookShape`] in the hub's registry.
 pub const DIALECT: &str = "stalwart-webhook";
 
-/// Stalwart's webhook event shape without its `id` (the id is the event's position in the
-/// stream, which the event itself does not carry): `{"createdAt","type","data"}` with `spanId`
-/// kept in `data` and no `text` or `details`. The spooler writes `{"id":"N",` and then these
-/// bytes after their opening brace.
+/// Appends `event` in Stalwart's webhook event shape with the public id `id`:
+/// `{"id":"<id>","createdAt","type","data"}`, `spanId` kept in `data`, no `text` or `details`.
+/// Written straight into the caller's buffer (the tap's, reused), so a webhook's per-event
+/// work allocates nothing once its buffers have grown, and nothing is added to the event
+/// (which the ring and the replay log keep alive).
+pub fn write_webhook_event(id: u64, event: &Event, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    out.extend_from_slice(b"\",");
+    write_members(event, out);
+}
+
+/// The same shape without `id`, as a wire dialect (for a stream or a tool that wants
+/// Stalwart's webhook shape; the webhooks themselves use [`write_webhook_event`]).
 pub struct StalwartWebhookShape;
 
 impl Encoder for StalwartWebhookShape {
@@ -34,28 +44,34 @@ impl Encoder for StalwartWebhookShape {
     }
 
     fn encode(&self, event: &Event, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"createdAt\":\"");
-        out.extend_from_slice(&format_timestamp(event.created_at));
-        out.extend_from_slice(b"\",\"type\":");
-        write_str(out, &event.kind);
-        out.extend_from_slice(b",\"data\":{");
-        let mut first = true;
-        if let Some(span) = event.span_id {
-            out.extend_from_slice(b"\"spanId\":");
-            out.extend_from_slice(itoa::Buffer::new().format(span).as_bytes());
-            first = false;
-        }
-        // The full form's `data` is already what Stalwart writes (camelCase keys, empty values
-        // left out, `spanId` taken out into `span_id`); an event whose bytes do not parse
-        // (impossible for livetap's own) keeps an empty `data`. The bytes are parsed onto a
-        // tape the thread keeps, so encoding allocates nothing but its result once warm.
-        TAPE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut tape) => write_data_members(&mut tape, &event.json, first, out),
-            // Only an encoder nested in another's encoding would get here (none is).
-            Err(_) => write_data_members(&mut Tape::new(), &event.json, first, out),
-        });
-        out.extend_from_slice(b"}}");
+        out.push(b'{');
+        write_members(event, out);
     }
+}
+
+/// Writes `"createdAt":…,"type":…,"data":{…}}` (the object's members and its closing brace).
+fn write_members(event: &Event, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\"createdAt\":\"");
+    out.extend_from_slice(&format_timestamp(event.created_at));
+    out.extend_from_slice(b"\",\"type\":");
+    write_str(out, &event.kind);
+    out.extend_from_slice(b",\"data\":{");
+    let mut first = true;
+    if let Some(span) = event.span_id {
+        out.extend_from_slice(b"\"spanId\":");
+        out.extend_from_slice(itoa::Buffer::new().format(span).as_bytes());
+        first = false;
+    }
+    // The full form's `data` is already what Stalwart writes (camelCase keys, empty values
+    // left out, `spanId` taken out into `span_id`); an event whose bytes do not parse
+    // (impossible for livetap's own) keeps an empty `data`. The bytes are parsed onto a tape
+    // the thread keeps.
+    TAPE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut tape) => write_data_members(&mut tape, &event.json, first, out),
+        // Only an encoding nested in another on the same thread would get here (none is).
+        Err(_) => write_data_members(&mut Tape::new(), &event.json, first, out),
+    });
+    out.extend_from_slice(b"}}");
 }
 
 /// Appends the members of the `data` object of `json` (an event's full form), leaving out
@@ -76,16 +92,6 @@ fn write_data_members(tape: &mut Tape, json: &[u8], mut first: bool, out: &mut V
             write_value(out, v);
         }
     }
-}
-
-/// Appends one spooled event: `{"id":"<id>",` then the webhook-shape bytes `form` (as the
-/// dialect keeps them: a comma, then the object) after their opening brace.
-pub fn write_spooled_event(id: u64, form: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"id\":\"");
-    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
-    out.extend_from_slice(b"\",");
-    // `form` is `,{"createdAt":…}`: skip the comma and the brace.
-    out.extend_from_slice(form.get(2..).unwrap_or(b"}"));
 }
 
 /// The body format of a webhook.
@@ -212,16 +218,20 @@ mod tests {
             r#"{"type":"smtp.ehlo","createdAt":"2026-11-20T11:34:57Z","text":"hi","details":"d",
                "data":{"spanId":42,"domain":"example.org","empty":"","remoteIp":"192.0.2.1"}}"#,
         );
-        let mut form = vec![b','];
-        StalwartWebhookShape.encode(&e, &mut form);
         let mut out = Vec::new();
-        write_spooled_event(7, &form, &mut out);
+        write_webhook_event(7, &e, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"id":"7","createdAt":"2026-11-20T11:34:57Z","type":"smtp.ehlo",
                 "data":{"spanId":42,"domain":"example.org","remoteIp":"192.0.2.1"}})
         );
+        // The dialect is the same object without the id.
+        let mut form = Vec::new();
+        StalwartWebhookShape.encode(&e, &mut form);
+        let mut d: serde_json::Value = serde_json::from_slice(&form).unwrap();
+        d.as_object_mut().unwrap().insert("id".into(), "7".into());
+        assert_eq!(d, v);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! disk on its tap's thread and POSTed in batches by its own sender task, at least once, in
 //! Stalwart's webhook shape or NDJSON, signed as Stalwart signs.
 //!
-//! - [`format`]: the event shape (a wire dialect), the bodies, the signature, `Retry-After`
+//! - [`format`]: the event shape (written straight into the tap's buffer), the bodies, the signature, `Retry-After`
 //!   and the backoff;
 //! - [`spool`]: the on-disk segments, the batch cuts, the acknowledgement cursor, the cap;
 //! - [`sender`]: the HTTP client and the task that sends, retries and skips.
@@ -25,10 +25,9 @@ pub mod spool;
 
 use super::{Notify, Tap, TapEvent};
 use crate::config::ConfigError;
-use crate::event::dialect::WireForm;
 use crate::hub::{Hub, TapError};
 use crate::metrics::registry::Scraped;
-use format::{write_spooled_event, Format, StalwartWebhookShape};
+use format::{write_webhook_event, Format};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use spool::{Fsync, Spool, SpoolError, SpoolSettings};
@@ -401,9 +400,9 @@ impl Running {
     }
 
     /// Appends `event` and closes its batch, so it goes out now (an alert's notification).
-    fn append_now(&self, form: &WireForm, event: &TapEvent) -> Result<(), SpoolError> {
+    fn append_now(&self, event: &TapEvent) -> Result<(), SpoolError> {
         let mut json = Vec::with_capacity(event.event.json.len() + 32);
-        write_spooled_event(event.seq + 1, form.wire(&event.event), &mut json);
+        write_webhook_event(event.seq + 1, &event.event, &mut json);
         let mut spool = self.spool.lock();
         spool.append_event(event.seq, &json)?;
         spool.cut()?;
@@ -430,16 +429,12 @@ pub enum WebhookError {
     /// Its tap could not be added (its query, mostly).
     #[error("webhook: {0}")]
     Tap(#[from] TapError),
-    /// The webhook event shape could not be registered as a dialect.
-    #[error("webhook: {0}")]
-    Dialect(#[from] crate::event::dialect::DialectError),
 }
 
 /// The tap of one webhook: appends matching events to its spool.
 struct WebhookTap {
     running: Arc<Running>,
     hub: Arc<Hub>,
-    form: WireForm,
     tap_name: String,
     /// One event's JSON, reused for every event (the tap's per-event work allocates nothing
     /// once it has grown).
@@ -501,7 +496,7 @@ impl Tap for WebhookTap {
                 continue;
             }
             self.scratch.clear();
-            write_spooled_event(e.seq + 1, self.form.wire(&e.event), &mut self.scratch);
+            write_webhook_event(e.seq + 1, &e.event, &mut self.scratch);
             r = r.and(spool.append_event(e.seq, &self.scratch));
         }
         let r = r.and_then(|_| spool.cut_if_due()).and_then(|cut| Ok(spool.flush()? || cut));
@@ -534,7 +529,6 @@ impl Tap for WebhookTap {
 #[derive(Default)]
 pub struct Webhooks {
     list: Vec<Arc<Running>>,
-    form: Option<WireForm>,
     stop: tokio_util::sync::CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -547,10 +541,6 @@ impl Webhooks {
         if configs.is_empty() {
             return Ok(Arc::new(Webhooks::default()));
         }
-        let form = match hub.dialects.get(format::DIALECT) {
-            Some(f) => f,
-            None => hub.dialects.register(Arc::new(StalwartWebhookShape))?,
-        };
         let Some(data_dir) = hub.config.data_dir.clone() else {
             // `Config::validate` refuses this; a config built in code may still try.
             return Err(WebhookError::Target("*".into(), "webhooks need data-dir".into()));
@@ -584,7 +574,6 @@ impl Webhooks {
             let tap = WebhookTap {
                 running: running.clone(),
                 hub: hub.clone(),
-                form: form.clone(),
                 tap_name: format!("webhook:{name}"),
                 scratch: Vec::with_capacity(4096),
                 last_error_log: None,
@@ -593,7 +582,7 @@ impl Webhooks {
             tracing::info!(webhook = %name, url = %running.config.url, "webhook started");
             list.push(running);
         }
-        let hooks = Arc::new(Webhooks { list, form: Some(form), ..Webhooks::default() });
+        let hooks = Arc::new(Webhooks { list, ..Webhooks::default() });
         let mut tasks = Vec::new();
         for r in &hooks.list {
             tasks.push(tokio::spawn(sender::run(r.clone(), hooks.stop.clone())));
@@ -643,10 +632,8 @@ impl Webhooks {
         let mut event_json = Vec::new();
         if let Ok(raw) = crate::event::raw::RawValue::parse_serde(json.as_bytes()) {
             if let Ok(ev) = hub.builder().build(&raw, crate::event::encode::now_secs()) {
-                let mut form = vec![b','];
-                crate::event::dialect::Encoder::encode(&StalwartWebhookShape, &ev, &mut form);
                 // Id 0 is never a real event's (those start at 1).
-                write_spooled_event(0, &form, &mut event_json);
+                write_webhook_event(0, &ev, &mut event_json);
             }
         }
         let mut body = Vec::new();
@@ -712,8 +699,8 @@ pub struct TestReport {
 
 impl Notify for Webhooks {
     fn notify(&self, name: &str, event: TapEvent) -> bool {
-        let (Some(r), Some(form)) = (self.get(name), self.form.as_ref()) else { return false };
-        match r.append_now(form, &event) {
+        let Some(r) = self.get(name) else { return false };
+        match r.append_now(&event) {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(webhook = %name, error = %e, "cannot spool a notification");
