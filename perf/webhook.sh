@@ -10,6 +10,8 @@
 #
 #   perf/webhook.sh [SECS]        (default 10; a smoke run of 3 s is fine: perf/webhook.sh 3)
 #
+# WEBHOOK_FSYNC=batch|never runs the webhooks with that fsync policy (default "always").
+#
 # Needs `cargo build --release -p livetap -p livetap-perf` (WEBHOOK_BIN_DIR=<dir> uses the
 # binaries of another directory, e.g. a debug build for a quick check of the script). JSON per run goes to
 # perf/out/webhook/; the spools live in a temporary directory removed at the end.
@@ -46,8 +48,8 @@ config() { # NAME QUERY: a config with a data directory and, unless NAME is "non
   {
     echo "data-dir = \"$tmp/$1\""
     if [ "$1" != none ]; then
-      printf '\n[[webhook]]\nname = "%s"\nurl = "http://127.0.0.1:%s/hook"\nquery = "%s"\nmax-bytes = 1048576\nmax-events = 100000\nmax-delay-ms = 200\n' \
-        "$1" "$port" "$2"
+      printf '\n[[webhook]]\nname = "%s"\nurl = "http://127.0.0.1:%s/hook"\nquery = "%s"\nmax-bytes = 1048576\nmax-events = 100000\nmax-delay-ms = 200\nfsync = "%s"\n' \
+        "$1" "$port" "$2" "${WEBHOOK_FSYNC:-always}"
     fi
   } >"$tmp/$1.toml"
   echo "$tmp/$1.toml"
