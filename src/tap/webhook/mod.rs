@@ -431,6 +431,16 @@ pub enum WebhookError {
     Tap(#[from] TapError),
 }
 
+/// How long a webhook's tap thread waits after a delivery of fewer than [`FEW`] events. The
+/// matcher wakes a parked tap thread with a system call on its own thread, once per wake-up:
+/// for a sparse query (a webhook that wants 1 % of the events) that would be once per matching
+/// event. Waiting here lets the matching events pile up in the queue (the waker is spent, so
+/// further pushes cost the matcher nothing), and bounds the wake-ups to a few hundred a second.
+/// Batches wait far longer anyway (`max-delay-ms`, at least 10 ms).
+const COALESCE: Duration = Duration::from_millis(5);
+/// A delivery this small is followed by [`COALESCE`].
+const FEW: usize = 256;
+
 /// The tap of one webhook: appends matching events to its spool.
 struct WebhookTap {
     running: Arc<Running>,
@@ -502,6 +512,10 @@ impl Tap for WebhookTap {
         let r = r.and_then(|_| spool.cut_if_due()).and_then(|cut| Ok(spool.flush()? || cut));
         drop(spool);
         self.after_append(r);
+        if events.len() < FEW {
+            // Let more arrive before looking again (see `COALESCE`).
+            std::thread::sleep(COALESCE);
+        }
     }
 
     fn lagged(&mut self, n: u64) {
