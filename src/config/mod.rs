@@ -309,6 +309,8 @@ pub struct Config {
     pub log_utc_offset: crate::ingest::logsource::LogZone,
     /// Log sinks (`[[sink]]`): files and standard output fed by a query (`tap::sink`).
     pub sink: Vec<crate::tap::sink::SinkConfig>,
+    /// Outgoing webhooks (`[[webhook]]`, `tap::webhook`).
+    pub webhook: Vec<crate::tap::webhook::WebhookConfig>,
 }
 
 /// What the demo shows (`demo-traffic`).
@@ -410,6 +412,7 @@ impl Default for Config {
             smtp: None,
             log_utc_offset: crate::ingest::logsource::LogZone::Local,
             sink: Vec::new(),
+            webhook: Vec::new(),
         }
     }
 }
@@ -618,6 +621,7 @@ impl Config {
             .map_err(|message| ConfigError::Invalid { key: "sink", message })?;
         self.validate_alerts(None)
             .map_err(|e| ConfigError::Invalid { key: "alert", message: e.to_string() })?;
+        crate::tap::webhook::validate(&self.webhook, self.data_dir.as_deref())?;
         self.validate_security()
     }
 

@@ -31,6 +31,9 @@ pub enum HttpError {
     /// No such endpoint (404).
     #[error("not found")]
     NotFound,
+    /// No outgoing webhook has this name (404).
+    #[error("unknown webhook")]
+    UnknownWebhook(String),
     /// The endpoint exists for another method (405).
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
@@ -108,7 +111,7 @@ impl HttpError {
             HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HttpError::Forbidden(_) | HttpError::OriginNotAllowed => StatusCode::FORBIDDEN,
             HttpError::BadQuery(_) | HttpError::BadBody(_) | HttpError::Io(_) => StatusCode::BAD_REQUEST,
-            HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::NotFound | HttpError::UnknownWebhook(_) => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -180,6 +183,7 @@ impl HttpError {
             HttpError::BadQuery(e) => ("invalid query parameter", e.to_string()),
             HttpError::BadBody(d) => ("invalid body", d.clone()),
             HttpError::NotFound => ("not found", "no such endpoint".into()),
+            HttpError::UnknownWebhook(n) => ("not found", format!("no [[webhook]] is named `{n}`")),
             HttpError::MethodNotAllowed(allow) => ("method not allowed", format!("use {allow}")),
             HttpError::Timeout(s) => ("request timeout", format!("the body must arrive within {s} s")),
             HttpError::PayloadTooLarge(n) => ("payload too large", format!("the limit is {n} bytes")),

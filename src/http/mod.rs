@@ -29,6 +29,7 @@ mod metrics;
 pub mod server;
 pub mod tls;
 mod webhook;
+mod webhook_test;
 
 pub use body::{LiveBody, RequestBody};
 pub use error::HttpError;
@@ -66,6 +67,9 @@ pub struct Ctx {
     pub dedupe: crate::ingest::dedupe::Dedupe,
     /// The alerts' states, for `/api/livetap/alerts`.
     pub alerts: Arc<crate::alert::Alerts>,
+    /// The outgoing webhooks (`tap::webhook`), for their test send; none until the server
+    /// sets them.
+    pub webhooks: Arc<crate::tap::webhook::Webhooks>,
 }
 
 impl Ctx {
@@ -77,7 +81,7 @@ impl Ctx {
         let timeout = std::time::Duration::from_secs(c.webhook_sender_timeout_secs);
         let dedupe =
             crate::ingest::dedupe::Dedupe::new(c.webhook_dedupe_secs, c.webhook_dedupe_entries, timeout);
-        Ctx { hub, security, cors, gate, dedupe, alerts: crate::alert::Alerts::none() }
+        Ctx { hub, security, cors, gate, dedupe, alerts: crate::alert::Alerts::none(), webhooks: Arc::default() }
     }
 
     /// The same, showing `alerts` in `/api/livetap/alerts`.
@@ -146,6 +150,7 @@ const ROUTES: &[(&str, Method, Access)] = &[
     ("/api/livetap/ingest/dovecot", Method::POST, Some((Permission::Ingest, None))),
     ("/api/livetap/stats", Method::GET, Some((Permission::Admin, None))),
     ("/api/livetap/alerts", Method::GET, Some((Permission::MetricsLive, None))),
+    ("/api/livetap/webhooks/{name}/test", Method::POST, Some((Permission::Admin, None))),
     ("/api/telemetry/traces", Method::GET, Some((Permission::History, None))),
     ("/api/telemetry/trace/{id}", Method::GET, Some((Permission::History, None))),
     ("/api/telemetry/metrics", Method::GET, Some((Permission::History, None))),
@@ -185,6 +190,7 @@ async fn route(
     let path = match full_path.strip_prefix("/api/telemetry/trace/") {
         Some(id) if !id.is_empty() && !id.contains('/') => "/api/telemetry/trace/{id}",
         _ if full_path.starts_with("/assets/") => "/assets/{path}",
+        _ if webhook_test::name_in(&full_path).is_some() => "/api/livetap/webhooks/{name}/test",
         _ => v016_live_path(&full_path).unwrap_or(full_path.as_str()),
     };
     let Some((path, method, access)) = ROUTES.iter().find(|r| r.0 == path).cloned() else {
@@ -252,6 +258,7 @@ async fn route(
         "/api/livetap/ingest/dovecot" => dovecot::ingest_dovecot(ctx, principal(), req).await,
         "/api/livetap/stats" => Ok(json_ok(StatusCode::OK, &hub.stats())),
         "/api/livetap/alerts" => Ok(alerts::list(&ctx.alerts)),
+        "/api/livetap/webhooks/{name}/test" => webhook_test::test_send(ctx, &full_path).await,
         "/api/telemetry/traces" => history::traces(hub, req.uri().query().unwrap_or("")).await,
         "/api/telemetry/trace/{id}" => history::trace(hub, &full_path["/api/telemetry/trace/".len()..]).await,
         "/api/telemetry/metrics" => history::metrics(hub, req.uri().query().unwrap_or("")).await,

@@ -38,6 +38,8 @@ pub struct Server {
     /// What each mail-log source reads (`file /var/log/mail.log (from its end)`, `syslog
     /// udp://127.0.0.1:5514`), for the banner.
     pub log_sources: Vec<String>,
+    /// The outgoing webhooks (also the `Notify` targets of alerts).
+    pub webhooks: Arc<crate::tap::webhook::Webhooks>,
     tls: Option<Arc<TlsReloader>>,
     accept: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -79,6 +81,8 @@ impl Server {
             hub.add_tap(Box::new(HistoryTap::new(writer))).await.map_err(std::io::Error::other)?;
         }
         crate::tap::sink::start(&hub).await?;
+        // Outgoing webhooks are taps too: before the sources.
+        let webhooks = crate::tap::webhook::Webhooks::start(&hub).await.map_err(std::io::Error::other)?;
         let security = Arc::new(Security::build(&hub.config, &admin_token, &hub.keys)?);
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         if let Some(path) = &hub.config.ingest_socket {
@@ -109,13 +113,14 @@ impl Server {
             tasks.push(tokio::spawn(crate::ingest::scrape::run(hub.clone(), i)));
         }
         // Alerts: conditions checked against the catalogue and webhook names against the
-        // configured webhooks (none until `[[webhook]]` lands: `NoTargets`).
-        let notify: Arc<dyn crate::tap::Notify> = Arc::new(crate::tap::NoTargets);
+        // configured webhooks, which take their notifications through `Notify`.
+        let notify: Arc<dyn crate::tap::Notify> = webhooks.clone();
         let (alerts, alert_task) = crate::alert::start(hub.clone(), notify).map_err(std::io::Error::other)?;
         tasks.extend(alert_task);
-        let ctx = Arc::new(Ctx::new(hub.clone(), security.clone()).with_alerts(alerts));
-        let accept = tokio::spawn(accept_loop(ctx, listener, tls.clone()));
-        Ok(Server { hub, security, addr, log_sources, tls, accept, tasks })
+        let mut ctx = Ctx::new(hub.clone(), security.clone()).with_alerts(alerts);
+        ctx.webhooks = webhooks.clone();
+        let accept = tokio::spawn(accept_loop(Arc::new(ctx), listener, tls.clone()));
+        Ok(Server { hub, security, addr, log_sources, webhooks, tls, accept, tasks })
     }
 
     /// True when the listener speaks TLS.
@@ -138,6 +143,9 @@ impl Server {
     /// Graceful shutdown (see [`Hub::shutdown`]); returns once streams are closed.
     pub async fn shutdown(self) {
         self.hub.shutdown().await;
+        // The taps closed and flushed every webhook spool in the hub's shutdown; now the
+        // senders stop (a batch in flight is sent again after the next start).
+        self.webhooks.stop().await;
         let _ = self.accept.await;
         for t in self.tasks {
             t.abort();

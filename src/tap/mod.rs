@@ -16,6 +16,7 @@
 
 pub mod history;
 pub mod sink;
+pub mod webhook;
 
 use crate::event::Event;
 use crate::matcher::registry::Subscription;
