@@ -663,6 +663,63 @@ async fn a_notification_reaches_a_webhook_outside_its_query() {
     server.shutdown().await;
 }
 
+/// An `[[alert]]` that names a webhook: the real evaluator fires on a gauge pushed over HTTP,
+/// and the webhook, whose own query wants nothing, sends the `telemetry.alert` event signed.
+/// When the gauge falls back, the `telemetry.alert-resolved` event follows on the same webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_notifies_the_webhook_it_names() {
+    let recv = Receiver::start(Some("alert-key"), ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", recv.addr);
+    let text = format!(
+        r#"alert-interval = "200ms"
+
+[[webhook]]
+name = "ops"
+url = "{url}"
+query = "event=nothing.ever"
+signature-key = "alert-key"
+max-delay-ms = 50
+
+[[alert]]
+name = "queue-long"
+condition = "queue.count > 100"
+webhook = "ops"
+"#
+    );
+    let file = livetap::Config::from_toml(&text).unwrap();
+    let server = start_server(|c| {
+        c.data_dir = Some(dir.path().to_path_buf());
+        c.webhook = file.webhook.clone();
+        c.alert = file.alert.clone();
+        c.alert_interval = file.alert_interval;
+    })
+    .await;
+    let gauge = |v: u64| common::ndjson(&[json!({"metric": "queue.count", "type": "gauge", "value": v})]);
+    let r = ingest(server.addr, &gauge(5000)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("the alert on the webhook", DEADLINE, || !recv.delivered().is_empty()).await;
+    let fired = recv.delivered()[0].clone();
+    assert_eq!(fired["type"], "telemetry.alert");
+    assert_eq!(fired["data"]["id"], "queue-long");
+    assert_eq!(fired["data"]["state"], "firing");
+    assert_eq!(fired["data"]["value"], "queue.count = 5000");
+    let r = ingest(server.addr, &gauge(3)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("the resolution on the webhook", DEADLINE, || {
+        recv.delivered().iter().any(|e| e["type"] == "telemetry.alert-resolved")
+    })
+    .await;
+    let all = recv.delivered();
+    // Exactly one firing and one resolution (no `repeat`), in that order, each with the id the
+    // hub gave the published event.
+    let types: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["telemetry.alert", "telemetry.alert-resolved"]);
+    assert!(ids(&all)[0] < ids(&all)[1]);
+    recv.assert_signatures();
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn https_receivers_are_verified_against_the_ca_file() {
     use tokio_rustls::rustls;

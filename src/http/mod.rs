@@ -81,7 +81,15 @@ impl Ctx {
         let timeout = std::time::Duration::from_secs(c.webhook_sender_timeout_secs);
         let dedupe =
             crate::ingest::dedupe::Dedupe::new(c.webhook_dedupe_secs, c.webhook_dedupe_entries, timeout);
-        Ctx { hub, security, cors, gate, dedupe, alerts: crate::alert::Alerts::none(), webhooks: Arc::default() }
+        Ctx {
+            hub,
+            security,
+            cors,
+            gate,
+            dedupe,
+            alerts: crate::alert::Alerts::none(),
+            webhooks: Arc::default(),
+        }
     }
 
     /// The same, showing `alerts` in `/api/livetap/alerts`.
