@@ -559,10 +559,14 @@ impl Parser<'_> {
         }
         let w = self.next();
         let window = match w.tok {
-            Tok::Num(n, Some(Unit::Time(f))) if n > 0.0 && (n * f).is_finite() && n * f <= 7.0 * 86_400.0 => {
+            // At least a millisecond: a tinier window (`0.0000001m`, found by the fuzzer) would
+            // round to a zero `Duration`, which means "no window" (a gauge) everywhere else.
+            Tok::Num(n, Some(Unit::Time(f)))
+                if (n * f).is_finite() && (0.001..=7.0 * 86_400.0).contains(&(n * f)) =>
+            {
                 Duration::from_secs_f64(n * f)
             }
-            Tok::Num(_, Some(Unit::Time(_))) => return err(w.pos, "a window is more than 0 and at most 7d"),
+            Tok::Num(_, Some(Unit::Time(_))) => return err(w.pos, "a window is at least 1ms and at most 7d"),
             Tok::Num(_, None) => return err(w.pos, "a window needs a unit, such as `30s` or `5m`"),
             other => return err(w.pos, format!("expected a window such as `5m`, found {other}")),
         };
@@ -668,6 +672,12 @@ mod tests {
         assert_eq!(num("server.memory > 1GiB"), 1024.0 * 1024.0 * 1024.0);
         assert_eq!(num("rate(auth.failed, 30s) > 0.5"), 0.5);
         assert_eq!(p("rate(auth.failed, 500ms) > 1").unwrap().terms[0].window, Duration::from_millis(500));
+        // A window that would round to nothing is refused at its position (a fuzzer's find).
+        let e = p("rate(auth.failed,0.0000000000000000001m) > 1").unwrap_err();
+        assert_eq!(e.position, 17, "{e}");
+        assert!(e.to_string().contains("at least 1ms"), "{e}");
+        assert!(p("rate(auth.failed, 0.5ms) > 1").is_err());
+        assert_eq!(p("rate(auth.failed, 1ms) > 1").unwrap().terms[0].window, Duration::from_millis(1));
         assert_eq!(p("count(message.size, 1d) > 1").unwrap().terms[0].window, Duration::from_secs(86_400));
         // A number on the left converts too.
         assert!(matches!(p("60s < p99(delivery.total-time, 5m)").unwrap().expr,
