@@ -12,6 +12,7 @@
 #
 # WEBHOOK_FSYNC=batch|never runs the webhooks with that fsync policy (default "always");
 # WEBHOOK_FIREHOSE=0 leaves the firehose runs out (more rounds of the 1 % comparison);
+# WEBHOOK_PIN=1 pins livetap to CPU 0 and the load to CPU 1 (see below);
 # WEBHOOK_QUERY=... replaces the 1 % query (e.g. one that matches nothing, to separate the
 # index's cost from the delivery's).
 #
@@ -38,7 +39,10 @@ trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 sink() {
-  "$bin/webhooksink" --listen "127.0.0.1:$port" >"$out/$1-sink.txt" 2>/dev/null &
+  # Pinned runs put the receiver with the load generator, off livetap's core.
+  local cpu=()
+  [ "${WEBHOOK_PIN:-0}" = 1 ] && cpu=(taskset -c 1)
+  "${cpu[@]}" "$bin/webhooksink" --listen "127.0.0.1:$port" >"$out/$1-sink.txt" 2>/dev/null &
   sink_pid=$!
   # Ready when it accepts a connection (no fixed sleep).
   python3 -c "
@@ -70,17 +74,22 @@ config() { # NAME QUERY: a config with a data directory and, unless NAME is "non
 }
 rate() { python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['rows'][0]['ingest_rate']))" "$out/$1.json"; }
 
+# WEBHOOK_PIN=1: livetap (and its webhook's sender and tap) on CPU 0, the load generator on
+# CPU 1, as `AB_PIN=1 perf/ab.sh` does: the hub's one core is what the webhook takes from.
+pin=()
+[ "${WEBHOOK_PIN:-0}" = 1 ] && pin=(--cpus 1 --hub-cpus 0)
+
 # Rounds alternate the baseline and the 1 % webhook, so machine drift hits both alike; the
 # figures are medians of the rounds, and the cost is the ratio of the medians.
 for i in $(seq 1 "$rounds"); do
-  run "baseline-$i" max-ingest --hub-bin "$bin/livetap" --duration "$secs" --hub-arg=--config="$(config none '')"
+  run "baseline-$i" max-ingest --hub-bin "$bin/livetap" --duration "$secs" "${pin[@]}" --hub-arg=--config="$(config none '')"
   sink "tap-1pct-$i"
-  run "tap-1pct-$i" max-ingest --hub-bin "$bin/livetap" --duration "$secs" \
+  run "tap-1pct-$i" max-ingest --hub-bin "$bin/livetap" --duration "$secs" "${pin[@]}" \
     --hub-arg=--config="$(config onepct "${WEBHOOK_QUERY:-account-name=user-1,user-2,user-3,user-4,user-5}")"
   stop_sink
   [ "${WEBHOOK_FIREHOSE:-1}" = 1 ] || continue
   sink "firehose-$i"
-  run "firehose-$i" max-ingest --hub-bin "$bin/livetap" --duration "$secs" --hub-arg=--config="$(config all '')"
+  run "firehose-$i" max-ingest --hub-bin "$bin/livetap" --duration "$secs" "${pin[@]}" --hub-arg=--config="$(config all '')"
   stop_sink
 done
 

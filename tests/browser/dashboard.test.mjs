@@ -118,6 +118,9 @@ test("follow a session shows that session, from its start", async () => {
   await row.hover();
   await row.locator(".follow").click();
   await until("the follow filter", () => /^span-id=\d+$/.test(document.querySelector("#filter").value));
+  // The text is set at once, but the stream (and the "following" line) starts only after the
+  // server has checked the filter: wait for that, not just for the text.
+  await until("the following line", () => !document.querySelector("#following").hidden);
   assert.ok(await page.isVisible("#following"), "the page says it follows a session");
   const spanFilter = await page.inputValue("#filter");
   assert.equal(new URL(page.url()).searchParams.get("q"), spanFilter);
