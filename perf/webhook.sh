@@ -14,7 +14,10 @@
 # WEBHOOK_FIREHOSE=0 leaves the firehose runs out (more rounds of the 1 % comparison);
 # WEBHOOK_PIN=1 pins livetap to CPU 0 and the load to CPU 1 (see below);
 # WEBHOOK_QUERY=... replaces the 1 % query (e.g. one that matches nothing, to separate the
-# index's cost from the delivery's).
+# index's cost from the delivery's);
+# WEBHOOK_RATE=N drives every run at N events/s instead of as fast as livetap takes them: the
+# runs then do the same work, and the cost is read from livetap's CPU time per event, which a
+# busy host blurs far less than a maximum rate (the script prints both).
 #
 # Needs `cargo build --release -p livetap -p livetap-perf` (WEBHOOK_BIN_DIR=<dir> uses the
 # binaries of another directory, e.g. a debug build for a quick check of the script). JSON per run goes to
@@ -78,6 +81,7 @@ rate() { python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['ro
 # CPU 1, as `AB_PIN=1 perf/ab.sh` does: the hub's one core is what the webhook takes from.
 pin=()
 [ "${WEBHOOK_PIN:-0}" = 1 ] && pin=(--cpus 1 --hub-cpus 0)
+[ -n "${WEBHOOK_RATE:-}" ] && pin+=(--rate "$WEBHOOK_RATE")
 
 # Rounds alternate the baseline and the 1 % webhook, so machine drift hits both alike; the
 # figures are medians of the rounds, and the cost is the ratio of the medians.
@@ -111,6 +115,17 @@ r = [y / x for x, y in zip(b, t)]
 print(' '.join(f'{x:.3f}' for x in r), '| median', f'{statistics.median(r):.3f}', f'({100 * (1 - statistics.median(r)):+.1f} % cost)')
 " "$(rates baseline | xargs)" "$(rates tap-1pct | xargs)")
 echo "1 % ÷ baseline within each round:         $paired"
+# livetap's CPU time per ingested event (user and system, all its threads), paired the same way.
+cpu() { python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['rows'][0]; print(r['hub_cpu_secs_total'] / r['events'] * 1e9)" "$out/$1.json"; }
+cpus() { for i in $(seq 1 "$rounds"); do cpu "$1-$i"; done; }
+python3 -c "
+import statistics, sys
+b = [float(x) for x in sys.argv[1].split()]
+t = [float(x) for x in sys.argv[2].split()]
+r = [y / x for x, y in zip(b, t)]
+print('CPU ns per event, baseline:', ' '.join(f'{x:.0f}' for x in b), '| 1 %:', ' '.join(f'{x:.0f}' for x in t))
+print('CPU per event, 1 % ÷ baseline:          ', ' '.join(f'{x:.3f}' for x in r), '| median', f'{statistics.median(r):.3f}', f'({100 * (statistics.median(r) - 1):+.1f} % cost)')
+" "$(cpus baseline | xargs)" "$(cpus tap-1pct | xargs)"
 for i in $(seq 1 "$rounds"); do echo "  round $i 1 % sink: $(tail -n1 "$out/tap-1pct-$i-sink.txt")"; done
 [ "${WEBHOOK_FIREHOSE:-1}" = 1 ] || exit 0
 echo "firehose webhook, 1 MiB batches, ingest per round: $(rates firehose | xargs)"

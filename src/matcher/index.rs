@@ -518,9 +518,9 @@ impl CompiledIndex {
         }
         let posts = &self.posts[..];
         if !self.terms.is_empty() {
-            for (key, value) in ev.fields() {
+            for (i, key) in ev.field_keys().enumerate() {
                 if let Some(Some(ki)) = self.keys.get(key as usize) {
-                    self.match_value(ki, key, value, scratch);
+                    self.match_value(ki, key, ev.field_value(i), scratch);
                 }
             }
             for &t in &self.levels[level_index(ev.level)] {

@@ -431,14 +431,29 @@ pub enum WebhookError {
     Tap(#[from] TapError),
 }
 
-/// How long a webhook's tap thread waits after a delivery of fewer than [`FEW`] events. The
-/// matcher wakes a parked tap thread with a system call on its own thread, once per wake-up:
-/// for a sparse query (a webhook that wants 1 % of the events) that would be once per matching
-/// event. Waiting here lets the matching events pile up in the queue (the waker is spent, so
-/// further pushes cost the matcher nothing), and bounds the wake-ups to a few hundred a second.
-/// Batches wait far longer anyway (`max-delay-ms`, at least 10 ms).
-const COALESCE: Duration = Duration::from_millis(5);
-/// A delivery this small is followed by [`COALESCE`].
+/// How long a webhook's tap thread waits after a delivery of fewer than [`FEW`] events:
+/// `max-delay-ms` / [`COALESCE_SHARE`], at most [`COALESCE_MAX`] (50 ms with the default
+/// `max-delay-ms` of one second).
+///
+/// The wait lets the matching events of a sparse query (a webhook that wants 1 % of the
+/// events) pile up in the tap's queue, so each group the thread takes is bigger. That matters
+/// twice: the matcher wakes a parked tap thread with a system call, once per wake-up, and under
+/// `fsync = "always"` every group costs an `fdatasync`, which on this kind of host takes about
+/// 0.1 ms of CPU. With a fixed 5 ms wait a 1 % webhook made 200 of each a second, and cost 11 %
+/// more CPU per ingested event at a fixed rate, against 0 % with `fsync = "never"`
+/// (`perf/RESULTS.md` §19); 50 ms makes it 20. The events that wait are in the tap's queue, as
+/// before: a batch closes after `max-delay-ms` anyway, so the receiver sees them at most this
+/// much later, and a `kill -9` loses at most this much more (README, loss window).
+fn coalesce(max_delay: Duration) -> Duration {
+    (max_delay / COALESCE_SHARE).clamp(COALESCE_MIN, COALESCE_MAX)
+}
+/// [`coalesce`] waits this fraction of `max-delay-ms`.
+const COALESCE_SHARE: u32 = 20;
+/// The shortest wait of [`coalesce`].
+const COALESCE_MIN: Duration = Duration::from_millis(1);
+/// The longest wait of [`coalesce`].
+const COALESCE_MAX: Duration = Duration::from_millis(50);
+/// A delivery this small is followed by a wait ([`coalesce`]).
 const FEW: usize = 256;
 
 /// The tap of one webhook: appends matching events to its spool.
@@ -513,8 +528,8 @@ impl Tap for WebhookTap {
         drop(spool);
         self.after_append(r);
         if events.len() < FEW {
-            // Let more arrive before looking again (see `COALESCE`).
-            std::thread::sleep(COALESCE);
+            // Let more arrive before looking again (see `coalesce`).
+            std::thread::sleep(coalesce(Duration::from_millis(self.running.config.max_delay_ms)));
         }
     }
 
@@ -750,6 +765,17 @@ mod tests {
 
     fn parse(toml_text: &str) -> Result<crate::config::Config, String> {
         crate::config::Config::from_toml(toml_text)
+    }
+
+    /// A sparse webhook's tap waits a twentieth of its batch delay between small groups, never
+    /// more than 50 ms nor less than 1 ms.
+    #[test]
+    fn coalescing_follows_the_batch_delay() {
+        let ms = Duration::from_millis;
+        assert_eq!(coalesce(ms(1000)), ms(50));
+        assert_eq!(coalesce(ms(3_600_000)), ms(50));
+        assert_eq!(coalesce(ms(100)), ms(5));
+        assert_eq!(coalesce(ms(10)), ms(1));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! matches each against a compiled index of the `fanout-1k` subscriber mix, pushes the event
 //! bytes into every matching subscriber's queue, and drains the queues into SSE chunks. No
 //! sockets and no threads, so the count is the hub's own work and nothing else.
-//! Usage: `hotpath EVENTS FILTERED UNFILTERED`.
+//! Usage: `hotpath EVENTS FILTERED UNFILTERED`. `HOTPATH_QUERY=<query>` adds one more
+//! subscriber with that query (a webhook tap's, for `perf/webhook-callgrind.sh`).
 
 #[path = "../pool.rs"]
 #[allow(dead_code)]
@@ -31,11 +32,14 @@ fn main() {
     let templates = pool::templates(4096, 7);
     let mut filters = pool::filter_mix(filtered as usize, 7);
     filters.extend((0..unfiltered).map(|_| pool::firehose()));
+    let extra = std::env::var("HOTPATH_QUERY").ok().filter(|q| !q.is_empty());
     let subs: Vec<Arc<Subscriber>> = filters
         .iter()
+        .map(|f| f.query.as_str())
+        .chain(extra.as_deref())
         .enumerate()
         .map(|(i, f)| {
-            let q = parse_pairs(&f.query, &keys, &Limits::default()).expect("valid filter");
+            let q = parse_pairs(f, &keys, &Limits::default()).expect("valid filter");
             Arc::new(Subscriber::new(i as u64, q.expr, q.follow, 1 << 16, None))
         })
         .collect();
