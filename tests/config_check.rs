@@ -1,6 +1,6 @@
 //! `livetap check-config` with the real binary: a good config (exit 0, `config OK`, every
 //! setting with its origin, secrets masked, no port bound), a config with several errors at
-//! once (each with its line, exit 1), a syntax error, the JSON form, and errors from flags.
+//! once (each with its line: the key the message names, else its table's header; exit 1), a syntax error, the JSON form, and errors from flags.
 
 mod common;
 
@@ -141,9 +141,9 @@ fn every_error_is_reported_with_its_line_and_the_exit_status_is_1() {
         (1, "ring-capacity", "must be between"),
         (2, "no-such-setting", "unknown field"),
         (3, "ping-interval-secs", "invalid type"),
-        (5, "principal[0]", "api-key must be at least 16"),
+        (7, "principal[0]", "api-key must be at least 16"),
         (10, "principal[1]", "unknown permission `flying`"),
-        (15, "alert[0]", "no.such.metric"),
+        (17, "alert[0]", "unknown metric `no.such.metric`"),
     ] {
         let want = format!("error: {p}:{line}: {key}: ");
         assert!(
@@ -161,7 +161,7 @@ fn every_error_is_reported_with_its_line_and_the_exit_status_is_1() {
     assert_eq!(v["ok"], false);
     let lines: Vec<u64> =
         v["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect();
-    assert_eq!(lines, [1, 2, 3, 5, 10, 15], "{v}");
+    assert_eq!(lines, [1, 2, 3, 7, 10, 17], "{v}");
     assert!(v["errors"].as_array().unwrap().iter().all(|e| e["file"] == p));
 
     // The server refuses the same file, at its first error.

@@ -262,6 +262,27 @@ fn offset_of(table: &DeTable<'_>, path: &[Step]) -> Option<usize> {
     Some(at)
 }
 
+/// The first key of the table at `path` (other than `name`, which every message quotes the
+/// value of) that `message` names as a word, such as `api-key` in "api-key must be …".
+fn named_key(doc: &DeTable<'_>, path: &[Step], message: &str) -> Option<String> {
+    let Some(Step::Key(first)) = path.first() else { return None };
+    let (_, mut v) = doc.iter().find(|(k, _)| k.get_ref() == first)?;
+    for step in &path[1..] {
+        v = match (step, v.get_ref()) {
+            (Step::Index(i), DeValue::Array(a)) => a.get(*i)?,
+            (Step::Key(n), DeValue::Table(t)) => t.iter().find(|(k, _)| k.get_ref() == n)?.1,
+            _ => return None,
+        };
+    }
+    let DeValue::Table(t) = v.get_ref() else { return None };
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-');
+    t.iter().map(|(k, _)| k.get_ref().to_string()).filter(|k| k != "name").find(|k| {
+        message.match_indices(k.as_str()).any(|(at, _)| {
+            !word(message[..at].chars().next_back()) && !word(message[at + k.len()..].chars().next())
+        })
+    })
+}
+
 /// Renders `value` as inline TOML, masking secrets under their keys.
 fn render(key: &str, value: &toml::Value) -> String {
     if is_secret(key) && !matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
@@ -405,26 +426,31 @@ pub fn check(path: Option<&Path>, overrides: Overrides, origins: &BTreeMap<Strin
     config.apply(overrides);
 
     // Where a problem is: its table's line, or the key's, or the flag that set it.
-    let locate = |key: &str, index: Option<usize>| -> (Option<PathBuf>, Option<usize>, String) {
-        let shown = match index {
-            Some(i) => format!("{key}[{}]", kept.get(key).and_then(|k| k.get(i)).copied().unwrap_or(i)),
-            None => key.to_string(),
+    let locate =
+        |key: &str, index: Option<usize>, message: &str| -> (Option<PathBuf>, Option<usize>, String) {
+            let shown = match index {
+                Some(i) => format!("{key}[{}]", kept.get(key).and_then(|k| k.get(i)).copied().unwrap_or(i)),
+                None => key.to_string(),
+            };
+            if key == "source" && index.is_some_and(|i| i >= file_sources) {
+                return (None, None, format!("{shown} (from a flag)"));
+            }
+            if index.is_none() && given.contains(&key.to_string()) {
+                return (None, None, format!("{key} (from a flag)"));
+            }
+            let mut p = vec![Step::Key(key.into())];
+            if let Some(i) = index {
+                p.push(Step::Index(kept.get(key).and_then(|k| k.get(i)).copied().unwrap_or(i)));
+                // The key of the table the message is about, when it names one.
+                if let Some(k) = named_key(doc.get_ref(), &p, message) {
+                    p.push(Step::Key(k));
+                }
+            }
+            let line = offset_of(doc.get_ref(), &p).map(|o| line_of(&text, o));
+            (line.and(path.map(Path::to_path_buf)), line, shown)
         };
-        if key == "source" && index.is_some_and(|i| i >= file_sources) {
-            return (None, None, format!("{shown} (from a flag)"));
-        }
-        if index.is_none() && given.contains(&key.to_string()) {
-            return (None, None, format!("{key} (from a flag)"));
-        }
-        let mut p = vec![Step::Key(key.into())];
-        if let Some(i) = index {
-            p.push(Step::Index(kept.get(key).and_then(|k| k.get(i)).copied().unwrap_or(i)));
-        }
-        let line = offset_of(doc.get_ref(), &p).map(|o| line_of(&text, o));
-        (line.and(path.map(Path::to_path_buf)), line, shown)
-    };
     let mut push = |key: &str, index: Option<usize>, message: String| {
-        let (file, line, key) = locate(key, index);
+        let (file, line, key) = locate(key, index, &message);
         report.errors.push(CheckError { file, line, key, message });
     };
     for Problem { key, index, message } in config.problems() {
@@ -826,9 +852,9 @@ mod tests {
         assert!(lines.contains(&(Some(1), "ring-capacity")), "{lines:?}");
         assert!(lines.contains(&(Some(2), "nope")), "{lines:?}");
         assert!(lines.contains(&(Some(3), "subscriber-queue")), "{lines:?}");
-        assert!(lines.contains(&(Some(5), "principal[0]")), "{lines:?}");
+        assert!(lines.contains(&(Some(7), "principal[0]")), "the api-key line: {lines:?}");
         assert!(lines.iter().any(|(l, k)| *k == "principal[1]" && *l == Some(13)), "{lines:?}");
-        assert!(lines.iter().any(|(l, k)| *k == "alert[0]" && l.is_some()), "{lines:?}");
+        assert!(lines.contains(&(Some(17), "alert[0]")), "the condition line: {lines:?}");
         assert!(!r.ok());
         assert!(r.to_text().contains(&format!("config has {} errors", r.errors.len())));
     }
