@@ -523,6 +523,27 @@ fn opened_checks(
             push("principal", Some(i), message);
         }
     }
+    // Followed files are opened for reading, as the server opens them before it starts (a
+    // missing one is fine: it is read when it appears). The journal is probed and syslog
+    // addresses bound only by the server: that would start a process or take a port.
+    let format = crate::ingest::maillog::format::MailLog::new(
+        crate::ingest::maillog::format::Framing::Text,
+        config.log_utc_offset.offset(),
+    );
+    let catching_up = std::sync::Arc::new(crate::ingest::logsource::CatchingUp::default());
+    for (i, s) in config.source.iter().enumerate() {
+        if let crate::ingest::logsource::SourceConfig::File(f) = s {
+            let opened = crate::ingest::tail::TailSource::open(
+                &f.path,
+                false,
+                format.sharing(crate::ingest::maillog::format::Framing::Text),
+                catching_up.clone(),
+            );
+            if let Err(e) = opened {
+                push("source", Some(i), e.to_string());
+            }
+        }
+    }
     if let Some(tls) = &config.tls {
         if let Err(e) = crate::http::tls::TlsReloader::new(tls) {
             push("tls", None, format!("{e} (the files must be readable by livetap's user)"));
@@ -887,6 +908,21 @@ mod tests {
         let missing_tls = "[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n";
         let (r, _e) = run(missing_tls, Overrides::default());
         assert!(r.errors.iter().any(|e| e.key == "tls" && e.line == Some(1)), "{:?}", r.errors);
+    }
+
+    #[test]
+    fn followed_files_are_opened_read_only() {
+        let d = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[[source]]\nkind = \"file\"\npath = \"{}\"\n\n[[source]]\nkind = \"file\"\npath = \"{}\"\n",
+            d.path().display(),
+            d.path().join("not-yet.log").display()
+        );
+        let (r, _e) = run(&text, Overrides::default());
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert_eq!((r.errors[0].key.as_str(), r.errors[0].line), ("source[0]", Some(1)), "{:?}", r.errors);
+        assert!(r.errors[0].message.contains("is a directory"), "{:?}", r.errors);
+        assert!(!d.path().join("not-yet.log").exists());
     }
 
     #[test]
