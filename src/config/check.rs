@@ -783,7 +783,7 @@ fn settings(
     for key in TABLE_KEYS {
         match table.get(key) {
             Some(toml::Value::Array(a)) => {
-                let indexes = kept.get(key).cloned().unwrap_or_else(|| (0..a.len()).collect());
+                let indexes = kept.get(key).cloned().unwrap_or_default();
                 for i in indexes {
                     let Some(v) = a.get(i) else { continue };
                     let origin = origin_of(key, &[Step::Key(key.into()), Step::Index(i)]);

@@ -361,8 +361,11 @@ fn v0_to_v1(dir: &Path, history: Option<&Path>) -> Result<Stamp, DataDirError> {
 fn history_schema(path: &Path) -> Result<i64, DataDirError> {
     use rusqlite::{Connection, OpenFlags};
     let bad = |message: String| DataDirError::History { path: path.to_path_buf(), message };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| bad(format!("cannot open it: {e}")))?;
+    // Read-write without create: a database left by a crash has a write-ahead log to recover,
+    // which a read-only connection may be unable to do; reading two pragmas changes nothing,
+    // and a file livetap's user cannot write fails here with its name, as the store would.
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| bad(format!("cannot open it for reading and writing: {e}")))?;
     let read = |pragma: &str| -> Result<i64, DataDirError> {
         conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
             .map_err(|e| bad(format!("cannot read it: {e}")))
