@@ -2,7 +2,8 @@
 //! previous (unversioned) format, made by running livetap and removing its stamp, is migrated
 //! in place (its history, its event ids and a webhook spool's backlog survive); a second
 //! livetap on it is refused while the first runs; and a directory stamped by a simulated newer
-//! livetap is refused with a clear message and exit status 78, untouched.
+//! livetap is refused with a clear message and exit status 78, untouched. `Server::start` (the
+//! library's way in) opens, stamps and locks the directory the same way.
 
 mod common;
 
@@ -227,4 +228,21 @@ async fn a_previous_format_directory_is_migrated_and_a_newer_one_refused() {
     assert_eq!(checked.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&checked.stdout).contains(&format!("has format {newer}")));
     assert_eq!(snapshot(&data), before, "a reader modified the newer directory");
+}
+
+#[tokio::test]
+async fn the_library_server_opens_the_directory_the_same_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.clone();
+    let server = start_server(move |c| c.data_dir = Some(d)).await;
+    assert_eq!(datadir::read_stamp(&data).unwrap().map(|s| s.format), Some(FORMAT));
+    assert!(datadir::in_use(&data), "the server holds the lock");
+    // A second server on the same directory is refused before it binds or opens anything.
+    let mut c = livetap::Config { listen: "127.0.0.1:0".parse().unwrap(), ..livetap::Config::default() };
+    c.data_dir = Some(data.clone());
+    let e = livetap::Server::start(c, TOKEN.to_string()).await.err().expect("refused");
+    assert!(e.to_string().contains("in use by another livetap"), "{e}");
+    server.shutdown().await;
+    assert!(!datadir::in_use(&data), "the lock is released at shutdown");
 }
