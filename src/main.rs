@@ -1,16 +1,18 @@
 //! The `livetap` command line: parse flags, load the config, run the server until a signal
 //! (SIGHUP reloads the TLS files and the live-token key); `livetap hash-password` prints the
 //! Argon2 hash of a password for a `[[principal]]`; `livetap history …` queries the stored
-//! history and prints tables or JSON.
+//! history and prints tables or JSON; `livetap check-config` validates a config and prints
+//! the effective settings (`config::check`).
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use livetap::auth::{resolve_admin_token, TokenOrigin};
 use livetap::config::{Config, DemoTraffic, Overrides};
 use livetap::event::catalogue::Generation;
 use livetap::ingest::logsource::{
     FileSource, JournalConfig, ListenAddr, LogZone, SourceConfig, SyslogConfig,
 };
+use livetap::store::datadir::{DataDir, Opened};
 use livetap::Server;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -37,7 +39,8 @@ struct Cli {
     /// Unix socket accepting NDJSON events.
     #[arg(long, value_name = "PATH")]
     ingest_socket: Option<PathBuf>,
-    /// Directory for livetap's state (the generated admin token).
+    /// Directory for livetap's state (history, id lease, webhook spools, tokens); versioned and
+    /// locked (README, "Data directory format").
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Run the built-in generator of realistic mail-server traffic.
@@ -107,6 +110,18 @@ enum Command {
     /// Print the Argon2 hash of a password (read from standard input, or asked for on a
     /// terminal) for `password-hash` in a `[[principal]]`.
     HashPassword,
+    /// Validate a config the way the server would at start-up, without starting anything, and
+    /// print the effective settings with their origins (secrets masked). Flags given before
+    /// `check-config` (`livetap --listen … check-config`) apply as they do to the server.
+    /// Exits 1 when there are errors.
+    CheckConfig {
+        /// The TOML configuration file (default: the global `--config`).
+        #[arg(long, short = 'c', value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Query the history kept in the data directory (works while the server runs).
     History {
         /// The data directory holding `history.sqlite3` (default: `data-dir` of `--config`).
@@ -208,6 +223,66 @@ fn parse_generation(s: &str) -> Result<Generation, String> {
     Generation::parse(s).ok_or_else(|| format!("`{s}`: expected 0.15 or 0.16"))
 }
 
+/// The settings the command line gives (flags, and `LIVETAP_*` variables).
+fn overrides(cli: &Cli) -> Overrides {
+    Overrides {
+        listen: cli.listen,
+        admin_token: cli.admin_token.clone(),
+        webhook_key: cli.webhook_key.clone(),
+        ingest_socket: cli.ingest_socket.clone(),
+        data_dir: cli.data_dir.clone(),
+        demo: cli.demo.then_some(true),
+        demo_rate: cli.demo_rate,
+        demo_generation: cli.demo_generation,
+        demo_traffic: cli.demo_traffic,
+        ring_capacity: cli.ring_capacity,
+        subscriber_queue: cli.subscriber_queue,
+        matcher_threads: cli.matcher_threads,
+        io_threads: cli.io_threads,
+        max_body_bytes: cli.max_body_bytes,
+        ping_interval_secs: cli.ping_interval_secs,
+        stall_timeout_secs: cli.stall_timeout_secs,
+        log_level: cli.log_level.clone(),
+        allow_plain_http: cli.allow_plain_http.then_some(true),
+        sources: flag_sources(cli),
+        from_start: cli.from_start,
+        log_utc_offset: cli.log_utc_offset,
+    }
+}
+
+/// Exit status of a start refused for a data directory written by a newer livetap
+/// (`EX_CONFIG` of sysexits.h: restarting will not help, so a service manager can stop trying).
+const EXIT_CONFIG: u8 = 78;
+
+/// Runs `livetap check-config`: prints the report and returns whether it found no error.
+fn check_config(
+    path: Option<&std::path::Path>,
+    json: bool,
+    cli: &Cli,
+    matches: &clap::ArgMatches,
+) -> anyhow::Result<bool> {
+    use livetap::config::check::Origin;
+    // The flags' ids are the field names; the config keys are their kebab-case forms.
+    let mut origins = std::collections::BTreeMap::new();
+    for id in matches.ids() {
+        let source = matches.value_source(id.as_str());
+        let origin = match source {
+            Some(clap::parser::ValueSource::EnvVariable) => Origin::Env,
+            Some(clap::parser::ValueSource::CommandLine) => Origin::Flag,
+            _ => continue,
+        };
+        origins.insert(id.as_str().replace('_', "-"), origin);
+    }
+    let report = livetap::config::check::check(path, overrides(cli), &origins);
+    let mut out = std::io::stdout().lock();
+    if json {
+        print_json(&mut out, &report.to_json())?;
+    } else {
+        write!(out, "{}", report.to_text())?;
+    }
+    Ok(report.ok())
+}
+
 /// Runs `livetap history …` against the store directly, opened the way the server opens it
 /// (`store::open_store`); the embedded store lets it read while a server writes.
 fn history(
@@ -224,6 +299,11 @@ fn history(
         Some(p) => (HistoryConfig::default(), p),
         None => {
             let config = Config::load(config_path, Overrides { data_dir, ..Overrides::default() })?;
+            // Read-only: no migration and no lock (a server may hold it), but a directory in a
+            // newer format is refused rather than misread.
+            if let Some(dir) = &config.data_dir {
+                livetap::store::datadir::inspect(dir)?;
+            }
             let path = config
                 .history
                 .resolve_path(config.data_dir.as_deref())
@@ -472,46 +552,29 @@ fn prepare_descriptor_table() {
 #[cfg(not(target_os = "linux"))]
 fn prepare_descriptor_table() {}
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     disable_transparent_huge_pages();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
+        Some(Command::CheckConfig { ref config, json }) => {
+            let path = config.clone().or_else(|| cli.config.clone());
+            let ok = check_config(path.as_deref(), json, &cli, &matches)?;
+            return Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE });
+        }
         Some(Command::HashPassword) => {
             let password = read_password()?;
             let hash = livetap::auth::password::hash_password(&password)?;
             println!("{hash}");
-            return Ok(());
+            return Ok(std::process::ExitCode::SUCCESS);
         }
         Some(Command::History { data_dir, db, json, what }) => {
-            return history(cli.config.as_deref(), data_dir.or(cli.data_dir), db, json, what);
+            history(cli.config.as_deref(), data_dir.or(cli.data_dir), db, json, what)?;
+            return Ok(std::process::ExitCode::SUCCESS);
         }
         None => {}
     }
-    let sources = flag_sources(&cli);
-    let overrides = Overrides {
-        listen: cli.listen,
-        admin_token: cli.admin_token,
-        webhook_key: cli.webhook_key,
-        ingest_socket: cli.ingest_socket,
-        data_dir: cli.data_dir,
-        demo: cli.demo.then_some(true),
-        demo_rate: cli.demo_rate,
-        demo_generation: cli.demo_generation,
-        demo_traffic: cli.demo_traffic,
-        ring_capacity: cli.ring_capacity,
-        subscriber_queue: cli.subscriber_queue,
-        matcher_threads: cli.matcher_threads,
-        io_threads: cli.io_threads,
-        max_body_bytes: cli.max_body_bytes,
-        ping_interval_secs: cli.ping_interval_secs,
-        stall_timeout_secs: cli.stall_timeout_secs,
-        log_level: cli.log_level,
-        allow_plain_http: cli.allow_plain_http.then_some(true),
-        sources,
-        from_start: cli.from_start,
-        log_utc_offset: cli.log_utc_offset,
-    };
-    let config = Config::load(cli.config.as_deref(), overrides)?;
+    let config = Config::load(cli.config.as_deref(), overrides(&cli))?;
     // A log file read from its start reports its progress at `info`, which the default `warn`
     // would hide from the one who asked for it.
     let catching_up = config.source.iter().any(|s| matches!(s, SourceConfig::File(f) if f.from_start));
@@ -524,6 +587,31 @@ fn main() -> anyhow::Result<()> {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .context("invalid log-level")?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // The data directory is opened (versioned, migrated, locked) before anything reads it,
+    // the admin token kept there included.
+    let data_dir = match livetap::http::server::open_data_dir(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("livetap: {e}");
+            let newer = matches!(e, livetap::store::datadir::DataDirError::Newer { .. });
+            return Ok(std::process::ExitCode::from(if newer { EXIT_CONFIG } else { 1 }));
+        }
+    };
+    if let Some(d) = &data_dir {
+        match d.opened() {
+            Opened::Created => eprintln!(
+                "livetap: created data directory {} (format {})",
+                d.path().display(),
+                livetap::store::datadir::FORMAT
+            ),
+            Opened::Migrated { from } => eprintln!(
+                "livetap: migrated data directory {} from format {from} to {}",
+                d.path().display(),
+                livetap::store::datadir::FORMAT
+            ),
+            Opened::Current => {}
+        }
+    }
     let (token, origin) = resolve_admin_token(config.admin_token.as_deref(), config.data_dir.as_deref())
         .context("cannot create or read the admin token")?;
     // Before the runtime starts its threads (see the function).
@@ -534,14 +622,20 @@ fn main() -> anyhow::Result<()> {
         .thread_name("livetap-io")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config, token, origin))
+    runtime.block_on(run(config, token, origin, data_dir))?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    token: String,
+    origin: TokenOrigin,
+    data_dir: Option<DataDir>,
+) -> anyhow::Result<()> {
     let demo = config.demo.then_some((config.demo_rate, config.demo_generation, config.demo_traffic));
     let socket = config.ingest_socket.clone();
     let listen = config.listen;
-    let server = Server::start(config, token.clone())
+    let server = Server::start_in(config, token.clone(), data_dir)
         .await
         .with_context(|| format!("cannot start livetap (HTTP on {listen})"))?;
     let scheme = if server.is_tls() { "https" } else { "http" };

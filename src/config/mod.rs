@@ -4,6 +4,7 @@
 //! with a generated admin token). Flags override the file; the README documents each key.
 //! `memory.rs` turns the limits into the worst-case memory bound documented in SECURITY.md.
 
+pub mod check;
 pub mod memory;
 
 use serde::Deserialize;
@@ -39,6 +40,48 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// One problem [`Config::problems`] found: the setting, the element when the setting is an
+/// array of tables, and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The top-level key (`ring-capacity`, `principal`, …).
+    pub key: &'static str,
+    /// Which `[[key]]` table, counted from 0, when the problem is in one.
+    pub index: Option<usize>,
+    /// What is wrong, and how to fix it.
+    pub message: String,
+}
+
+impl From<Problem> for ConfigError {
+    fn from(p: Problem) -> ConfigError {
+        ConfigError::Invalid { key: p.key, message: p.message }
+    }
+}
+
+/// The problems found so far, in order.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    /// A problem with a whole setting.
+    fn bad(&mut self, key: &'static str, message: impl Into<String>) {
+        self.0.push(Problem { key, index: None, message: message.into() });
+    }
+
+    /// A problem with the `index`th table of `key`.
+    fn at(&mut self, key: &'static str, index: usize, message: impl Into<String>) {
+        self.0.push(Problem { key, index: Some(index), message: message.into() });
+    }
+
+    /// A problem another module's validation reported.
+    fn push(&mut self, e: ConfigError) {
+        match e {
+            ConfigError::Invalid { key, message } => self.bad(key, message),
+            other => self.bad("config", other.to_string()),
+        }
+    }
 }
 
 /// A key declared in the config file so it can be filtered on before any producer sends it.
@@ -480,6 +523,20 @@ impl Config {
             }
             None => Config::default(),
         };
+        c.apply(overrides);
+        // Alert conditions first, with the file's text, so an error names the line.
+        if let (Some(p), Some(text)) = (path, &source_text) {
+            c.validate_alerts(Some(text))
+                .map_err(|e| ConfigError::Parse { path: p.into(), message: e.to_string() })?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Applies the command line's `overrides` (no validation): a flag replaces the file's
+    /// value, and sources add to the file's.
+    pub fn apply(&mut self, overrides: Overrides) {
+        let c = self;
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = overrides.$f { c.$f = v; } )* };
         }
@@ -522,13 +579,6 @@ impl Config {
                 }
             }
         }
-        // Alert conditions first, with the file's text, so an error names the line.
-        if let (Some(p), Some(text)) = (path, &source_text) {
-            c.validate_alerts(Some(text))
-                .map_err(|e| ConfigError::Parse { path: p.into(), message: e.to_string() })?;
-        }
-        c.validate()?;
-        Ok(c)
     }
 
     /// Parses TOML text (no validation).
@@ -536,93 +586,161 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Checks ranges; called by [`Config::load`].
+    /// Checks ranges and tables; called by [`Config::load`]. The first of
+    /// [`Config::problems`].
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, message: &str| Err(ConfigError::Invalid { key, message: message.into() });
+        match self.problems().into_iter().next() {
+            Some(p) => Err(p.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem validation finds, in the order of the settings (`livetap check-config`
+    /// reports them all; [`Config::validate`] stops at the first). The one implementation of
+    /// the checks, so the server and `check-config` cannot disagree.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Problems::default();
+        self.check_settings(&mut out);
+        self.check_tables(&mut out);
+        self.check_security(&mut out);
+        out.0
+    }
+
+    /// The top-level settings' ranges.
+    fn check_settings(&self, out: &mut Problems) {
+        let mut bad = |key, message: &str| out.bad(key, message);
         if !(2..=1 << 24).contains(&self.ring_capacity) {
-            return bad("ring-capacity", "must be between 2 and 16777216");
+            bad("ring-capacity", "must be between 2 and 16777216");
         }
         if self.subscriber_queue == 0 || self.subscriber_queue > 1 << 20 {
-            return bad("subscriber-queue", "must be between 1 and 1048576");
+            bad("subscriber-queue", "must be between 1 and 1048576");
         }
         if self.matcher_threads > 256 {
-            return bad("matcher-threads", "must be at most 256");
+            bad("matcher-threads", "must be at most 256");
         }
         if self.io_threads > 256 {
-            return bad("io-threads", "must be at most 256");
+            bad("io-threads", "must be at most 256");
         }
         if self.max_body_bytes < 1024 {
-            return bad("max-body-bytes", "must be at least 1024");
+            bad("max-body-bytes", "must be at least 1024");
         }
         if self.max_webhook_bytes < self.max_body_bytes {
-            return bad(
+            bad(
                 "max-webhook-bytes",
                 "must be at least max-body-bytes: Stalwart's sender grows a refused batch, so a \
                  smaller limit would refuse its resends for ever",
             );
         }
         if !(1..=86_400).contains(&self.webhook_dedupe_secs) {
-            return bad("webhook-dedupe-secs", "must be between 1 and 86400");
+            bad("webhook-dedupe-secs", "must be between 1 and 86400");
         }
         if !(1..=3600).contains(&self.webhook_sender_timeout_secs) {
-            return bad("webhook-sender-timeout-secs", "must be between 1 and 3600");
+            bad("webhook-sender-timeout-secs", "must be between 1 and 3600");
         }
         if self.webhook_dedupe_entries == 0 {
-            return bad("webhook-dedupe-entries", "must be at least 1");
+            bad("webhook-dedupe-entries", "must be at least 1");
         }
         if self.max_line_bytes < 256 {
-            return bad("max-line-bytes", "must be at least 256");
+            bad("max-line-bytes", "must be at least 256");
         }
         if self.max_event_bytes < 512 {
-            return bad("max-event-bytes", "must be at least 512");
+            bad("max-event-bytes", "must be at least 512");
         }
         if self.ping_interval_secs == 0 {
-            return bad("ping-interval-secs", "must be at least 1");
+            bad("ping-interval-secs", "must be at least 1");
         }
         if self.stall_timeout_secs == 0 {
-            return bad("stall-timeout-secs", "must be at least 1");
+            bad("stall-timeout-secs", "must be at least 1");
         }
         if self.demo_rate == 0 || self.demo_rate > 10_000_000 {
-            return bad("demo-rate", "must be between 1 and 10000000");
+            bad("demo-rate", "must be between 1 and 10000000");
         }
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {
-                return bad("admin-token", "must be at least 16 characters");
+                bad("admin-token", "must be at least 16 characters");
             }
         }
         if !(64..=1 << 20).contains(&self.max_query_bytes) {
-            return bad("max-query-bytes", "must be between 64 and 1048576");
+            bad("max-query-bytes", "must be between 64 and 1048576");
         }
         if !(1..=4096).contains(&self.max_query_terms) {
-            return bad("max-query-terms", "must be between 1 and 4096");
+            bad("max-query-terms", "must be between 1 and 4096");
         }
         if !(1..=crate::query::parse::MAX_DEPTH_CAP).contains(&self.max_query_depth) {
-            return bad("max-query-depth", "must be between 1 and 256");
+            bad("max-query-depth", "must be between 1 and 256");
         }
         if !(1..=65_536).contains(&self.max_filter_text_bytes) {
-            return bad("max-filter-text-bytes", "must be between 1 and 65536");
+            bad("max-filter-text-bytes", "must be between 1 and 65536");
         }
-        for k in &self.keys {
-            if crate::event::KeyKind::from_name(&k.kind).is_none() {
-                return bad("keys", "kind must be string, folded, ip, integer, bool or timestamp");
-            }
-        }
+        let keys_bad = self.keys.iter().map(|k| crate::event::KeyKind::from_name(&k.kind).is_none());
+        let keys_bad: Vec<usize> = keys_bad.enumerate().filter(|(_, b)| *b).map(|(i, _)| i).collect();
         if !(1..=86_400).contains(&self.metrics_max_interval_secs) {
-            return bad("metrics-max-interval-secs", "must be between 1 and 86400");
+            bad("metrics-max-interval-secs", "must be between 1 and 86400");
         }
         if !(16..=1_000_000).contains(&self.max_metrics) {
-            return bad("max-metrics", "must be between 16 and 1000000");
+            bad("max-metrics", "must be between 16 and 1000000");
         }
-        for t in &self.scrape {
-            t.validate().map_err(|m| ConfigError::Invalid { key: "scrape", message: m.into() })?;
+        for i in keys_bad {
+            out.at("keys", i, "kind must be string, folded, ip, integer, bool or timestamp");
         }
-        self.validate_sources()?;
-        crate::tap::sink::validate_all(&self.sink)
-            .map_err(|message| ConfigError::Invalid { key: "sink", message })?;
-        self.validate_alerts(None)
-            .map_err(|e| ConfigError::Invalid { key: "alert", message: e.to_string() })?;
-        crate::tap::webhook::validate(&self.webhook, self.data_dir.as_deref())?;
-        self.validate_security()
+    }
+
+    /// The arrays of tables and `[history]`: each element on its own (so every bad one is
+    /// reported, with its index), then what only the whole array can show (duplicates).
+    fn check_tables(&self, out: &mut Problems) {
+        for (i, t) in self.scrape.iter().enumerate() {
+            if let Err(m) = t.validate() {
+                out.at("scrape", i, m);
+            }
+        }
+        self.validate_sources(out);
+        let before = out.0.len();
+        for i in 0..self.sink.len() {
+            if let Err(m) = crate::tap::sink::validate_all(&self.sink[i..=i]) {
+                out.at("sink", i, m);
+            }
+        }
+        if out.0.len() == before {
+            if let Err(m) = crate::tap::sink::validate_all(&self.sink) {
+                out.bad("sink", m);
+            }
+        }
+        self.check_alerts(out);
+        if let Err(e) = crate::tap::webhook::validate(&self.webhook, self.data_dir.as_deref()) {
+            out.push(e);
+        }
+        if let Err(e) = self.history.validate() {
+            out.bad("history", e.to_string());
+        }
+    }
+
+    /// `[[alert]]` and `[smtp]` through [`crate::alert::check`]: the settings every alert
+    /// shares first, then each alert alone, then all together (unique names).
+    fn check_alerts(&self, out: &mut Problems) {
+        if self.alert.is_empty() && self.smtp.is_none() {
+            return;
+        }
+        let kinds = crate::alert::CatalogueKinds::new(&crate::event::Catalogue::embedded());
+        let check = |alerts: &[crate::alert::AlertConfig]| {
+            crate::alert::check(alerts, self.smtp.as_ref(), self.alert_interval.0, &kinds, None)
+        };
+        if let Err(e) = check(&[]) {
+            // `alert-interval` or `[smtp]`: every alert would repeat it.
+            let key = if e.to_string().contains("[smtp]") { "smtp" } else { "alert-interval" };
+            out.bad(key, e.to_string());
+            return;
+        }
+        let before = out.0.len();
+        for i in 0..self.alert.len() {
+            if let Err(e) = check(&self.alert[i..=i]) {
+                out.at("alert", i, e.to_string());
+            }
+        }
+        if out.0.len() == before {
+            if let Err(e) = check(&self.alert) {
+                out.bad("alert", e.to_string());
+            }
+        }
     }
 
     /// The `[[alert]]` tables and `[smtp]` (`alert::check`); `source` is the file's text.
@@ -637,10 +755,10 @@ impl Config {
 
     /// Mail-log sources: each file and listen address once, the journal once (two readers of
     /// one log would publish every line twice).
-    fn validate_sources(&self) -> Result<(), ConfigError> {
+    fn validate_sources(&self, out: &mut Problems) {
         use crate::ingest::logsource::SourceConfig;
         let mut seen = std::collections::HashSet::new();
-        for s in &self.source {
+        for (i, s) in self.source.iter().enumerate() {
             let (key, message) = match s {
                 SourceConfig::File(f) => (
                     format!("file {}", f.path.display()),
@@ -657,24 +775,21 @@ impl Config {
                 }
             };
             if !seen.insert(key) {
-                return Err(ConfigError::Invalid { key: "source", message });
+                out.at("source", i, message);
             }
             if let SourceConfig::Journal(j) = s {
                 if j.command.as_ref().is_some_and(|c| c.is_empty()) {
-                    return Err(ConfigError::Invalid {
-                        key: "source",
-                        message: "command must not be empty".into(),
-                    });
+                    out.at("source", i, "command must not be empty");
                 }
             }
         }
-        Ok(())
     }
 
-    fn validate_security(&self) -> Result<(), ConfigError> {
-        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
+    /// The listener, the tokens, the connection limits and the principals.
+    fn check_security(&self, out: &mut Problems) {
+        let mut bad = |key, message: String| out.bad(key, message);
         if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.allow_plain_http {
-            return bad(
+            bad(
                 "listen",
                 format!(
                     "{} is not a loopback address: configure [tls], or set allow-plain-http = true \
@@ -685,7 +800,7 @@ impl Config {
         }
         if let Some(k) = &self.token_key {
             if k.len() < 32 {
-                return bad("token-key", "must be at least 32 characters".into());
+                bad("token-key", "must be at least 32 characters".into());
             }
         }
         let ranges: [(&'static str, u64, u64, u64); 15] = [
@@ -707,12 +822,12 @@ impl Config {
         ];
         for (key, v, lo, hi) in ranges {
             if !(lo..=hi).contains(&v) {
-                return bad(key, format!("must be between {lo} and {hi}"));
+                bad(key, format!("must be between {lo} and {hi}"));
             }
         }
         for net in &self.per_ip_exempt {
             if crate::auth::ratelimit::parse_net(net).is_none() {
-                return bad("per-ip-exempt", format!("`{net}` is not an address or address/prefix-length"));
+                bad("per-ip-exempt", format!("`{net}` is not an address or address/prefix-length"));
             }
         }
         for o in &self.cors_origins {
@@ -721,41 +836,33 @@ impl Config {
                     && !o.ends_with('/')
                     && http::HeaderValue::from_str(o).is_ok();
             if !ok {
-                return bad(
-                    "cors-origins",
-                    format!("`{o}` is not `*` or an origin like https://dash.example.org"),
-                );
+                bad("cors-origins", format!("`{o}` is not `*` or an origin like https://dash.example.org"));
             }
         }
-        for p in &self.principal {
+        for (i, p) in self.principal.iter().enumerate() {
             let key = "principal";
+            let mut bad = |key, message: String| out.at(key, i, message);
             let name_ok = !p.name.is_empty()
                 && p.name.len() <= 64
                 && p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
             if !name_ok {
-                return bad(
-                    key,
-                    format!("name `{}`: 1 to 64 of letters, digits, `.`, `_`, `-`, `@`", p.name),
-                );
+                bad(key, format!("name `{}`: 1 to 64 of letters, digits, `.`, `_`, `-`, `@`", p.name));
             }
             if p.api_key.is_none() && p.password_hash.is_none() {
-                return bad(key, format!("`{}` needs an api-key or a password-hash", p.name));
+                bad(key, format!("`{}` needs an api-key or a password-hash", p.name));
             }
             if p.api_key.as_ref().is_some_and(|k| k.len() < 16 || k.trim() != k) {
-                return bad(
-                    key,
-                    format!("`{}`: api-key must be at least 16 characters, no spaces around", p.name),
-                );
+                bad(key, format!("`{}`: api-key must be at least 16 characters, no spaces around", p.name));
             }
             if let Some(h) = &p.password_hash {
-                crate::auth::password::check_hash(h)
-                    .map_err(|e| ConfigError::Invalid { key, message: format!("`{}`: {e}", p.name) })?;
+                if let Err(e) = crate::auth::password::check_hash(h) {
+                    bad(key, format!("`{}`: {e}", p.name));
+                }
             }
             if p.max_subscribers == Some(0) {
-                return bad(key, format!("`{}`: max-subscribers must be at least 1", p.name));
+                bad(key, format!("`{}`: max-subscribers must be at least 1", p.name));
             }
         }
-        Ok(())
     }
 
     /// The per-address exemptions, parsed (validated by [`Config::validate`]).

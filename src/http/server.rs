@@ -15,6 +15,7 @@ use crate::config::memory::{H2_CONN_WINDOW, H2_SEND_BUF, H2_STREAMS, H2_STREAM_W
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ingest::{demo::DemoSource, socket::SocketSource, Source};
+use crate::store::datadir::{DataDir, DataDirError};
 use crate::subscriber::ConnHandle;
 use crate::tap::history::HistoryTap;
 use hyper::service::service_fn;
@@ -26,6 +27,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+/// Opens `config`'s data directory, if it has one ([`DataDir::open`]), with the history
+/// database it names; the one way a server opens it, before anything reads it.
+pub fn open_data_dir(config: &Config) -> Result<Option<DataDir>, DataDirError> {
+    let Some(dir) = config.data_dir.as_deref() else { return Ok(None) };
+    let history = config.history.resolve_path(Some(dir));
+    DataDir::open(dir, history.as_deref()).map(Some)
+}
 
 /// A running livetap server.
 pub struct Server {
@@ -43,6 +52,8 @@ pub struct Server {
     tls: Option<Arc<TlsReloader>>,
     accept: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
+    /// The opened data directory: its lock is held as long as the server lives.
+    _data_dir: Option<DataDir>,
 }
 
 /// What a reload did.
@@ -55,8 +66,22 @@ pub struct Reloaded {
 }
 
 impl Server {
-    /// Builds the hub from `config`, binds the listener and starts serving.
+    /// Builds the hub from `config`, binds the listener and starts serving. The data
+    /// directory, if any, is opened first ([`DataDir::open`]: versioned, migrated, locked).
     pub async fn start(config: Config, admin_token: String) -> std::io::Result<Server> {
+        let data_dir = open_data_dir(&config).map_err(std::io::Error::other)?;
+        Server::start_in(config, admin_token, data_dir).await
+    }
+
+    /// [`Server::start`] with the data directory already opened by the caller (`main`
+    /// opens it before it reads the admin token kept there). `data_dir` must be
+    /// `config.data_dir`'s, or `None` when there is none.
+    pub async fn start_in(
+        config: Config,
+        admin_token: String,
+        data_dir: Option<DataDir>,
+    ) -> std::io::Result<Server> {
+        debug_assert_eq!(data_dir.as_ref().map(|d| d.path()), config.data_dir.as_deref());
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(TlsReloader::new(files)?)),
             None => None,
@@ -120,7 +145,7 @@ impl Server {
         let mut ctx = Ctx::new(hub.clone(), security.clone()).with_alerts(alerts);
         ctx.webhooks = webhooks.clone();
         let accept = tokio::spawn(accept_loop(Arc::new(ctx), listener, tls.clone()));
-        Ok(Server { hub, security, addr, log_sources, webhooks, tls, accept, tasks })
+        Ok(Server { hub, security, addr, log_sources, webhooks, tls, accept, tasks, _data_dir: data_dir })
     }
 
     /// True when the listener speaks TLS.

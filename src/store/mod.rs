@@ -24,6 +24,7 @@
 //! `{"data":{"items":[…],"total":N}}` ([`Page`]) for the traces and metrics lists, and
 //! `{"data":[…events…]}` for one trace.
 
+pub mod datadir;
 pub mod sqlite;
 pub mod writer;
 

@@ -43,7 +43,7 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// `PRAGMA application_id`: "ltap", so another program's SQLite file is never mistaken for
 /// a history database (and pruned).
-const APPLICATION_ID: i64 = 0x6c74_6170;
+pub const APPLICATION_ID: i64 = 0x6c74_6170;
 
 /// How long a connection waits for another one's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
