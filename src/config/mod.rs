@@ -909,4 +909,15 @@ mod tests {
         }
         assert!(Config::from_toml("[[scrape]]\nurl = \"http://h/m\"\nnope = 1\n").is_err());
     }
+
+    #[test]
+    fn log_format_key_and_flag() {
+        assert_eq!(Config::default().log_format, LogFormat::Text);
+        assert_eq!(Config::from_toml("log-format = \"json\"\n").unwrap().log_format, LogFormat::Json);
+        let e = Config::from_toml("log-format = \"yaml\"\n").unwrap_err();
+        assert!(e.contains("expected \"text\" or \"json\"") && e.contains("line 1"), "{e}");
+        let c = Config::load(None, Overrides { log_format: Some(LogFormat::Json), ..Default::default() })
+            .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
 }
