@@ -30,4 +30,4 @@ mkdir -p "$out/man" "$out/completions"
 "$bin" completions fish > "$out/completions/livetap.fish"
 
 # cargo-deb prints the package's path on standard output.
-cargo deb --no-build
+cargo deb --no-build --strip

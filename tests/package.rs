@@ -188,6 +188,9 @@ async fn debian_package_installs_runs_upgrades_removes_and_purges() {
     );
     assert_eq!(fields[5], "/var/lib/livetap");
     assert_eq!(owner_mode("/var/lib/livetap"), ("livetap".into(), "livetap".into(), 0o750));
+    // Enabled (deb-systemd-helper works without a running systemd).
+    let wants = "/etc/systemd/system/multi-user.target.wants/livetap.service";
+    assert!(std::fs::symlink_metadata(wants).is_ok(), "the unit is not enabled");
 
     // The unit, against the installed binary and manual page.
     let verify = Command::new("systemd-analyze")
@@ -248,6 +251,7 @@ async fn debian_package_installs_runs_upgrades_removes_and_purges() {
     for gone in ["/etc/livetap", "/var/lib/livetap", "/run/livetap"] {
         assert!(!Path::new(gone).exists(), "{gone} is left after purge");
     }
+    assert!(std::fs::symlink_metadata(wants).is_err(), "the unit is still enabled after purge");
     assert!(!succeeds("getent", &["passwd", "livetap"]), "the user is left after purge");
     assert!(!succeeds("getent", &["group", "livetap"]), "the group is left after purge");
 }
