@@ -158,9 +158,21 @@ async fn debian_package_installs_runs_upgrades_removes_and_purges() {
     assert!(run("dpkg-query", &["-W", "-f", "${Status}", "livetap"]).contains("install ok installed"));
     assert_eq!(owner_mode("/usr/bin/livetap"), ("root".into(), "root".into(), 0o755));
     assert_eq!(owner_mode("/lib/systemd/system/livetap.service").2, 0o644);
+    // The package carries the manual pages; a minimal image may tell dpkg not to install any
+    // (`path-exclude=/usr/share/man/*` in /etc/dpkg/dpkg.cfg.d/), and then only the package's
+    // contents can be checked.
+    let contents = run("dpkg-deb", &["-c", deb]);
+    let man_excluded = std::fs::read_dir("/etc/dpkg/dpkg.cfg.d")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .any(|t| t.lines().any(|l| l.trim().starts_with("path-exclude") && l.contains("/usr/share/man")));
+    for page in ["livetap.1.gz", "livetap-history.1.gz", "livetap-history-traces.1.gz"] {
+        assert!(contents.contains(&format!("./usr/share/man/man1/{page}")), "{page} is not in the package");
+        let installed = Path::new("/usr/share/man/man1").join(page);
+        assert!(man_excluded || installed.is_file(), "{} is not installed", installed.display());
+    }
     for f in [
-        "/usr/share/man/man1/livetap.1.gz",
-        "/usr/share/man/man1/livetap-history.1.gz",
         "/usr/share/bash-completion/completions/livetap",
         "/usr/share/zsh/vendor-completions/_livetap",
         "/usr/share/fish/vendor_completions.d/livetap.fish",
