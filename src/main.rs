@@ -837,3 +837,18 @@ async fn wait_for_signals(server: &Server, notifier: &Notifier) -> anyhow::Resul
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn webhook_urls_lose_credentials_and_query_in_the_start_up_line() {
+        assert_eq!(
+            redact_url("https://user:pw@siem.example.org:8443/in?token=x#f"),
+            "https://siem.example.org:8443/in"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:9000"), "http://127.0.0.1:9000/");
+        assert_eq!(redact_url("http://h/a/b@c"), "http://h/a/b@c");
+    }
+}
