@@ -17,6 +17,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod query;
 pub mod ring;
+pub mod service;
 pub mod sse;
 pub mod store;
 pub mod subscriber;

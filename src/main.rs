@@ -1,17 +1,20 @@
-//! The `livetap` command line: parse flags, load the config, run the server until a signal
-//! (SIGHUP reloads the TLS files and the live-token key); `livetap hash-password` prints the
-//! Argon2 hash of a password for a `[[principal]]`; `livetap history …` queries the stored
-//! history and prints tables or JSON; `livetap check-config` validates a config and prints
-//! the effective settings (`config::check`).
+//! The `livetap` command line: parse flags, load the config, set up the logs, run the server
+//! until a signal (SIGHUP reloads the TLS files and the live-token key), telling systemd about
+//! each step (`livetap::service`); `livetap hash-password` prints the Argon2 hash of a password
+//! for a `[[principal]]`; `livetap history …` queries the stored history and prints tables or
+//! JSON; `livetap check-config` validates a config and prints the effective settings
+//! (`config::check`); `livetap man DIR` and `livetap completions SHELL` write the manual pages
+//! and the shell completions.
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use livetap::auth::{resolve_admin_token, TokenOrigin};
-use livetap::config::{Config, DemoTraffic, Overrides};
+use livetap::config::{Config, DemoTraffic, LogFormat, Overrides};
 use livetap::event::catalogue::Generation;
 use livetap::ingest::logsource::{
     FileSource, JournalConfig, ListenAddr, LogZone, SourceConfig, SyslogConfig,
 };
+use livetap::service::Notifier;
 use livetap::store::datadir::{DataDir, Opened};
 use livetap::Server;
 use std::io::Write;
@@ -80,6 +83,10 @@ struct Cli {
     /// Log filter for livetap's own logs (default warn).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Format of livetap's own logs on stderr: text (default; without timestamp and colours
+    /// under journald) or json (one object per line).
+    #[arg(long, value_name = "text|json", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
     /// Serve plain HTTP on a non-loopback --listen address (prefer [tls] in the config).
     #[arg(long)]
     allow_plain_http: bool,
@@ -135,6 +142,16 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         what: HistoryCommand,
+    },
+    /// Write the manual pages (livetap.1 and one page per subcommand) into a directory.
+    Man {
+        /// The directory (created if missing).
+        dir: PathBuf,
+    },
+    /// Print the completion script of a shell on standard output.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -213,6 +230,165 @@ fn flag_sources(cli: &Cli) -> Vec<SourceConfig> {
     out
 }
 
+/// Parses `--log-format` (`text` or `json`).
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(s).ok_or_else(|| format!("`{s}`: expected text or json"))
+}
+
+/// Writes `livetap.1` and a page per subcommand (`livetap-history-traces.1`) into `dir`, and
+/// prints each file's path.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "1"))
+        .collect();
+    pages.sort();
+    let mut out = std::io::stdout().lock();
+    for p in pages {
+        writeln!(out, "{}", p.display())?;
+    }
+    Ok(())
+}
+
+/// Sets up livetap's own logs on stderr, in `format`, filtered by `level` (or `RUST_LOG`).
+///
+/// Under journald (`$JOURNAL_STREAM` names stderr) a text line carries no timestamp (the
+/// journal stamps each line) and no colours, and starts with the syslog priority (`<4>`),
+/// which journald turns into the entry's priority (`journalctl -p warning`). Colours are
+/// otherwise used only on a terminal. The `livetap::service` target (start-up, reload and
+/// shutdown lines) is always enabled at `info`, whatever the filter, so the default `warn`
+/// does not hide what the service is doing.
+fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .context("invalid log-level")?
+        .add_directive("livetap::service=info".parse().context("service log directive")?);
+    let journal = stderr_is_journal();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_span_events(FmtSpan::NONE)
+            .with_ansi(false)
+            .init(),
+        LogFormat::Text if journal => builder
+            .with_ansi(false)
+            .event_format(JournalPriority(tracing_subscriber::fmt::format().without_time().with_ansi(false)))
+            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    Ok(())
+}
+
+/// True when `fd` is the journal stream systemd connected (`$JOURNAL_STREAM` is
+/// `DEVICE:INODE` of that stream); an output redirected elsewhere by the admin does not count.
+fn is_journal(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = value.split_once(':') else { return false };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
+    let Ok(fd) = fd.try_clone_to_owned() else { return false };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => m.dev() == dev && m.ino() == ino,
+        Err(_) => false,
+    }
+}
+
+/// [`is_journal`] for stderr, where the logs go.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    is_journal(std::io::stderr().as_fd())
+}
+
+/// A text event format prefixed with the record's syslog priority (`<3>` error, `<4>`
+/// warning, `<6>` info, `<7>` debug and trace), which journald reads off each line.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// A webhook's URL without credentials or query string (either may hold a secret), for the
+/// start-up log line.
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority.rsplit('@').next().unwrap_or("");
+    format!("{scheme}://{host}/{path}")
+}
+
+/// Logs the one start-up line (target `livetap::service`, always enabled): the effective
+/// listen addresses, the sources, the sinks and the webhooks.
+fn log_started(server: &Server, base: &str) {
+    use livetap::tap::sink::SinkKind;
+    let config = &server.hub.config;
+    let none = || vec!["none".to_string()];
+    let or_none = |v: Vec<String>| if v.is_empty() { none() } else { v };
+    let socket = config.ingest_socket.as_ref().map_or("none".to_string(), |p| p.display().to_string());
+    let syslog: Vec<String> =
+        server.log_sources.iter().filter_map(|d| d.strip_prefix("syslog ").map(str::to_owned)).collect();
+    let mut sources: Vec<String> = server.log_sources.clone();
+    if config.ingest_socket.is_some() {
+        sources.insert(0, format!("ndjson socket {socket}"));
+    }
+    if config.demo {
+        sources.push(format!("demo {:?} {}/s", config.demo_traffic, config.demo_rate));
+    }
+    let sinks: Vec<String> = config
+        .sink
+        .iter()
+        .map(|s| match (&s.kind, &s.path) {
+            (SinkKind::File, Some(p)) => format!("{} file {}", s.name, p.display()),
+            (SinkKind::File, None) => format!("{} file", s.name),
+            (SinkKind::Stdout, _) => format!("{} stdout", s.name),
+        })
+        .collect();
+    let webhooks: Vec<String> =
+        config.webhook.iter().map(|w| format!("{} {}", w.name, redact_url(&w.url))).collect();
+    let data_dir = config.data_dir.as_ref().map_or("none".to_string(), |p| p.display().to_string());
+    tracing::info!(
+        target: "livetap::service",
+        version = env!("CARGO_PKG_VERSION"),
+        http = %base,
+        ndjson_socket = %socket,
+        syslog = ?or_none(syslog),
+        sources = ?or_none(sources),
+        sinks = ?or_none(sinks),
+        webhooks = ?or_none(webhooks),
+        data_dir = %data_dir,
+        "livetap started"
+    );
+}
+
 /// Parses `--demo-traffic` (`stalwart` or `postfix`).
 fn parse_demo_traffic(s: &str) -> Result<DemoTraffic, String> {
     DemoTraffic::parse(s).ok_or_else(|| format!("`{s}`: expected stalwart or postfix"))
@@ -243,6 +419,7 @@ fn overrides(cli: &Cli) -> Overrides {
         ping_interval_secs: cli.ping_interval_secs,
         stall_timeout_secs: cli.stall_timeout_secs,
         log_level: cli.log_level.clone(),
+        log_format: cli.log_format,
         allow_plain_http: cli.allow_plain_http.then_some(true),
         sources: flag_sources(cli),
         from_start: cli.from_start,
@@ -553,6 +730,8 @@ fn prepare_descriptor_table() {
 fn prepare_descriptor_table() {}
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
+    // First, while the process has one thread: it takes the variables out of the environment.
+    let notifier = Notifier::from_env();
     disable_transparent_huge_pages();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -561,6 +740,19 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             let path = config.clone().or_else(|| cli.config.clone());
             let ok = check_config(path.as_deref(), json, &cli, &matches)?;
             return Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE });
+        }
+        Some(Command::Man { dir }) => {
+            write_man_pages(&dir)?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = Cli::command();
+            // Into memory first: the generator panics on a failed write (a closed pipe), and a
+            // write error here is an ordinary error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "livetap", &mut script);
+            std::io::stdout().lock().write_all(&script).context("writing the completions")?;
+            return Ok(std::process::ExitCode::SUCCESS);
         }
         Some(Command::HashPassword) => {
             let password = read_password()?;
@@ -583,31 +775,33 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     } else {
         config.log_level.clone()
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
-        .context("invalid log-level")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    init_logging(&level, config.log_format)?;
+    // A malformed NOTIFY_SOCKET is the service manager's problem, not a reason not to run.
+    let notifier = notifier.unwrap_or_else(|e| {
+        tracing::warn!(target: "livetap::service", error = %e, "not notifying the service manager");
+        Notifier::default()
+    });
     // The data directory is opened (versioned, migrated, locked) before anything reads it,
     // the admin token kept there included.
     let data_dir = match livetap::http::server::open_data_dir(&config) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("livetap: {e}");
+            // A log event like every other line, so `log-format = "json"` stays one object per
+            // line; the `livetap::service` target is always shown.
+            tracing::error!(target: "livetap::service", "{e}");
             let newer = matches!(e, livetap::store::datadir::DataDirError::Newer { .. });
             return Ok(std::process::ExitCode::from(if newer { EXIT_CONFIG } else { 1 }));
         }
     };
     if let Some(d) = &data_dir {
+        let (path, format) = (d.path().display(), livetap::store::datadir::FORMAT);
         match d.opened() {
-            Opened::Created => eprintln!(
-                "livetap: created data directory {} (format {})",
-                d.path().display(),
-                livetap::store::datadir::FORMAT
-            ),
-            Opened::Migrated { from } => eprintln!(
-                "livetap: migrated data directory {} from format {from} to {}",
-                d.path().display(),
-                livetap::store::datadir::FORMAT
+            Opened::Created => {
+                tracing::info!(target: "livetap::service", "created data directory {path} (format {format})")
+            }
+            Opened::Migrated { from } => tracing::info!(
+                target: "livetap::service",
+                "migrated data directory {path} from format {from} to {format}"
             ),
             Opened::Current => {}
         }
@@ -622,7 +816,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         .thread_name("livetap-io")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config, token, origin, data_dir))?;
+    runtime.block_on(run(config, token, origin, data_dir, notifier))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -631,21 +825,33 @@ async fn run(
     token: String,
     origin: TokenOrigin,
     data_dir: Option<DataDir>,
+    notifier: Notifier,
 ) -> anyhow::Result<()> {
     let demo = config.demo.then_some((config.demo_rate, config.demo_generation, config.demo_traffic));
     let socket = config.ingest_socket.clone();
+    let data_path = config.data_dir.clone();
     let listen = config.listen;
     let server = Server::start_in(config, token.clone(), data_dir)
         .await
         .with_context(|| format!("cannot start livetap (HTTP on {listen})"))?;
     let scheme = if server.is_tls() { "https" } else { "http" };
     let base = format!("{scheme}://{}", server.addr);
-    let shown = match origin {
-        TokenOrigin::Generated => {
+    // The journal is readable by the adm and systemd-journal groups: a token kept in the data
+    // directory is not copied there (it is read from the file), only one that exists nowhere
+    // else is.
+    let journal = {
+        use std::os::fd::AsFd;
+        is_journal(std::io::stdout().as_fd())
+    };
+    let shown = match (origin, &data_path) {
+        (TokenOrigin::Generated | TokenOrigin::Stored, Some(dir)) if journal => {
+            format!("(kept in {}; not printed to the journal)", dir.join("admin-token").display())
+        }
+        (TokenOrigin::Generated, _) => {
             format!("{token}  (generated for this run; set admin-token or --data-dir to keep one)")
         }
-        TokenOrigin::Stored => format!("{token}  (kept in the data directory)"),
-        TokenOrigin::Configured => "(as configured)".to_string(),
+        (TokenOrigin::Stored, _) => format!("{token}  (kept in the data directory)"),
+        (TokenOrigin::Configured, _) => "(as configured)".to_string(),
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "livetap {} listening on {base}", env!("CARGO_PKG_VERSION"))?;
@@ -670,19 +876,33 @@ async fn run(
     writeln!(
         out,
         "  try:  curl -N -H 'Authorization: Bearer {}' '{base}/api/telemetry/traces/live?filter=smtp'",
-        if origin == TokenOrigin::Configured { "TOKEN" } else { &token }
+        if origin == TokenOrigin::Configured || (journal && data_path.is_some()) { "TOKEN" } else { &token }
     )?;
     out.flush()?;
     drop(out);
+    log_started(&server, &base);
+    // Ready: the listener is bound and every source and tap runs (`Server::start` returned).
+    let watchdog = tokio::spawn(livetap::service::watchdog(notifier.clone(), server.hub.clone()));
+    notify(notifier.ready(&format!("listening on {base}")));
 
-    wait_for_signals(&server).await?;
-    eprintln!("livetap: shutting down, draining accepted events to subscribers");
+    wait_for_signals(&server, &notifier).await?;
+    notify(notifier.stopping("draining accepted events to subscribers"));
+    tracing::info!(target: "livetap::service", "shutting down, draining accepted events to subscribers");
     server.shutdown().await;
+    watchdog.abort();
     Ok(())
 }
 
-/// Returns at SIGINT or SIGTERM; reloads at SIGHUP.
-async fn wait_for_signals(server: &Server) -> anyhow::Result<()> {
+/// Logs a notification that could not be sent (systemd then times the service out, which
+/// the log explains).
+fn notify(sent: Result<(), livetap::service::NotifyError>) {
+    if let Err(e) = sent {
+        tracing::warn!(target: "livetap::service", error = %e, "service manager not notified");
+    }
+}
+
+/// Returns at SIGINT or SIGTERM; reloads at SIGHUP, between `RELOADING=1` and `READY=1`.
+async fn wait_for_signals(server: &Server, notifier: &Notifier) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -691,14 +911,41 @@ async fn wait_for_signals(server: &Server) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match server.reload() {
-                Ok(r) => eprintln!(
-                    "livetap: reloaded (TLS certificate: {}, live-token key changed: {})",
-                    if r.tls { "re-read" } else { "none" },
-                    r.token_key_changed
-                ),
-                Err(e) => eprintln!("livetap: reload failed, keeping the previous settings: {e}"),
-            },
+            _ = hup.recv() => {
+                notify(notifier.reloading());
+                let status = match server.reload() {
+                    Ok(r) => {
+                        tracing::info!(
+                            target: "livetap::service",
+                            tls = if r.tls { "re-read" } else { "none" },
+                            token_key_changed = r.token_key_changed,
+                            "reloaded"
+                        );
+                        "reloaded".to_string()
+                    }
+                    Err(e) => {
+                        tracing::error!(target: "livetap::service", error = %e, "reload failed, keeping the previous settings");
+                        format!("reload failed, running with the previous settings: {e}")
+                    }
+                };
+                // Ready again either way: a failed reload leaves the running settings in place.
+                notify(notifier.ready(&status));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn webhook_urls_lose_credentials_and_query_in_the_start_up_line() {
+        assert_eq!(
+            redact_url("https://user:pw@siem.example.org:8443/in?token=x#f"),
+            "https://siem.example.org:8443/in"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:9000"), "http://127.0.0.1:9000/");
+        assert_eq!(redact_url("http://h/a/b@c"), "http://h/a/b@c");
     }
 }

@@ -487,6 +487,7 @@ fn given_overrides(o: &Overrides) -> Vec<String> {
     add(o.ping_interval_secs.is_some(), "ping-interval-secs");
     add(o.stall_timeout_secs.is_some(), "stall-timeout-secs");
     add(o.log_level.is_some(), "log-level");
+    add(o.log_format.is_some(), "log-format");
     add(o.allow_plain_http.is_some(), "allow-plain-http");
     add(o.log_utc_offset.is_some(), "log-utc-offset");
     out
@@ -654,6 +655,14 @@ impl Show for crate::event::catalogue::Generation {
         Some(format!("\"{self}\""))
     }
 }
+impl Show for super::LogFormat {
+    fn show(&self) -> Option<String> {
+        Some(match self {
+            super::LogFormat::Text => "\"text\"".into(),
+            super::LogFormat::Json => "\"json\"".into(),
+        })
+    }
+}
 impl Show for super::DemoTraffic {
     fn show(&self) -> Option<String> {
         Some(match self {
@@ -751,6 +760,7 @@ fn settings(
         max_spans,
         drain_timeout_secs,
         log_level,
+        log_format,
         max_query_bytes,
         max_query_terms,
         max_query_depth,

@@ -270,6 +270,8 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// Log filter for livetap's own logs (`warn`, `info`, `debug`, or a tracing filter).
     pub log_level: String,
+    /// How livetap's own log lines are written on stderr: `text` or `json`.
+    pub log_format: LogFormat,
     /// Longest accepted live query string (and `q=` expression), in bytes.
     pub max_query_bytes: usize,
     /// Most terms (values and words) in one live query.
@@ -356,6 +358,36 @@ pub struct Config {
     pub webhook: Vec<crate::tap::webhook::WebhookConfig>,
 }
 
+/// How livetap writes its own log lines (`log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One readable line per record; without timestamp and colours under journald (which
+    /// stamps each line itself).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// Parses `text` or `json`.
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+        let s = String::deserialize(d)?;
+        LogFormat::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{s}`: expected \"text\" or \"json\"")))
+    }
+}
+
 /// What the demo shows (`demo-traffic`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DemoTraffic {
@@ -418,6 +450,7 @@ impl Default for Config {
             max_spans: 100_000,
             drain_timeout_secs: 5,
             log_level: "warn".into(),
+            log_format: LogFormat::Text,
             max_query_bytes: 8192,
             max_query_terms: 64,
             max_query_depth: 32,
@@ -497,6 +530,8 @@ pub struct Overrides {
     pub stall_timeout_secs: Option<u64>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
     /// `--allow-plain-http`.
     pub allow_plain_http: Option<bool>,
     /// `--postfix-log`, `--dovecot-log`, `--journal`, `--syslog-listen`: sources added to the
@@ -550,7 +585,7 @@ impl Config {
             subscriber_queue,
             matcher_threads
         );
-        over!(io_threads);
+        over!(io_threads, log_format);
         over!(max_body_bytes, ping_interval_secs, stall_timeout_secs, log_level, allow_plain_http);
         if overrides.admin_token.is_some() {
             c.admin_token = overrides.admin_token;
@@ -980,5 +1015,16 @@ mod tests {
             assert!(c.validate().is_err(), "{bad}");
         }
         assert!(Config::from_toml("[[scrape]]\nurl = \"http://h/m\"\nnope = 1\n").is_err());
+    }
+
+    #[test]
+    fn log_format_key_and_flag() {
+        assert_eq!(Config::default().log_format, LogFormat::Text);
+        assert_eq!(Config::from_toml("log-format = \"json\"\n").unwrap().log_format, LogFormat::Json);
+        let e = Config::from_toml("log-format = \"yaml\"\n").unwrap_err();
+        assert!(e.contains("expected \"text\" or \"json\"") && e.contains("line 1"), "{e}");
+        let c = Config::load(None, Overrides { log_format: Some(LogFormat::Json), ..Default::default() })
+            .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
     }
 }
