@@ -883,9 +883,13 @@ async fn run(
     log_started(&server, &base);
     // Ready: the listener is bound and every source and tap runs (`Server::start` returned).
     let watchdog = tokio::spawn(livetap::service::watchdog(notifier.clone(), server.hub.clone()));
+    // The handlers are in place before READY=1: a service manager may send SIGTERM or SIGHUP
+    // the moment it reads it, and without them the signal's default action would end livetap
+    // without draining.
+    let signals = Signals::install()?;
     notify(notifier.ready(&format!("listening on {base}")));
 
-    wait_for_signals(&server, &notifier).await?;
+    wait_for_signals(signals, &server, &notifier).await?;
     notify(notifier.stopping("draining accepted events to subscribers"));
     tracing::info!(target: "livetap::service", "shutting down, draining accepted events to subscribers");
     server.shutdown().await;
@@ -901,12 +905,28 @@ fn notify(sent: Result<(), livetap::service::NotifyError>) {
     }
 }
 
+/// The signals livetap handles, listened for from [`Signals::install`] on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Replaces the default actions of SIGTERM, SIGINT and SIGHUP (which end the process).
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Returns at SIGINT or SIGTERM; reloads at SIGHUP, between `RELOADING=1` and `READY=1`.
-async fn wait_for_signals(server: &Server, notifier: &Notifier) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+async fn wait_for_signals(signals: Signals, server: &Server, notifier: &Notifier) -> anyhow::Result<()> {
+    let Signals { mut term, mut int, mut hup } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
