@@ -1,5 +1,5 @@
 //! The `livetap` command line: parse flags, load the config, run the server until a signal
-//! (SIGHUP reloads the TLS files and the live-token key); `livetap hash-password` prints the
+//! (SIGHUP reloads the configuration without dropping streams); `livetap hash-password` prints the
 //! Argon2 hash of a password for a `[[principal]]`; `livetap history …` queries the stored
 //! history and prints tables or JSON.
 
@@ -511,7 +511,9 @@ fn main() -> anyhow::Result<()> {
         from_start: cli.from_start,
         log_utc_offset: cli.log_utc_offset,
     };
-    let config = Config::load(cli.config.as_deref(), overrides)?;
+    let config = Config::load(cli.config.as_deref(), overrides.clone())?;
+    // SIGHUP reads the same file again with the same flags.
+    let reload_from = (cli.config.clone(), overrides);
     // A log file read from its start reports its progress at `info`, which the default `warn`
     // would hide from the one who asked for it.
     let catching_up = config.source.iter().any(|s| matches!(s, SourceConfig::File(f) if f.from_start));
@@ -534,10 +536,15 @@ fn main() -> anyhow::Result<()> {
         .thread_name("livetap-io")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config, token, origin))
+    runtime.block_on(run(config, token, origin, reload_from))
 }
 
-async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    token: String,
+    origin: TokenOrigin,
+    reload_from: (Option<PathBuf>, Overrides),
+) -> anyhow::Result<()> {
     let demo = config.demo.then_some((config.demo_rate, config.demo_generation, config.demo_traffic));
     let socket = config.ingest_socket.clone();
     let listen = config.listen;
@@ -581,29 +588,27 @@ async fn run(config: Config, token: String, origin: TokenOrigin) -> anyhow::Resu
     out.flush()?;
     drop(out);
 
-    wait_for_signals(&server).await?;
+    wait_for_signals(&server, reload_from).await?;
     eprintln!("livetap: shutting down, draining accepted events to subscribers");
     server.shutdown().await;
     Ok(())
 }
 
-/// Returns at SIGINT or SIGTERM; reloads at SIGHUP.
-async fn wait_for_signals(server: &Server) -> anyhow::Result<()> {
+/// Returns at SIGINT or SIGTERM; reloads at SIGHUP: the config file is read again with the
+/// same flags (`reload_from`), and what changed is put in force (`Server::reload`).
+async fn wait_for_signals(server: &Server, reload_from: (Option<PathBuf>, Overrides)) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let (path, overrides) = reload_from;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match server.reload() {
-                Ok(r) => eprintln!(
-                    "livetap: reloaded (TLS certificate: {}, live-token key changed: {})",
-                    if r.tls { "re-read" } else { "none" },
-                    r.token_key_changed
-                ),
-                Err(e) => eprintln!("livetap: reload failed, keeping the previous settings: {e}"),
+            _ = hup.recv() => match server.reload(path.as_deref(), overrides.clone()).await {
+                Ok(r) => eprintln!("livetap: reloaded: {r}"),
+                Err(e) => eprintln!("livetap: reload failed, keeping the running configuration: {e}"),
             },
         }
     }

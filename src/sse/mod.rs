@@ -231,6 +231,8 @@ pub struct SseBody {
     /// Missed events (and a gap notice) of a resuming stream, sent before the live queue.
     resume: Option<Resume>,
     done: bool,
+    /// The closing frame of [`crate::subscriber::Subscriber::close_with`] went out.
+    farewell_sent: bool,
 }
 
 impl SseBody {
@@ -253,6 +255,7 @@ impl SseBody {
             prelude: Some(prelude("livetap stream", &[])),
             resume: None,
             done: false,
+            farewell_sent: false,
         }
     }
 
@@ -337,6 +340,14 @@ impl Body for SseBody {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if sub.is_closed() || this.closing.is_set() {
+            // A stream closed with a reason (a configuration reload took its permission away)
+            // says why in a last frame.
+            if !this.farewell_sent {
+                if let Some(last) = sub.farewell() {
+                    this.farewell_sent = true;
+                    return Poll::Ready(Some(Ok(Frame::data(SseChunk::single(last.clone())))));
+                }
+            }
             this.done = true;
             return Poll::Ready(None);
         }
