@@ -67,7 +67,8 @@ async fn wait_for_marker(c: &mut SseClient, marker: &str) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let f = c.next_frame(left).await.unwrap_or_else(|| panic!("stream ended or deadline before {marker}"));
+        let f =
+            c.next_frame(left).await.unwrap_or_else(|| panic!("stream ended or deadline before {marker}"));
         if f.event == "trace" && f.data.contains(marker) {
             return;
         }
@@ -198,6 +199,8 @@ fn load_config(dir: &Path, round: usize) -> String {
     } else {
         String::new()
     };
+    // A sink of every event whose table changes every round, so each reload replaces its
+    // tap: the file must hold every event once, in order.
     format!(
         r#"subscriber-queue = 1000000
 ring-capacity = 262144
@@ -207,8 +210,16 @@ max-body-bytes = {body}
 name = "other"
 api-key = "other-key-0123456789"
 permissions = {perms}
+
+[[sink]]
+name = "all"
+kind = "file"
+path = "{all}"
+queue = {queue}
 {sink}"#,
-        body = 4_194_304 + round
+        body = 4_194_304 + round,
+        all = dir.join("all.ndjson").display(),
+        queue = 1_000_000 + round
     )
 }
 
@@ -290,18 +301,41 @@ async fn ten_reloads_under_load_lose_nothing_and_disconnect_no_one() {
         if round % 3 == 2 {
             assert!(line.contains("removed sink copy"), "{line}");
         }
+        assert!(line.contains("changed sink all"), "{line}");
     }
     done.store(true, Ordering::Release);
     let total = producer.await.unwrap();
     let end = head + total;
     final_id.store(end, Ordering::Release);
+    // The streams stay open until the stats below counted them.
+    let mut open = Vec::new();
     for r in readers {
         let c = r.await.unwrap();
         assert!(c.bad.is_empty(), "unexpected frames: {:?}", &c.bad[..c.bad.len().min(5)]);
         assert!(!c.ended, "a subscriber was disconnected");
         assert_eq!(c.last_id, end, "a subscriber did not get every event");
         assert_eq!(c.events, total, "every event exactly once");
+        open.push(c);
     }
+    // The sink replaced at every reload wrote every event once, in order.
+    let all = dir.path().join("all.ndjson");
+    let deadline = Instant::now() + DEADLINE;
+    let text = loop {
+        let text = std::fs::read_to_string(&all).unwrap_or_default();
+        if text.lines().count() as u64 >= total || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let marks: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            let at = l.find("\"accountName\":\"e").expect("a marker") + "\"accountName\":\"e".len();
+            l[at..].split('"').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(marks.len() as u64, total, "the sink's lines");
+    assert!(marks.iter().enumerate().all(|(i, &m)| m == i as u64), "the sink's events in order, once each");
     let s = stats(addr).await;
     assert_eq!(s["subscribers"], 100, "{s}");
     assert_eq!(s["dropped"], 0, "{s}");
@@ -465,8 +499,12 @@ async fn sinks_sources_and_webhooks_follow_the_reloaded_config() {
     assert!(line.contains("removed sink new"), "{line}");
     assert!(line.contains("removed webhook hook"), "{line}");
     assert!(line.contains("stopped source"), "{line}");
-    let taps: Vec<String> =
-        stats(addr).await["taps"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().into()).collect();
+    let taps: Vec<String> = stats(addr).await["taps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().into())
+        .collect();
     // The history writer's tap (the data directory turns history on) and the kept sink.
     assert_eq!(taps, vec!["history".to_string(), "sink:kept".to_string()], "only the kept sink runs");
     ingest_ok(addr, &[event("after-removal")]).await;
