@@ -368,11 +368,11 @@ async fn removing_a_principal_closes_exactly_its_streams_with_a_last_frame() {
     let (lt, path) = start(dir.path(), PRINCIPALS, &[]);
     let addr = lt.addr;
     let live = "/api/telemetry/traces/live";
-    let mut alice = vec![
+    let mut alice = [
         SseClient::connect(addr, live, Some("alice-key-0123456789")).await,
         SseClient::connect(addr, live, Some("alice-key-0123456789")).await,
     ];
-    let mut bob = vec![
+    let mut bob = [
         SseClient::connect(addr, live, Some("bob-key-0123456789")).await,
         SseClient::connect(addr, live, Some("bob-key-0123456789")).await,
     ];

@@ -122,6 +122,13 @@ impl Principal {
 #[derive(Debug)]
 pub struct StreamSlot(Arc<Principal>);
 
+impl StreamSlot {
+    /// The principal holding the stream.
+    pub fn principal(&self) -> &Arc<Principal> {
+        &self.0
+    }
+}
+
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.streams.fetch_sub(1, Ordering::Relaxed);

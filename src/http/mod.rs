@@ -247,15 +247,15 @@ async fn route(
         "/api/live/tracing" => live_tracing_v016(ctx, conn, principal(), req).await,
         "/api/telemetry/metrics/live" => {
             let slot = stream_slot(&principal())?;
-            metrics::live_metrics(hub.clone(), req, slot, SampleForm::Classic)
+            metrics::live_metrics(ctx, req, slot, SampleForm::Classic)
         }
         "/api/livetap/live/metrics" => {
             let slot = stream_slot(&principal())?;
-            metrics::live_metrics(hub.clone(), req, slot, SampleForm::Full)
+            metrics::live_metrics(ctx, req, slot, SampleForm::Full)
         }
         "/api/live/metrics" => {
             let slot = stream_slot(&principal())?;
-            metrics::live_metrics(hub.clone(), req, slot, SampleForm::V016)
+            metrics::live_metrics(ctx, req, slot, SampleForm::V016)
         }
         "/api/telemetry/live/tracing-token" => live_token(ctx, &principal(), Grant::Tracing),
         "/api/telemetry/live/metrics-token" => live_token(ctx, &principal(), Grant::Metrics),

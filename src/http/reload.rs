@@ -29,7 +29,6 @@ use crate::auth::Security;
 use crate::config::{Config, Overrides};
 use crate::ingest::logsource::{Shared, SourceConfig};
 use crate::subscriber::Subscriber;
-use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -264,11 +263,7 @@ fn changed_limits(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
-/// The last frame of a stream closed by a reload: `event: error` with the JSON error body.
-fn error_frame(error: &str, detail: &str) -> Bytes {
-    let body = serde_json::json!({"error": error, "detail": detail});
-    Bytes::from(format!("event: error\ndata: {body}\n\n"))
-}
+use crate::sse::error_frame;
 
 /// What a reload does to one live stream under the new principals.
 #[derive(Debug, PartialEq, Eq)]
@@ -352,6 +347,8 @@ impl Server {
             principals.carry_stream_counts(&running);
             let principals = Arc::new(principals);
             self.security.principals.store(principals.clone());
+            // Live metrics streams check their principal themselves when told.
+            hub.principals_changed();
             for sub in hub.registry.snapshot() {
                 match verdict(&sub, &principals) {
                     Verdict::Keep => {}
@@ -443,10 +440,12 @@ mod tests {
     #[test]
     fn restart_only_settings_keep_their_running_values_and_are_named() {
         let old = Config::default();
-        let mut new = Config::default();
-        new.ring_capacity = old.ring_capacity * 2;
-        new.listen = "127.0.0.1:9".parse().unwrap();
-        new.max_body_bytes = old.max_body_bytes + 1;
+        let mut new = Config {
+            ring_capacity: old.ring_capacity * 2,
+            listen: "127.0.0.1:9".parse().unwrap(),
+            max_body_bytes: old.max_body_bytes + 1,
+            ..Config::default()
+        };
         let changed = keep_restart_only(&old, &mut new);
         assert_eq!(changed, vec!["listen", "ring-capacity"]);
         assert_eq!(new.ring_capacity, old.ring_capacity);

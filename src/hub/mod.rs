@@ -115,6 +115,9 @@ pub struct Hub {
     reserved: AtomicU64,
     accepting: AtomicBool,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
+    /// Counts configuration reloads that changed the principals; live metrics streams watch
+    /// it and check their principal again when it moves.
+    principals_tx: tokio::sync::watch::Sender<u64>,
     /// Turns `true` once everything accepted was matched, when live metrics streams end.
     streams_closed_tx: tokio::sync::watch::Sender<bool>,
     matchers: Mutex<Option<MatcherPool>>,
@@ -184,6 +187,7 @@ impl Hub {
         let parse_pool = ParsePool::start(std::thread::available_parallelism().map_or(2, |n| n.get()))?;
         let (shutdown_tx, _) = tokio::sync::watch::channel(false);
         let (streams_closed_tx, _) = tokio::sync::watch::channel(false);
+        let (principals_tx, _) = tokio::sync::watch::channel(0u64);
         Ok(Arc::new(Hub {
             parse_pool,
             matcher_stats: pool.stats.clone(),
@@ -208,6 +212,7 @@ impl Hub {
             accepting: AtomicBool::new(true),
             shutdown_tx,
             streams_closed_tx,
+            principals_tx,
             taps: Mutex::new(Vec::new()),
             dialects: Dialects::default(),
         }))
@@ -351,6 +356,16 @@ impl Hub {
     /// for [`Hub::shutdown_signal`].
     pub fn streams_closed_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         signal(&self.streams_closed_tx)
+    }
+
+    /// Tells the live metrics streams that the principals changed (a reload).
+    pub fn principals_changed(&self) {
+        self.principals_tx.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes whenever a reload changed the principals.
+    pub fn principals_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.principals_tx.subscribe()
     }
 
     /// The live metrics `filter` selects: the registry's readings and livetap's own, sorted by

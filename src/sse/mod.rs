@@ -198,6 +198,13 @@ pub fn prelude(what: &str, ignored: &[String]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The last frame of a stream closed on purpose (a configuration reload took its permission
+/// away): `event: error` with the JSON error body `{"error": …, "detail": …}`.
+pub fn error_frame(error: &str, detail: &str) -> Bytes {
+    let body = serde_json::json!({"error": error, "detail": detail});
+    Bytes::from(format!("event: error\ndata: {body}\n\n"))
+}
+
 /// Shutdown signal shared by all streams: once set, a stream ends after its queue is empty.
 #[derive(Debug, Default)]
 pub struct Closing(AtomicBool);
