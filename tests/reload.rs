@@ -357,6 +357,11 @@ permissions = ["tracing-live"]
 name = "carol"
 api-key = "carol-key-0123456789"
 permissions = ["tracing-live"]
+
+[[principal]]
+name = "dave"
+api-key = "dave-key-0123456789"
+permissions = ["metrics-live"]
 "#;
 
 /// A reload that removes a principal (bob) and takes a permission from another (carol) closes
@@ -378,7 +383,11 @@ async fn removing_a_principal_closes_exactly_its_streams_with_a_last_frame() {
     ];
     let mut carol = SseClient::connect(addr, live, Some("carol-key-0123456789")).await;
     let mut admin = SseClient::connect(addr, live, Some(TOKEN)).await;
-    for c in alice.iter().chain(&bob).chain([&carol, &admin]) {
+    // Live metrics streams are checked too: dave's loses its permission, the admin's stays.
+    let metrics = "/api/telemetry/metrics/live?interval=1";
+    let mut dave = SseClient::connect(addr, metrics, Some("dave-key-0123456789")).await;
+    let mut admin_metrics = SseClient::connect(addr, metrics, Some(TOKEN)).await;
+    for c in alice.iter().chain(&bob).chain([&carol, &admin, &dave, &admin_metrics]) {
         assert_eq!(c.status, 200);
     }
     ingest_ok(addr, &[event("before")]).await;
@@ -392,6 +401,10 @@ async fn removing_a_principal_closes_exactly_its_streams_with_a_last_frame() {
         .replace(
             "name = \"carol\"\napi-key = \"carol-key-0123456789\"\npermissions = [\"tracing-live\"]",
             "name = \"carol\"\napi-key = \"carol-key-0123456789\"\npermissions = [\"metrics-live\"]",
+        )
+        .replace(
+            "name = \"dave\"\napi-key = \"dave-key-0123456789\"\npermissions = [\"metrics-live\"]",
+            "name = \"dave\"\napi-key = \"dave-key-0123456789\"\npermissions = [\"history\"]",
         );
     assert!(!without_bob.contains("bob"), "{without_bob}");
     let line = reload(&lt, &path, &without_bob, 1).await;
@@ -401,6 +414,19 @@ async fn removing_a_principal_closes_exactly_its_streams_with_a_last_frame() {
         expect_closed_with(c, "forbidden", "principal `bob` removed by a configuration reload").await;
     }
     expect_closed_with(&mut carol, "forbidden", "`carol` no longer has the `tracing-live` permission").await;
+    expect_closed_with(&mut dave, "forbidden", "`dave` no longer has the `metrics-live` permission").await;
+    // The admin's metrics stream goes on: two more metrics frames, an interval apart.
+    let deadline = Instant::now() + DEADLINE;
+    let mut frames = 0;
+    while frames < 2 {
+        let f = admin_metrics
+            .next_frame(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .expect("the admin's metrics stream stays open");
+        if f.event == "metrics" {
+            frames += 1;
+        }
+    }
     // The others stay and receive what comes next.
     ingest_ok(addr, &[event("after")]).await;
     for c in alice.iter_mut().chain([&mut admin]) {
@@ -411,7 +437,9 @@ async fn removing_a_principal_closes_exactly_its_streams_with_a_last_frame() {
     assert_eq!(refused.status, 401);
     let refused = SseClient::connect(addr, live, Some("carol-key-0123456789")).await;
     assert_eq!(refused.status, 403);
-    assert_eq!(stats(addr).await["subscribers"], 3);
+    let s = stats(addr).await;
+    assert_eq!(s["subscribers"], 3, "{s}");
+    assert_eq!(s["metric_streams"], 1, "{s}");
 }
 
 /// A configuration that does not parse leaves everything running: the streams stay, the
