@@ -562,3 +562,49 @@ async fn wait_file_contains(path: &Path, needle: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A principal whose filter changes: its stream ends with a frame asking it to reconnect, and
+/// the reconnect (with `Last-Event-ID`) resumes under the new filter without missing an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_filter_asks_the_stream_to_reconnect_and_the_resume_misses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let principal = |filter: &str| {
+        format!(
+            "[[principal]]\nname = \"erin\"\napi-key = \"erin-key-0123456789\"\n\
+             permissions = [\"tracing-live\"]\nfilter = \"{filter}\"\n"
+        )
+    };
+    let (lt, path) = start(dir.path(), &principal("event=auth.*"), &[]);
+    let addr = lt.addr;
+    let live = "/api/telemetry/traces/live";
+    let mut erin = SseClient::connect(addr, live, Some("erin-key-0123456789")).await;
+    assert_eq!(erin.status, 200);
+    ingest_ok(addr, &[event("first")]).await;
+    let got = erin.collect(1, DEADLINE).await;
+    let last_id = *got.ids.last().expect("a frame with an id");
+
+    let line = reload(&lt, &path, &principal("event=auth.failed"), 1).await;
+    assert!(line.contains("1 asked to reconnect"), "{line}");
+    expect_closed_with(&mut erin, "reconnect", "the filter of principal `erin` changed").await;
+    // Events after the close: one the new filter takes, one it refuses.
+    ingest_ok(
+        addr,
+        &[
+            json!({"type": "auth.failed", "data": {"accountName": "second"}}),
+            json!({"type": "auth.success", "data": {"accountName": "third"}}),
+        ],
+    )
+    .await;
+    let id = last_id.to_string();
+    let mut again = SseClient::connect_with(
+        addr,
+        live,
+        &[("Authorization", "Bearer erin-key-0123456789"), ("Last-Event-ID", &id)],
+    )
+    .await;
+    assert_eq!(again.status, 200);
+    ingest_ok(addr, &[json!({"type": "auth.failed", "data": {"accountName": "fourth"}})]).await;
+    let got = again.collect(2, DEADLINE).await;
+    let names: Vec<&str> = got.events.iter().map(|e| e["data"]["accountName"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["second", "fourth"], "the resume under the new filter");
+}
