@@ -608,3 +608,82 @@ async fn a_changed_filter_asks_the_stream_to_reconnect_and_the_resume_misses_not
     let names: Vec<&str> = got.events.iter().map(|e| e["data"]["accountName"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["second", "fourth"], "the resume under the new filter");
 }
+
+/// A webhook receiver that answers `200` and keeps every body.
+async fn receiver() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let kept = kept.clone();
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        kept.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                        let ok = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(ok))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+/// A changed webhook keeps its spool and backlog: events spooled while its receiver was
+/// unreachable go to the new URL after the reload, in order, followed by the new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_webhook_keeps_its_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let hook = |url: &str, max_events: u32| {
+        format!(
+            "data-dir = \"{}\"\n\n[[webhook]]\nname = \"hook\"\nurl = \"{url}\"\nquery = \"event=auth.success\"\n\
+             max-delay-ms = 10\nmax-events = {max_events}\nretry-initial-ms = 50\nretry-max-secs = 1\n",
+            data.display()
+        )
+    };
+    // Port 9 (discard) is closed on the loopback: every send fails and the batches wait.
+    let (lt, path) = start(dir.path(), &hook("http://127.0.0.1:9/", 100), &[]);
+    let addr = lt.addr;
+    ingest_ok(addr, &[event("w1"), event("w2"), event("w3")]).await;
+    // Spooled: the tap delivered them to the spool.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let s = stats(addr).await;
+        let spooled = s["taps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "webhook:hook")
+            .map_or(0, |t| t["delivered"].as_u64().unwrap());
+        if spooled >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the events were not spooled: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (at, bodies) = receiver().await;
+    let line = reload(&lt, &path, &hook(&format!("http://{at}/"), 2), 1).await;
+    assert!(line.contains("changed webhook hook"), "{line}");
+    ingest_ok(addr, &[event("w4")]).await;
+    let deadline = Instant::now() + DEADLINE;
+    let text = loop {
+        let text = bodies.lock().unwrap().join("\n");
+        if text.contains("w4") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the backlog and the new event did not arrive: {text:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let order: Vec<usize> = ["w1", "w2", "w3", "w4"].iter().map(|m| text.find(m).expect(m)).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {text}");
+}
