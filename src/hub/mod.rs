@@ -302,16 +302,18 @@ impl Hub {
         };
         let after = old.as_mut().and_then(TapHandle::take_finished);
         let closing = self.closing.clone();
-        let handle = crate::tap::spawn_after(tap, subscription, move || closing.is_set(), after)
-            .map_err(|e| TapError::Thread(new_name, e))?;
-        self.taps.lock().push(handle);
+        let spawned = crate::tap::spawn_after(tap, subscription, move || closing.is_set(), after)
+            .map_err(|e| TapError::Thread(new_name, e));
+        // On an error the old tap is out of the index already: it still ends below, as if
+        // removed.
+        let result = spawned.map(|handle| self.taps.lock().push(handle));
         // The old tap ends once no matcher can queue to it any more.
         self.wait_matched(head).await;
         if let Some(mut old) = old {
             old.stop();
             let _ = tokio::task::spawn_blocking(move || old.join()).await;
         }
-        Ok(())
+        result
     }
 
     /// Waits until every matcher thread has matched every event below `head` (or shutdown
