@@ -5,7 +5,7 @@
 //! What changes, and how:
 //! - limits read per request or connection (body sizes, timeouts, connection caps, ping
 //!   interval, stall timeout, query limits, the webhook key): the whole new configuration is
-//!   stored in the hub ([`Hub::set_current`]) and the handlers load it once per request or
+//!   stored in the hub ([`Hub::set_current`](crate::hub::Hub::set_current)) and the handlers load it once per request or
 //!   connection, never per event;
 //! - principals and permissions (and the admin token, if the file sets it): a new set is
 //!   built and swapped in whole; every live stream whose principal is gone, or lacks the
