@@ -687,3 +687,49 @@ async fn a_changed_webhook_keeps_its_backlog() {
     let order: Vec<usize> = ["w1", "w2", "w3", "w4"].iter().map(|m| text.find(m).expect(m)).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {text}");
 }
+
+/// `GET /api/livetap/alerts` with the admin token, polled until `pred` holds.
+async fn alerts_until(addr: SocketAddr, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let r = common::request_auth(addr, "GET", "/api/livetap/alerts", b"").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "alerts never reached {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Alerts added by a reload start; an alert whose table did not change keeps its state (still
+/// firing, since the same time, notified once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_state_of_unchanged_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = "alert-interval = \"200ms\"\n\n[[alert]]\nname = \"seen\"\ncondition = \"rate(auth.success, 1m) > 0\"\n";
+    let (lt, path) = start(dir.path(), seen, &[]);
+    let addr = lt.addr;
+    ingest_ok(addr, &[event("a1")]).await;
+    let firing = |v: &Value| v["alerts"][0]["state"] == "firing";
+    let before = alerts_until(addr, "seen firing", firing).await;
+    let since = before["alerts"][0]["since"].clone();
+    assert_eq!(before["alerts"][0]["notifications"], 1, "{before}");
+
+    let both = format!("{seen}\n[[alert]]\nname = \"other\"\ncondition = \"rate(auth.failed, 1m) > 1000\"\n");
+    let line = reload(&lt, &path, &both, 1).await;
+    assert!(line.contains("alerts: 2 in force"), "{line}");
+    // Evaluated after the reload: both are listed, and `other` has been evaluated once.
+    let after = alerts_until(addr, "two alerts, both evaluated", |v| {
+        v["alerts"].as_array().is_some_and(|a| a.len() == 2 && a[1]["last_evaluated"].is_string())
+    })
+    .await;
+    let a = &after["alerts"];
+    assert_eq!(a[0]["name"], "seen");
+    assert_eq!(a[0]["state"], "firing", "{after}");
+    assert_eq!(a[0]["since"], since, "the unchanged alert kept its state: {after}");
+    assert_eq!(a[0]["notifications"], 1, "not fired again: {after}");
+    assert_eq!(a[1]["name"], "other");
+    assert_eq!(a[1]["state"], "ok", "{after}");
+}

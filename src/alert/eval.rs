@@ -67,6 +67,19 @@ impl Samples {
         Samples { series }
     }
 
+    /// Takes over the readings `previous` holds of the metrics these rings also want with the
+    /// same function, so a reload that adds or removes alerts does not restart the windows of
+    /// the alerts it keeps (the next reading trims them to these rings' length).
+    pub fn carry_from(&mut self, mut previous: Samples) {
+        for (name, s) in self.series.iter_mut() {
+            if let Some(old) = previous.series.remove(name) {
+                if old.func == s.func {
+                    s.ring = old.ring;
+                }
+            }
+        }
+    }
+
     /// The metric names the rings want, for the registry reading's filter.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.series.keys().map(String::as_str)

@@ -603,12 +603,13 @@ async fn run(hub: Arc<Hub>, notify: Arc<dyn Notify>, alerts: Arc<Alerts>) {
                     }
                 }
             }
-            let next_samples =
+            // The readings of the metrics the kept alerts read carry over, so their windows do
+            // not restart.
+            let mut next_samples =
                 eval::Samples::new(next.alerts.iter().flat_map(|(_, c)| c.terms.iter()), interval);
-            if !next_samples.names().eq(samples.names()) {
-                samples = next_samples;
-                filter = NameFilter::new(samples.names());
-            }
+            next_samples.carry_from(std::mem::take(&mut samples));
+            samples = next_samples;
+            filter = NameFilter::new(samples.names());
             machines = new_machines;
             counts = new_counts;
             *alerts.status.lock() = new_status;
