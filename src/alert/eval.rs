@@ -176,6 +176,24 @@ mod tests {
     }
 
     #[test]
+    fn kept_metrics_carry_their_readings_into_new_rings() {
+        let kept = term(Func::Rate, "auth.failed", 60);
+        let added = term(Func::Rate, "auth.success", 60);
+        let mut old = Samples::new([&kept], secs(10));
+        old.record(secs(0), &[]);
+        old.record(secs(10), &[counter("auth.failed", 50)]);
+        assert_eq!(old.value(&kept), Some(5.0));
+        let mut new = Samples::new([&kept, &added], secs(10));
+        new.carry_from(old);
+        // The kept metric's window goes on; the added one starts empty.
+        assert_eq!(new.value(&kept), Some(5.0));
+        assert_eq!(new.value(&added), None);
+        new.record(secs(20), &[counter("auth.failed", 100), counter("auth.success", 7)]);
+        assert_eq!(new.value(&kept), Some(5.0), "100 over 20 s");
+        assert_eq!(new.value(&added), None, "one reading is no rate");
+    }
+
+    #[test]
     fn rate_is_the_increase_over_the_window_per_second() {
         let t = term(Func::Rate, "auth.failed", 60);
         let mut s = Samples::new([&t], secs(10));
