@@ -733,3 +733,42 @@ async fn a_reload_keeps_the_state_of_unchanged_alerts() {
     assert_eq!(a[1]["name"], "other");
     assert_eq!(a[1]["state"], "ok", "{after}");
 }
+
+/// A mail-log file source that a reload leaves unchanged keeps running where it was: a file
+/// read from its start is not read again (no line twice), and lines appended after the
+/// reload still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_file_source_keeps_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("mail.log");
+    std::fs::write(&log, "Dec  7 10:00:00 mx postfix/smtpd[4242]: connect from unknown[203.0.113.81]\n")
+        .unwrap();
+    let config = |limit: u32| {
+        format!(
+            "max-body-bytes = {limit}\n\n[[source]]\nkind = \"file\"\npath = \"{}\"\nfrom-start = true\n",
+            log.display()
+        )
+    };
+    let (lt, path) = start(dir.path(), &config(4_000_000), &[]);
+    let addr = lt.addr;
+    // The file is read from its start as soon as livetap runs, possibly before this stream
+    // opens: resuming from the very first id gets the first line either way.
+    let mut watch = SseClient::connect(addr, "/api/telemetry/traces/live?last-event-id=0", Some(TOKEN)).await;
+    assert_eq!(watch.status, 200);
+    wait_for_marker(&mut watch, "203.0.113.81").await;
+    let line = reload(&lt, &path, &config(4_000_001), 1).await;
+    assert!(line.contains("max-body-bytes") && !line.contains("source"), "the source is untouched: {line}");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        b"Dec  7 10:00:01 mx postfix/smtpd[4243]: connect from unknown[203.0.113.82]\n",
+    )
+    .unwrap();
+    drop(f);
+    let got = watch
+        .collect_until(DEADLINE, |c| c.events.iter().any(|e| e.to_string().contains("203.0.113.82")))
+        .await;
+    let text: Vec<String> = got.events.iter().map(|e| e.to_string()).collect();
+    assert!(text.iter().any(|t| t.contains("203.0.113.82")), "the appended line arrived: {text:?}");
+    assert!(!text.iter().any(|t| t.contains("203.0.113.81")), "the first line was not read again: {text:?}");
+}
