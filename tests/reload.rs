@@ -25,7 +25,10 @@ fn sighup(lt: &Livetap) {
 
 /// Lines of stderr that report a reload's outcome (done or failed).
 fn reload_outcomes(lt: &Livetap) -> Vec<String> {
-    lt.stderr()
+    let text = lt.stderr();
+    // Complete lines only: the reader may have caught the last one half written.
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
         .lines()
         .filter(|l| l.starts_with("livetap: reloaded") || l.starts_with("livetap: reload failed"))
         .map(str::to_string)
@@ -711,6 +714,8 @@ async fn a_reload_keeps_the_state_of_unchanged_alerts() {
     let seen = "alert-interval = \"200ms\"\n\n[[alert]]\nname = \"seen\"\ncondition = \"rate(auth.success, 1m) > 0\"\n";
     let (lt, path) = start(dir.path(), seen, &[]);
     let addr = lt.addr;
+    // A rate needs a reading before the event: wait for the first evaluation.
+    alerts_until(addr, "a first evaluation", |v| v["alerts"][0]["last_evaluated"].is_string()).await;
     ingest_ok(addr, &[event("a1")]).await;
     let firing = |v: &Value| v["alerts"][0]["state"] == "firing";
     let before = alerts_until(addr, "seen firing", firing).await;

@@ -141,7 +141,7 @@ impl Security {
         }
         let Some(t) = token else { return Err(AuthError::Missing) };
         let name = self.tokens.verify(t.token, t.grant, now_secs, t.reconnect)?;
-        // The principal is looked up again, so one removed from the config (and a restart)
+        // The principal is looked up again, so one removed from the config (by a reload or a restart)
         // cannot use tokens it was issued before.
         principals.by_name(&name).cloned().ok_or(AuthError::BadToken)
     }
