@@ -11,6 +11,8 @@
 #   perf/webhook.sh [SECS] [ROUNDS]   (defaults 10 s, 3 rounds; a smoke run: perf/webhook.sh 3 1)
 #
 # WEBHOOK_FSYNC=batch|never runs the webhooks with that fsync policy (default "always");
+# WEBHOOK_MAX_DELAY_MS=N sets their max-delay-ms (default 1000, livetap's default; a sparse
+# webhook's tap takes its events in groups a twentieth of that apart, at most 50 ms);
 # WEBHOOK_FIREHOSE=0 leaves the firehose runs out (more rounds of the 1 % comparison);
 # WEBHOOK_PIN=1 pins livetap to CPU 0 and the load to CPU 1 (see below);
 # WEBHOOK_QUERY=... replaces the 1 % query (e.g. one that matches nothing, to separate the
@@ -69,8 +71,8 @@ config() { # NAME QUERY: a config with a data directory and, unless NAME is "non
   {
     echo "data-dir = \"$tmp/$1\""
     if [ "$1" != none ]; then
-      printf '\n[[webhook]]\nname = "%s"\nurl = "http://127.0.0.1:%s/hook"\nquery = "%s"\nmax-bytes = 1048576\nmax-events = 100000\nmax-delay-ms = 200\nfsync = "%s"\n' \
-        "$1" "$port" "$2" "${WEBHOOK_FSYNC:-always}"
+      printf '\n[[webhook]]\nname = "%s"\nurl = "http://127.0.0.1:%s/hook"\nquery = "%s"\nmax-bytes = 1048576\nmax-events = 100000\nmax-delay-ms = %s\nfsync = "%s"\n' \
+        "$1" "$port" "$2" "${WEBHOOK_MAX_DELAY_MS:-1000}" "${WEBHOOK_FSYNC:-always}"
     fi
   } >"$tmp/$1.toml"
   echo "$tmp/$1.toml"

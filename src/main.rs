@@ -1,6 +1,6 @@
 //! The `livetap` command line: parse flags, load the config, set up the logs, run the server
-//! until a signal (SIGHUP reloads the TLS files and the live-token key), telling systemd about
-//! each step (`livetap::service`); `livetap hash-password` prints the Argon2 hash of a password
+//! until a signal (SIGHUP reloads the configuration without dropping streams), telling systemd
+//! about each step (`livetap::service`); `livetap hash-password` prints the Argon2 hash of a password
 //! for a `[[principal]]`; `livetap history …` queries the stored history and prints tables or
 //! JSON; `livetap check-config` validates a config and prints the effective settings
 //! (`config::check`); `livetap man DIR` and `livetap completions SHELL` write the manual pages
@@ -767,6 +767,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         None => {}
     }
     let config = Config::load(cli.config.as_deref(), overrides(&cli))?;
+    // SIGHUP reads the same file again with the same flags.
+    let reload_from = (cli.config.clone(), overrides(&cli));
     // A log file read from its start reports its progress at `info`, which the default `warn`
     // would hide from the one who asked for it.
     let catching_up = config.source.iter().any(|s| matches!(s, SourceConfig::File(f) if f.from_start));
@@ -816,7 +818,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         .thread_name("livetap-io")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config, token, origin, data_dir, notifier))?;
+    runtime.block_on(run(config, token, origin, data_dir, notifier, reload_from))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -826,6 +828,7 @@ async fn run(
     origin: TokenOrigin,
     data_dir: Option<DataDir>,
     notifier: Notifier,
+    reload_from: (Option<PathBuf>, Overrides),
 ) -> anyhow::Result<()> {
     let demo = config.demo.then_some((config.demo_rate, config.demo_generation, config.demo_traffic));
     let socket = config.ingest_socket.clone();
@@ -889,7 +892,7 @@ async fn run(
     let signals = Signals::install()?;
     notify(notifier.ready(&format!("listening on {base}")));
 
-    wait_for_signals(signals, &server, &notifier).await?;
+    wait_for_signals(signals, &server, &notifier, reload_from).await?;
     notify(notifier.stopping("draining accepted events to subscribers"));
     tracing::info!(target: "livetap::service", "shutting down, draining accepted events to subscribers");
     server.shutdown().await;
@@ -924,31 +927,34 @@ impl Signals {
     }
 }
 
-/// Returns at SIGINT or SIGTERM; reloads at SIGHUP, between `RELOADING=1` and `READY=1`.
-async fn wait_for_signals(signals: Signals, server: &Server, notifier: &Notifier) -> anyhow::Result<()> {
+/// Returns at SIGINT or SIGTERM; reloads at SIGHUP, between `RELOADING=1` and `READY=1`: the
+/// config file is read again with the same flags (`reload_from`), and what changed is put in
+/// force (`Server::reload`).
+async fn wait_for_signals(
+    signals: Signals,
+    server: &Server,
+    notifier: &Notifier,
+    reload_from: (Option<PathBuf>, Overrides),
+) -> anyhow::Result<()> {
     let Signals { mut term, mut int, mut hup } = signals;
+    let (path, overrides) = reload_from;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
                 notify(notifier.reloading());
-                let status = match server.reload() {
+                let status = match server.reload(path.as_deref(), overrides.clone()).await {
                     Ok(r) => {
-                        tracing::info!(
-                            target: "livetap::service",
-                            tls = if r.tls { "re-read" } else { "none" },
-                            token_key_changed = r.token_key_changed,
-                            "reloaded"
-                        );
-                        "reloaded".to_string()
+                        tracing::info!(target: "livetap::service", "reloaded: {r}");
+                        format!("reloaded: {r}")
                     }
                     Err(e) => {
-                        tracing::error!(target: "livetap::service", error = %e, "reload failed, keeping the previous settings");
-                        format!("reload failed, running with the previous settings: {e}")
+                        tracing::error!(target: "livetap::service", "reload failed, keeping the running configuration: {e}");
+                        format!("reload failed, running with the previous configuration: {e}")
                     }
                 };
-                // Ready again either way: a failed reload leaves the running settings in place.
+                // Ready again either way: a failed reload leaves the running configuration in place.
                 notify(notifier.ready(&status));
             }
         }

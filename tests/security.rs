@@ -877,7 +877,7 @@ async fn the_token_key_is_kept_private_in_the_data_dir() {
     let token = r.json()["data"].as_str().unwrap().to_string();
     // Replacing the key file and reloading (SIGHUP) revokes every token.
     std::fs::remove_file(dir.path().join("token-key")).unwrap();
-    assert!(server.reload().unwrap().token_key_changed);
+    assert!(server.reload_config((*server.hub.current()).clone()).await.unwrap().token_key_changed);
     let c =
         SseClient::connect_with(server.addr, &format!("/api/telemetry/traces/live?token={token}"), &[]).await;
     assert_eq!(c.status, 401);

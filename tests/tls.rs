@@ -111,13 +111,13 @@ async fn https_with_alpn_h1_h2_and_reload() {
     // Reload (SIGHUP): new connections get the new certificate.
     let second = write_cert(dir.path());
     assert_ne!(first, second);
-    assert!(server.reload().unwrap().tls);
+    assert!(server.reload_config((*server.hub.current()).clone()).await.unwrap().tls);
     let s = connect(addr, &second, &[b"http/1.1"]).await;
     assert_eq!(peer_cert(&s), second);
     assert!(http1_get(s, "/healthz").await.starts_with("HTTP/1.1 200"));
     // A broken file is refused and the running certificate stays.
     std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
-    assert!(server.reload().is_err());
+    assert!(server.reload_config((*server.hub.current()).clone()).await.is_err());
     let s = connect(addr, &second, &[b"http/1.1"]).await;
     assert_eq!(peer_cert(&s), second);
     drop(s);

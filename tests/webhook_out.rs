@@ -424,7 +424,8 @@ async fn a_refused_batch_is_skipped_and_counted_and_later_batches_still_go() {
     );
     // The refused batch is never sent again.
     assert_eq!(got.iter().filter(|g| g.status == 400).count(), 1);
-    let c = &server.webhooks.get("f").unwrap().counters;
+    let f = server.webhooks.get("f").unwrap();
+    let c = &f.counters;
     wait_for("the counters", DEADLINE, || c.sent_events.load(Ordering::Relaxed) == 2).await;
     assert_eq!(c.failed_batches.load(Ordering::Relaxed), 1);
     assert_eq!(c.failed_events.load(Ordering::Relaxed), 2);
@@ -626,7 +627,8 @@ async fn a_full_spool_drops_the_oldest_batches_and_reports_them() {
     let e = &reported[0];
     assert!(e["data"]["details"].as_str().unwrap().contains("webhook tiny"), "{e}");
     assert!(e["data"]["total"].as_u64().unwrap() > 0, "{e}");
-    let c = &server.webhooks.get("tiny").unwrap().counters;
+    let tiny = server.webhooks.get("tiny").unwrap();
+    let c = &tiny.counters;
     assert!(c.dropped_events.load(Ordering::Relaxed) > 0);
     wait_for("the spool under its cap", DEADLINE, || {
         c.spooled_bytes.load(Ordering::Relaxed) <= 8192 + 1024 + 64

@@ -67,6 +67,19 @@ impl Samples {
         Samples { series }
     }
 
+    /// Takes over the readings `previous` holds of the metrics these rings also want with the
+    /// same function, so a reload that adds or removes alerts does not restart the windows of
+    /// the alerts it keeps (the next reading trims them to these rings' length).
+    pub fn carry_from(&mut self, mut previous: Samples) {
+        for (name, s) in self.series.iter_mut() {
+            if let Some(old) = previous.series.remove(name) {
+                if old.func == s.func {
+                    s.ring = old.ring;
+                }
+            }
+        }
+    }
+
     /// The metric names the rings want, for the registry reading's filter.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.series.keys().map(String::as_str)
@@ -160,6 +173,24 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn kept_metrics_carry_their_readings_into_new_rings() {
+        let kept = term(Func::Rate, "auth.failed", 60);
+        let added = term(Func::Rate, "auth.success", 60);
+        let mut old = Samples::new([&kept], secs(10));
+        old.record(secs(0), &[]);
+        old.record(secs(10), &[counter("auth.failed", 50)]);
+        assert_eq!(old.value(&kept), Some(5.0));
+        let mut new = Samples::new([&kept, &added], secs(10));
+        new.carry_from(old);
+        // The kept metric's window goes on; the added one starts empty.
+        assert_eq!(new.value(&kept), Some(5.0));
+        assert_eq!(new.value(&added), None);
+        new.record(secs(20), &[counter("auth.failed", 100), counter("auth.success", 7)]);
+        assert_eq!(new.value(&kept), Some(5.0), "100 over 20 s");
+        assert_eq!(new.value(&added), None, "one reading is no rate");
     }
 
     #[test]

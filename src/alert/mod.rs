@@ -436,12 +436,23 @@ pub struct Alerts {
     pub mail: Arc<email::MailStats>,
     /// The evaluation interval.
     pub interval: Duration,
+    /// Alerts a configuration reload put in force, taken by the evaluator at its next tick
+    /// (written by [`reload`], taken by the evaluator; a short lock).
+    pending: Mutex<Option<(Parsed, Option<email::Mailer>)>>,
+    /// True while an evaluator task runs (set by whoever starts it).
+    running: std::sync::atomic::AtomicBool,
 }
 
 impl Alerts {
     /// No alerts (none configured).
     pub fn none() -> Arc<Alerts> {
-        Arc::new(Alerts { status: Mutex::new(Vec::new()), mail: Arc::default(), interval: DEFAULT_INTERVAL })
+        Arc::new(Alerts {
+            status: Mutex::new(Vec::new()),
+            mail: Arc::default(),
+            interval: DEFAULT_INTERVAL,
+            pending: Mutex::new(None),
+            running: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Each alert's state, in configuration order.
@@ -466,11 +477,33 @@ pub fn start(
     notify: Arc<dyn Notify>,
 ) -> Result<(Arc<Alerts>, Option<tokio::task::JoinHandle<()>>), AlertError> {
     let c = &hub.config;
-    if c.alert.is_empty() {
-        return Ok((Alerts::none(), None));
-    }
+    let interval = c.alert_interval.0;
+    let alerts = Arc::new(Alerts {
+        status: Mutex::new(Vec::new()),
+        mail: Arc::new(email::MailStats::default()),
+        interval,
+        pending: Mutex::new(None),
+        running: std::sync::atomic::AtomicBool::new(false),
+    });
+    let c = c.clone();
+    let task = reload(&hub, notify, &alerts, &c)?;
+    Ok((alerts, task))
+}
+
+/// Checks `config`'s alerts (as [`start`] does) and puts them in force: the running
+/// evaluator takes them at its next tick, keeping the state (firing or not, since when, the
+/// notifications counted) of every alert whose table did not change; an alert that is new or
+/// changed starts in `ok`. Starts the evaluator (and returns its task) when none runs yet.
+/// On an error nothing changes.
+pub fn reload(
+    hub: &Arc<Hub>,
+    notify: Arc<dyn Notify>,
+    alerts: &Arc<Alerts>,
+    config: &crate::config::Config,
+) -> Result<Option<tokio::task::JoinHandle<()>>, AlertError> {
+    let c = config;
     let kinds = CatalogueKinds::new(&hub.catalogue);
-    let parsed = check(&c.alert, c.smtp.as_ref(), c.alert_interval.0, &kinds, None)?;
+    let parsed = check(&c.alert, c.smtp.as_ref(), alerts.interval, &kinds, None)?;
     let names = notify.names();
     for (a, _) in &parsed.alerts {
         if let Some(w) = &a.webhook {
@@ -489,53 +522,106 @@ pub fn start(
         Some(s) => Some(email::Mailer::new(s).map_err(|e| AlertError::Other(format!("[smtp]: {e}")))?),
         None => None,
     };
-    let interval = c.alert_interval.0;
-    let mail = Arc::new(email::MailStats::default());
-    let now_secs = crate::event::encode::now_secs();
-    let status = parsed
-        .alerts
-        .iter()
-        .map(|(a, cond)| AlertStatus {
-            name: a.name.clone(),
-            condition: a.condition.get_ref().clone(),
-            state: State::Ok,
-            since: rfc3339(now_secs),
-            values: cond.terms.iter().map(|t| TermValue { term: t.text.clone(), value: None }).collect(),
-            last_notified: None,
-            last_evaluated: None,
-            notifications: 0,
-        })
-        .collect();
-    let alerts = Arc::new(Alerts { status: Mutex::new(status), mail: mail.clone(), interval });
-    let task = tokio::spawn(run(hub, notify, parsed, mailer, alerts.clone()));
-    Ok((alerts, Some(task)))
+    if parsed.alerts.is_empty() && !alerts.running.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(None);
+    }
+    *alerts.pending.lock() = Some((parsed, mailer));
+    if alerts.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return Ok(None);
+    }
+    Ok(Some(tokio::spawn(run(hub.clone(), notify, alerts.clone()))))
+}
+
+/// Checks `config`'s alerts against the catalogue and its own `[[webhook]]` names, changing
+/// nothing (a reload's check before it changes anything).
+pub fn validate(hub: &Hub, config: &crate::config::Config) -> Result<(), AlertError> {
+    let kinds = CatalogueKinds::new(&hub.catalogue);
+    let parsed = check(&config.alert, config.smtp.as_ref(), config.alert_interval.0, &kinds, None)?;
+    for (a, _) in &parsed.alerts {
+        if let Some(w) = &a.webhook {
+            if !config.webhook.iter().any(|h| &h.name == w) {
+                return Err(AlertError::Other(format!(
+                    "alert `{}` names the webhook `{w}`, which is not a [[webhook]]",
+                    a.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The status line of a new (or changed) alert.
+fn fresh_status(a: &AlertConfig, cond: &expr::Condition, now_secs: i64) -> AlertStatus {
+    AlertStatus {
+        name: a.name.clone(),
+        condition: a.condition.get_ref().clone(),
+        state: State::Ok,
+        since: rfc3339(now_secs),
+        values: cond.terms.iter().map(|t| TermValue { term: t.text.clone(), value: None }).collect(),
+        last_notified: None,
+        last_evaluated: None,
+        notifications: 0,
+    }
 }
 
 /// The evaluator: every interval, samples the registry, steps each alert and notifies.
-async fn run(
-    hub: Arc<Hub>,
-    notify: Arc<dyn Notify>,
-    parsed: Parsed,
-    mailer: Option<email::Mailer>,
-    alerts: Arc<Alerts>,
-) {
+async fn run(hub: Arc<Hub>, notify: Arc<dyn Notify>, alerts: Arc<Alerts>) {
     let interval = alerts.interval;
-    let mut samples = eval::Samples::new(parsed.alerts.iter().flat_map(|(_, c)| c.terms.iter()), interval);
-    let filter = NameFilter::new(samples.names());
     let start = Instant::now();
-    let mut machines: Vec<Machine> = parsed
-        .alerts
-        .iter()
-        .map(|(a, _)| Machine::new(a.for_.0, a.repeat.map(|r| r.0), Duration::ZERO))
-        .collect();
-    let mut counts = vec![0u64; parsed.alerts.len()];
+    let mut parsed = Parsed { alerts: Vec::new() };
+    let mut mailer: Option<email::Mailer> = None;
+    let mut samples = eval::Samples::new(std::iter::empty(), interval);
+    let mut filter = NameFilter::new(samples.names());
+    let mut machines: Vec<Machine> = Vec::new();
+    let mut counts: Vec<u64> = Vec::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = hub.shutdown_signal();
     loop {
+        // New alerts from a reload (or the first ones): an unchanged alert keeps its machine,
+        // its count and its status; the samples are kept when the measured terms are the same.
+        if let Some((next, next_mailer)) = alerts.pending.lock().take() {
+            let now = start.elapsed();
+            let wall = crate::event::encode::now_secs();
+            let old_status = alerts.status.lock().clone();
+            let mut new_machines = Vec::new();
+            let mut new_counts = Vec::new();
+            let mut new_status = Vec::new();
+            for (a, cond) in &next.alerts {
+                let kept = parsed.alerts.iter().position(|(o, _)| o == a);
+                match kept {
+                    Some(i) => {
+                        new_machines.push(machines[i].clone());
+                        new_counts.push(counts[i]);
+                        new_status
+                            .push(old_status.get(i).cloned().unwrap_or_else(|| fresh_status(a, cond, wall)));
+                    }
+                    None => {
+                        new_machines.push(Machine::new(a.for_.0, a.repeat.map(|r| r.0), now));
+                        new_counts.push(0);
+                        new_status.push(fresh_status(a, cond, wall));
+                    }
+                }
+            }
+            // The readings of the metrics the kept alerts read carry over, so their windows do
+            // not restart.
+            let mut next_samples =
+                eval::Samples::new(next.alerts.iter().flat_map(|(_, c)| c.terms.iter()), interval);
+            next_samples.carry_from(std::mem::take(&mut samples));
+            samples = next_samples;
+            filter = NameFilter::new(samples.names());
+            machines = new_machines;
+            counts = new_counts;
+            *alerts.status.lock() = new_status;
+            parsed = next;
+            mailer = next_mailer;
+        }
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        if parsed.alerts.is_empty() {
+            continue;
         }
         let now = start.elapsed();
         samples.record(now, &hub.metric_values(&filter));

@@ -13,6 +13,7 @@ pub mod token;
 pub use principal::{Permission, Principal, Principals};
 pub use token::{Grant, LiveTokens};
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -48,8 +49,10 @@ pub enum AuthError {
 /// Everything that decides who a caller is.
 #[derive(Debug)]
 pub struct Security {
-    /// The admin principal and the configured ones.
-    pub principals: Principals,
+    /// The admin principal and the configured ones. A configuration reload stores a new set
+    /// (`Server::reload`); each request loads the set once, so it sees either the old or the
+    /// new one whole.
+    pub principals: ArcSwap<Principals>,
     /// Live token issuing and checking.
     pub tokens: LiveTokens,
     /// Failed authentications per source address.
@@ -77,18 +80,8 @@ impl Security {
         admin_token: &str,
         keys: &crate::event::KeyRegistry,
     ) -> std::io::Result<Security> {
-        let bad = |e: crate::config::ConfigError| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-        };
-        let principals = Principals::build(
-            admin_token,
-            &config.principal,
-            keys,
-            &config.query_limits(),
-            config.max_subscribers_per_principal,
-            config.ingest_rate_per_principal,
-        )
-        .map_err(bad)?;
+        let principals = Security::principals_of(config, admin_token, keys)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let tokens = LiveTokens::new(
             config.token_key.as_deref(),
             config.data_dir.as_deref(),
@@ -96,7 +89,7 @@ impl Security {
             config.live_token_grace_secs,
         )?;
         Ok(Security {
-            principals,
+            principals: ArcSwap::from_pointee(principals),
             tokens,
             failures: ratelimit::FailureLimiter::new(
                 config.max_auth_failures,
@@ -104,6 +97,22 @@ impl Security {
             ),
             passwords: password::PasswordVerifier::new()?,
         })
+    }
+
+    /// The principals `config` defines, beside the admin token's.
+    pub fn principals_of(
+        config: &crate::config::Config,
+        admin_token: &str,
+        keys: &crate::event::KeyRegistry,
+    ) -> Result<Principals, crate::config::ConfigError> {
+        Principals::build(
+            admin_token,
+            &config.principal,
+            keys,
+            &config.query_limits(),
+            config.max_subscribers_per_principal,
+            config.ingest_rate_per_principal,
+        )
     }
 
     /// Who sent the request: from its `Authorization` header if it has one, else from a live
@@ -114,14 +123,16 @@ impl Security {
         token: Option<PresentedToken<'_>>,
         now_secs: u64,
     ) -> Result<Arc<Principal>, AuthError> {
+        // One set of principals for the whole request, even across a reload.
+        let principals = self.principals.load_full();
         if let Some(h) = authorization {
             return match principal::parse_authorization(h)? {
-                principal::Credentials::Bearer(secret) => self.principals.by_api_key(secret).cloned(),
+                principal::Credentials::Bearer(secret) => principals.by_api_key(secret).cloned(),
                 principal::Credentials::Basic { user, password } => {
-                    let p = self.principals.by_name(&user).filter(|p| p.password_hash.is_some());
-                    let phc = p.and_then(|p| p.password_hash.as_deref());
+                    let p = principals.by_name(&user).filter(|p| p.password_hash.is_some()).cloned();
+                    let phc = p.as_ref().and_then(|p| p.password_hash.as_deref());
                     if self.passwords.verify(&user, phc, &password).await {
-                        p.cloned().ok_or(AuthError::Invalid)
+                        p.ok_or(AuthError::Invalid)
                     } else {
                         Err(AuthError::Invalid)
                     }
@@ -130,9 +141,9 @@ impl Security {
         }
         let Some(t) = token else { return Err(AuthError::Missing) };
         let name = self.tokens.verify(t.token, t.grant, now_secs, t.reconnect)?;
-        // The principal is looked up again, so one removed from the config (and a restart)
+        // The principal is looked up again, so one removed from the config (by a reload or a restart)
         // cannot use tokens it was issued before.
-        self.principals.by_name(&name).cloned().ok_or(AuthError::BadToken)
+        principals.by_name(&name).cloned().ok_or(AuthError::BadToken)
     }
 }
 

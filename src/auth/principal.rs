@@ -100,7 +100,7 @@ pub struct Principal {
     /// Its ingest rate limit (events and metric records per second); `None`: unlimited.
     pub ingest_rate: Option<RateLimiter>,
     /// Live streams it holds now.
-    streams: AtomicUsize,
+    streams: Arc<AtomicUsize>,
     api_key_digest: Option<[u8; 32]>,
     /// The PHC string of its password (Argon2), for Basic authentication.
     pub password_hash: Option<String>,
@@ -121,6 +121,13 @@ impl Principal {
 /// A live stream held by a principal; releases its place when dropped (the stream ended).
 #[derive(Debug)]
 pub struct StreamSlot(Arc<Principal>);
+
+impl StreamSlot {
+    /// The principal holding the stream.
+    pub fn principal(&self) -> &Arc<Principal> {
+        &self.0
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -175,7 +182,7 @@ impl Principals {
             filter: None,
             max_subscribers: None,
             ingest_rate: None,
-            streams: AtomicUsize::new(0),
+            streams: Arc::new(AtomicUsize::new(0)),
             api_key_digest: Some(digest(admin_token.as_bytes())),
             password_hash: None,
         })];
@@ -218,7 +225,7 @@ impl Principals {
                 filter,
                 max_subscribers: Some(c.max_subscribers.unwrap_or(default_max_subscribers)),
                 ingest_rate: (rate > 0).then(|| RateLimiter::new(rate)),
-                streams: AtomicUsize::new(0),
+                streams: Arc::new(AtomicUsize::new(0)),
                 api_key_digest,
                 password_hash: c.password_hash.clone(),
             }));
@@ -234,6 +241,33 @@ impl Principals {
     /// The principal named `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Principal>> {
         self.list.iter().find(|p| p.name == name)
+    }
+
+    /// Makes each principal that `previous` also has (by name) count its live streams on the
+    /// same counter, so the streams it opened before a configuration reload still count
+    /// against its `max-subscribers` after it.
+    pub fn carry_stream_counts(&mut self, previous: &Principals) {
+        for p in &mut self.list {
+            let Some(old) = previous.by_name(&p.name) else { continue };
+            if let Some(p) = Arc::get_mut(p) {
+                p.streams = old.streams.clone();
+            }
+        }
+    }
+
+    /// True when `self` and `other` name the same principals with the same permissions,
+    /// filters, caps, rates and credentials (what a reload compares to report a change).
+    pub fn same_as(&self, other: &Principals) -> bool {
+        self.list.len() == other.list.len()
+            && self.list.iter().zip(&other.list).all(|(a, b)| {
+                a.name == b.name
+                    && a.permissions == b.permissions
+                    && a.filter.as_ref().map(|f| f.to_string()) == b.filter.as_ref().map(|f| f.to_string())
+                    && a.max_subscribers == b.max_subscribers
+                    && a.ingest_rate.as_ref().map(|r| r.rate()) == b.ingest_rate.as_ref().map(|r| r.rate())
+                    && a.api_key_digest == b.api_key_digest
+                    && a.password_hash == b.password_hash
+            })
     }
 
     /// True when some principal signs in with a password.

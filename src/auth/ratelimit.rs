@@ -24,6 +24,11 @@ impl RateLimiter {
         RateLimiter { rate: per_second as f64, state: Mutex::new((per_second as f64, Instant::now())) }
     }
 
+    /// Units per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     /// Takes `n` units now, or says how long to wait before trying again.
     pub fn take(&self, n: u64) -> Result<(), Duration> {
         self.take_at(n, Instant::now())

@@ -160,7 +160,7 @@ pub async fn sniff(stream: &mut TcpStream, timeout: Duration, max_head: usize) -
 pub async fn serve_live(ctx: &Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr, req: Box<Request<()>>) {
     let hub = &ctx.hub;
     let handle = Arc::new(ConnHandle::default());
-    let write_timeout = Duration::from_secs(hub.config.write_timeout_secs);
+    let write_timeout = Duration::from_secs(hub.current().write_timeout_secs);
     // Boxed: answering (authentication, subscription, resume) takes a large future that is
     // needed until the stream starts, not for its whole life; this function's own state is
     // what an idle stream costs.

@@ -156,7 +156,7 @@ impl IngestGate {
     /// Waits up to `ingest-wait-ms` for one of the parse slots. Refused with `503` when all
     /// stay busy, which only bodies being parsed or waiting for ring space can cause.
     pub async fn parse_slot(&self, hub: &Hub) -> Result<SemaphorePermit<'_>, HttpError> {
-        let wait = Duration::from_millis(hub.config.ingest_wait_ms);
+        let wait = Duration::from_millis(hub.current().ingest_wait_ms);
         match tokio::time::timeout(wait, self.parse.acquire()).await {
             Ok(Ok(p)) => Ok(p),
             _ => {
@@ -182,7 +182,7 @@ impl IngestGate {
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let limit = hub.config.max_body_bytes;
+        let limit = hub.current().max_body_bytes;
         if content_length.is_some_and(|n| n > limit as u64) {
             hub.ingest.limit_refusals.fetch_add(1, Ordering::Relaxed);
             return Err(HttpError::PayloadTooLarge(limit));
@@ -192,9 +192,9 @@ impl IngestGate {
             Budget::Trusted => &self.trusted,
             Budget::Unverified => &self.unverified,
         };
-        let secs = hub.config.body_timeout_secs;
+        let secs = hub.current().body_timeout_secs;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        let wait = Duration::from_millis(hub.config.ingest_wait_ms);
+        let wait = Duration::from_millis(hub.current().ingest_wait_ms);
         let mut body = body;
         let mut buf: Vec<u8> = Vec::new();
         let mut held: Option<OwnedSemaphorePermit> = None;

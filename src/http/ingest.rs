@@ -53,7 +53,7 @@ impl IngestAnswer {
 
 /// Publishes a parsed body and answers with what was accepted and rejected.
 async fn publish_batch(hub: &Hub, mut parsed: ParsedBatch) -> Result<Response<LiveBody>, HttpError> {
-    let wait = Duration::from_millis(hub.config.ingest_wait_ms);
+    let wait = Duration::from_millis(hub.current().ingest_wait_ms);
     let accepted = parsed.events.len();
     let (first_id, last_id) = if accepted == 0 {
         (None, None)

@@ -33,8 +33,10 @@ pub enum ConnRefused {
 /// Counts open connections, overall and per source address.
 #[derive(Debug)]
 pub struct ConnLimiter {
-    max: usize,
-    per_ip: usize,
+    /// The caps: written by the accept loop from the configuration in force (a reload may
+    /// change them), read by `acquire` on the same task; relaxed, as a cap needs no order.
+    max: AtomicUsize,
+    per_ip: AtomicUsize,
     exempt: Vec<(IpAddr, u8)>,
     total: AtomicUsize,
     by_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -66,8 +68,8 @@ impl ConnLimiter {
     /// At most `max` connections, `per_ip` per address outside the `exempt` networks.
     pub fn new(max: usize, per_ip: usize, exempt: Vec<(IpAddr, u8)>) -> Arc<ConnLimiter> {
         Arc::new(ConnLimiter {
-            max,
-            per_ip,
+            max: AtomicUsize::new(max),
+            per_ip: AtomicUsize::new(per_ip),
             exempt,
             total: AtomicUsize::new(0),
             by_ip: Mutex::new(HashMap::new()),
@@ -79,20 +81,29 @@ impl ConnLimiter {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// Sets the caps (a configuration reload changed them); open connections keep their
+    /// places.
+    pub fn set_caps(&self, max: usize, per_ip: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.per_ip.store(per_ip, Ordering::Relaxed);
+    }
+
     /// Takes a place for a connection from `ip`.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, ConnRefused> {
-        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max {
+        let max = self.max.load(Ordering::Relaxed);
+        let per_ip = self.per_ip.load(Ordering::Relaxed);
+        if self.total.fetch_add(1, Ordering::Relaxed) >= max {
             self.total.fetch_sub(1, Ordering::Relaxed);
-            return Err(ConnRefused::Total(self.max));
+            return Err(ConnRefused::Total(max));
         }
         let mut guard = ConnGuard { limiter: self.clone(), ip: None };
         if !self.exempt.iter().any(|(net, len)| in_net(ip, *net, *len)) {
             let key = ip_key(ip);
             let mut m = self.by_ip.lock();
             let n = m.entry(key).or_insert(0);
-            if *n >= self.per_ip {
+            if *n >= per_ip {
                 drop(m);
-                return Err(ConnRefused::PerIp(self.per_ip));
+                return Err(ConnRefused::PerIp(per_ip));
             }
             *n += 1;
             guard.ip = Some(key);

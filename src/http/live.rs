@@ -4,13 +4,14 @@
 
 use super::{json_ok, ConnInfo, Ctx, HttpError, LiveBody, RequestBody};
 use crate::auth::principal::{acquire_stream, StreamSlot};
-use crate::auth::{Grant, Principal};
+use crate::auth::{Grant, Permission, Principal};
 use crate::event::dialect::WireForm;
 use crate::event::encode::now_secs;
 use crate::event::v016;
 use crate::matcher::replay::{self, ResumeFrom};
 use crate::query::{pairs, parse_live_request, Expr, ParseError};
 use crate::sse::SseBody;
+use crate::subscriber::StreamOwner;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -64,7 +65,7 @@ pub(super) async fn live_token_text(
     req: Request<RequestBody>,
 ) -> Result<Response<LiveBody>, HttpError> {
     if req.method() == Method::POST {
-        drain_body(req, MAX_TOKEN_BODY, ctx.hub.config.body_timeout_secs).await?;
+        drain_body(req, MAX_TOKEN_BODY, ctx.hub.current().body_timeout_secs).await?;
     }
     let token = issue(ctx, p, grant)?;
     let mut r = Response::new(LiveBody::Full(Some(Bytes::from(token))));
@@ -188,9 +189,9 @@ pub(super) async fn live_traces_with(
     // keeps its strict rule, since an ignored name there could be a key no producer has sent
     // yet, and ignoring it would open the stream unfiltered.
     let q = if matches!(form, WireForm::Full) {
-        crate::query::parse_pairs(query, &hub.keys, &hub.config.query_limits())?
+        crate::query::parse_pairs(query, &hub.keys, &hub.current().query_limits())?
     } else {
-        parse_live_request(query, &hub.keys, &hub.config.query_limits(), opening.own)?
+        parse_live_request(query, &hub.keys, &hub.current().query_limits(), opening.own)?
     };
     // An EventSource reconnect carries the last `id:` it saw as a header; it wins over the
     // parameter form. A header that is not one of our ids is refused like a bad
@@ -213,6 +214,12 @@ pub(super) async fn live_traces_with(
         .subscribe_in(expr, follow, Some(conn.handle.clone()), form)
         .await
         .map_err(HttpError::Subscribers)?;
+    // Who holds the stream and what it needs, for a configuration reload to check.
+    subscription.sub.set_owner(StreamOwner {
+        principal: principal.name.clone(),
+        permission: Permission::TracingLive,
+        filter: principal.filter.as_ref().map(|f| f.to_string()),
+    });
     let resume = match resume_from {
         Some(from) => {
             let older = hub.older_events();
@@ -220,7 +227,7 @@ pub(super) async fn live_traces_with(
         }
         None => None,
     };
-    let mut body = SseBody::new(subscription, hub.closing.clone(), hub.config.ping_interval())
+    let mut body = SseBody::new(subscription, hub.closing.clone(), hub.current().ping_interval())
         .with_opening(&q.ignored, opening.ping_first);
     if let Some(resume) = resume {
         body = body.with_resume(resume);

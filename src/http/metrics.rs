@@ -3,6 +3,7 @@
 
 use super::{HttpError, LiveBody, RequestBody};
 use crate::auth::principal::StreamSlot;
+use crate::auth::Permission;
 use crate::hub::Hub;
 use crate::ingest::ParsedBatch;
 use crate::matcher::registry::RegistryError;
@@ -13,19 +14,19 @@ use crate::sse::prelude;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use std::sync::Arc;
 
 /// `GET /api/telemetry/metrics/live?metrics=a,b&interval=N` (and its siblings
 /// `/api/livetap/live/metrics` and `/api/live/metrics`, which differ only in `form`):
 /// `event: metrics` frames, the first at once, then one per interval, until the client leaves
 /// or shutdown.
 pub(super) fn live_metrics(
-    hub: Arc<Hub>,
+    ctx: &super::Ctx,
     req: Request<RequestBody>,
     slot: StreamSlot,
     form: SampleForm,
 ) -> Result<Response<LiveBody>, HttpError> {
-    let c = &hub.config;
+    let hub = ctx.hub.clone();
+    let c = hub.current();
     let q = parse_live(
         req.uri().query().unwrap_or(""),
         c.metrics_max_interval_secs,
@@ -41,11 +42,33 @@ pub(super) fn live_metrics(
     }
     let guard = hub.metrics.open_stream();
     let mut closed = hub.streams_closed_signal();
+    let mut principals = hub.principals_signal();
+    let security = ctx.security.clone();
+    let name = slot.principal().name.clone();
     let closed = Box::pin(async move {
-        // Ends when shutdown has matched everything accepted, or when the hub is gone.
-        while !*closed.borrow_and_update() {
-            if closed.changed().await.is_err() {
-                return;
+        // Ends when shutdown has matched everything accepted, or when the hub is gone; or,
+        // with a last frame, when a reload removed the principal or its permission.
+        loop {
+            if *closed.borrow_and_update() {
+                return None;
+            }
+            tokio::select! {
+                r = closed.changed() => if r.is_err() { return None },
+                r = principals.changed() => {
+                    if r.is_err() {
+                        return None;
+                    }
+                    let set = security.principals.load();
+                    let detail = match set.by_name(&name) {
+                        None => format!("principal `{name}` removed by a configuration reload"),
+                        Some(p) if !p.can(Permission::MetricsLive) => format!(
+                            "principal `{name}` no longer has the `metrics-live` permission after a configuration reload"
+                        ),
+                        Some(_) => continue,
+                    };
+                    tracing::info!("{detail}: metrics stream closed");
+                    return Some(crate::sse::error_frame("forbidden", &detail));
+                }
             }
         }
     });

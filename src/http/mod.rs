@@ -26,6 +26,7 @@ mod ingest;
 pub mod limits;
 mod live;
 mod metrics;
+mod reload;
 pub mod server;
 pub mod tls;
 mod webhook;
@@ -34,6 +35,7 @@ mod webhook_test;
 pub use body::{LiveBody, RequestBody};
 pub use error::HttpError;
 pub use ingest::IngestAnswer;
+pub use reload::{ReloadError, Reloaded, RESTART_ONLY};
 
 use crate::auth::{Grant, Permission, PresentedToken, Principal, Security};
 use crate::event::dialect::WireForm;
@@ -117,7 +119,7 @@ pub async fn handle(
 ) -> Result<Response<LiveBody>, Infallible> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut resp = route(&ctx, &conn, req).await.unwrap_or_else(HttpError::into_response);
-    if resp.status() == StatusCode::UNAUTHORIZED && ctx.security.principals.has_passwords() {
+    if resp.status() == StatusCode::UNAUTHORIZED && ctx.security.principals.load().has_passwords() {
         resp.headers_mut()
             .append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"livetap\""));
     }
@@ -221,7 +223,7 @@ async fn route(
         }
     }
     let hub = &ctx.hub;
-    if path == "/api/telemetry/webhook" && hub.config.webhook_key.is_some() {
+    if path == "/api/telemetry/webhook" && hub.current().webhook_key.is_some() {
         return webhook(ctx, conn, req, None).await;
     }
     // Stalwart v0.16's streams take a `?token=` before any header (see `authorize`).
@@ -245,15 +247,15 @@ async fn route(
         "/api/live/tracing" => live_tracing_v016(ctx, conn, principal(), req).await,
         "/api/telemetry/metrics/live" => {
             let slot = stream_slot(&principal())?;
-            metrics::live_metrics(hub.clone(), req, slot, SampleForm::Classic)
+            metrics::live_metrics(ctx, req, slot, SampleForm::Classic)
         }
         "/api/livetap/live/metrics" => {
             let slot = stream_slot(&principal())?;
-            metrics::live_metrics(hub.clone(), req, slot, SampleForm::Full)
+            metrics::live_metrics(ctx, req, slot, SampleForm::Full)
         }
         "/api/live/metrics" => {
             let slot = stream_slot(&principal())?;
-            metrics::live_metrics(hub.clone(), req, slot, SampleForm::V016)
+            metrics::live_metrics(ctx, req, slot, SampleForm::V016)
         }
         "/api/telemetry/live/tracing-token" => live_token(ctx, &principal(), Grant::Tracing),
         "/api/telemetry/live/metrics-token" => live_token(ctx, &principal(), Grant::Metrics),
@@ -277,7 +279,7 @@ async fn route(
 /// Refuses request targets and header sections over their caps, with a JSON answer (hyper's
 /// own buffer cap, which answers without a body, sits well above these).
 fn check_head(ctx: &Ctx, req: &Request<RequestBody>) -> Result<(), HttpError> {
-    let c = &ctx.hub.config;
+    let c = ctx.hub.current();
     let url = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if url > c.max_url_bytes {
         bump(&ctx.hub.ingest.limit_refusals);

@@ -4,7 +4,8 @@
 //! [`Server::start`] is what `main` and the integration tests call: it builds the hub and the
 //! access rules, binds, starts the event sources, the stalled-subscriber reaper, the metrics
 //! scrapers and the ingest-rate tick, and returns the bound address. [`Server::reload`] is what
-//! SIGHUP does: re-read the TLS files and the live-token key file.
+//! SIGHUP does: read the configuration file again and put what changed in force without
+//! dropping a stream or an event (`http/reload.rs`).
 
 use super::direct::{self, Rewind, Sniffed};
 use super::limits::{Activity, ConnLimiter, ConnRefused, TimedIo, Tracked};
@@ -49,20 +50,15 @@ pub struct Server {
     pub log_sources: Vec<String>,
     /// The outgoing webhooks (also the `Notify` targets of alerts).
     pub webhooks: Arc<crate::tap::webhook::Webhooks>,
-    tls: Option<Arc<TlsReloader>>,
+    pub(super) tls: Option<Arc<TlsReloader>>,
     accept: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
     /// The opened data directory: its lock is held as long as the server lives.
     _data_dir: Option<DataDir>,
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reloaded {
-    /// The TLS certificate and key were read again.
-    pub tls: bool,
-    /// The live-token key changed (every token issued before is now invalid).
-    pub token_key_changed: bool,
+    /// The alerts' shared state (their evaluator takes what a reload puts in force).
+    pub(super) alerts: Arc<crate::alert::Alerts>,
+    /// What a reload compares and replaces; one reload at a time holds it.
+    pub(super) state: tokio::sync::Mutex<super::reload::State>,
 }
 
 impl Server {
@@ -94,7 +90,7 @@ impl Server {
         // Mail-log files are opened, the journal probed and syslog addresses bound before the
         // hub starts, so each problem stops livetap with its fix before anything runs.
         let logs = crate::ingest::logsource::prepare(&config).await.map_err(std::io::Error::other)?;
-        let log_sources = logs.descriptions;
+        let log_sources = logs.descriptions.clone();
         let hub = Hub::start(config, admin_token.clone())?;
         // Stalwart v0.16's event JSON, for `/api/live/tracing` (both `keyValues` forms), typed
         // by the catalogue's key kinds and the config's `[[keys]]`.
@@ -113,7 +109,6 @@ impl Server {
         if let Some(path) = &hub.config.ingest_socket {
             sources.push(Box::new(SocketSource::bind(path)?));
         }
-        sources.extend(logs.sources);
         if hub.config.demo {
             match hub.config.demo_traffic {
                 crate::config::DemoTraffic::Stalwart => sources.push(Box::new(
@@ -127,6 +122,19 @@ impl Server {
         for s in sources {
             tracing::info!(source = s.name(), "starting event source");
             tasks.push(tokio::spawn(s.run(hub.clone())));
+        }
+        // Each mail-log source runs as a task of its own, kept with its table, so a reload
+        // stops exactly the ones it removes or changes; the correlator's expiry (last, with no
+        // table) runs as long as the server.
+        let mut log_running = Vec::new();
+        let mut log_configs = logs.configs.into_iter();
+        for s in logs.sources {
+            tracing::info!(source = s.name(), "starting event source");
+            let task = tokio::spawn(s.run(hub.clone()));
+            match log_configs.next() {
+                Some(config) => log_running.push((config, task)),
+                None => tasks.push(task),
+            }
         }
         tasks.push(tokio::spawn(reaper(hub.clone())));
         if hub.history_writer.is_some() {
@@ -142,27 +150,28 @@ impl Server {
         let notify: Arc<dyn crate::tap::Notify> = webhooks.clone();
         let (alerts, alert_task) = crate::alert::start(hub.clone(), notify).map_err(std::io::Error::other)?;
         tasks.extend(alert_task);
-        let mut ctx = Ctx::new(hub.clone(), security.clone()).with_alerts(alerts);
+        let mut ctx = Ctx::new(hub.clone(), security.clone()).with_alerts(alerts.clone());
         ctx.webhooks = webhooks.clone();
         let accept = tokio::spawn(accept_loop(Arc::new(ctx), listener, tls.clone()));
-        Ok(Server { hub, security, addr, log_sources, webhooks, tls, accept, tasks, _data_dir: data_dir })
+        let state = super::reload::State::new(hub.config.clone(), admin_token, log_running, logs.shared);
+        Ok(Server {
+            hub,
+            security,
+            addr,
+            log_sources,
+            webhooks,
+            tls,
+            accept,
+            tasks,
+            alerts,
+            state: tokio::sync::Mutex::new(state),
+            _data_dir: data_dir,
+        })
     }
 
     /// True when the listener speaks TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
-    }
-
-    /// Re-reads the TLS certificate and key (new connections use them) and the live-token key
-    /// file. On error nothing of the failing part changes.
-    pub fn reload(&self) -> std::io::Result<Reloaded> {
-        let mut r = Reloaded { tls: false, token_key_changed: false };
-        if let Some(tls) = &self.tls {
-            tls.reload()?;
-            r.tls = true;
-        }
-        r.token_key_changed = self.security.tokens.reload()?;
-        Ok(r)
     }
 
     /// Graceful shutdown (see [`Hub::shutdown`]); returns once streams are closed.
@@ -171,6 +180,7 @@ impl Server {
         // The taps closed and flushed every webhook spool in the hub's shutdown; now the
         // senders stop (a batch in flight is sent again after the next start).
         self.webhooks.stop().await;
+        self.state.into_inner().stop().await;
         let _ = self.accept.await;
         for t in self.tasks {
             t.abort();
@@ -216,12 +226,15 @@ async fn sample_metrics(hub: Arc<Hub>) {
 }
 
 async fn reaper(hub: Arc<Hub>) {
-    let stall_ms = hub.config.stall_timeout_secs * 1000;
     let mut shutdown = hub.shutdown_signal();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            _ = tick.tick() => { hub.registry.reap_stalled(hub.clock.now_ms(), stall_ms); }
+            _ = tick.tick() => {
+                // Read at every sweep: a reload may change it.
+                let stall_ms = hub.current().stall_timeout_secs * 1000;
+                hub.registry.reap_stalled(hub.clock.now_ms(), stall_ms);
+            }
             _ = shutdown.changed() => return,
         }
     }
@@ -267,6 +280,9 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, tls: Option<Arc<TlsRe
             },
             _ = shutdown.changed() => return,
         };
+        // The caps in force (a reload may have changed them): one load per connection.
+        let c = hub.current();
+        limiter.set_caps(c.max_connections, c.max_connections_per_ip);
         let guard = match limiter.acquire(peer.ip()) {
             Ok(g) => g,
             Err(why) => {
@@ -309,7 +325,7 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, tls: Option<Arc<TlsRe
 /// by hyper, which first reads again what the sniffing read.
 async fn serve_plain(ctx: &Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     let hub = &ctx.hub;
-    let c = &hub.config;
+    let c = hub.current();
     let header_timeout = Duration::from_secs(c.header_timeout_secs);
     let max_head = c.max_url_bytes + c.max_header_bytes + 1024;
     // Boxed like every other phase before the stream: a future's size is that of its largest
@@ -330,8 +346,9 @@ async fn serve_plain(ctx: &Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
 /// chose.
 async fn serve_tls(ctx: &Arc<Ctx>, tls: &TlsReloader, stream: TcpStream, peer: SocketAddr) {
     let hub = &ctx.hub;
-    let header_timeout = Duration::from_secs(hub.config.header_timeout_secs);
-    let write_timeout = Duration::from_secs(hub.config.write_timeout_secs);
+    let c = hub.current();
+    let header_timeout = Duration::from_secs(c.header_timeout_secs);
+    let write_timeout = Duration::from_secs(c.write_timeout_secs);
     match tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)).await {
         Ok(Ok(s)) => {
             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -400,7 +417,7 @@ async fn serve<I>(ctx: &Arc<Ctx>, io: I, peer: SocketAddr, h2: Option<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let c = &ctx.hub.config;
+    let c = ctx.hub.current();
     let handle = Arc::new(ConnHandle::default());
     let conn = Arc::new(ConnInfo { peer, handle: handle.clone() });
     let activity = Arc::new(Activity::default());

@@ -134,7 +134,7 @@ impl<'a> Run<'a> {
         if let Some(limiter) = self.principal.as_ref().and_then(|p| p.ingest_rate.as_ref()) {
             let _ = limiter.take(n as u64);
         }
-        let wait = Duration::from_millis(self.hub.config.ingest_wait_ms);
+        let wait = Duration::from_millis(self.hub.current().ingest_wait_ms);
         match self.hub.publish(&mut self.pending.events, Some(wait)).await {
             Ok(first) => {
                 self.first_id.get_or_insert(first + 1);
@@ -179,7 +179,7 @@ impl<'a> Run<'a> {
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let secs = self.hub.config.body_timeout_secs;
+        let secs = self.hub.current().body_timeout_secs;
         loop {
             let until = whole.min(Instant::now() + Duration::from_secs(secs));
             let frame = match tokio::time::timeout_at(until, body.frame()).await {
@@ -199,7 +199,7 @@ impl<'a> Run<'a> {
 
     /// When the whole body must have arrived.
     fn whole_deadline(&self) -> Instant {
-        Instant::now() + Duration::from_secs(self.hub.config.body_timeout_secs) * 10
+        Instant::now() + Duration::from_secs(self.hub.current().body_timeout_secs) * 10
     }
 
     /// A body whose producer is authenticated: parsed and published as it arrives.
@@ -290,7 +290,7 @@ impl<'a> Run<'a> {
         // Verified: the body is a producer's now, and its parsing memory comes from the trusted
         // budget; the unverified hold goes back first.
         self.held = None;
-        let wait = Duration::from_secs(self.hub.config.body_timeout_secs);
+        let wait = Duration::from_secs(self.hub.current().body_timeout_secs);
         self.held =
             Some(ctx.gate.hold(self.hub, gate::Budget::Trusted, stream_hold(&self.hub.config), wait).await?);
         file.flush().await.map_err(io)?;
@@ -351,7 +351,7 @@ pub(super) async fn webhook(
     if !hub.is_accepting() {
         return Err(HttpError::Busy(PublishError::ShuttingDown));
     }
-    let key = hub.config.webhook_key.clone();
+    let key = hub.current().webhook_key.clone();
     // Until its signature checks, a signed body is counted against its address and draws from
     // the budget no authenticated producer uses (`gate`).
     let (source, budget) = match key {
@@ -359,14 +359,14 @@ pub(super) async fn webhook(
         None => (principal_source(principal.as_deref()), gate::Budget::Trusted),
     };
     let _place = ctx.gate.enter(hub, source)?;
-    let limit = hub.config.max_webhook_bytes;
+    let limit = hub.current().max_webhook_bytes;
     // No refusal on the announced length: Stalwart always announces it, and a batch that grew
     // past the limit would then be refused unread for ever. The body is read, and what comes
     // past the limit is left out (`Run::stream`, `Run::spooled`).
     // A full budget is waited for as long as a body may take to arrive: a 503 would only make
     // the sender resend a larger batch at once. A signed body holds a frame's worth until its
     // signature checks.
-    let body_wait = Duration::from_secs(hub.config.body_timeout_secs);
+    let body_wait = Duration::from_secs(hub.current().body_timeout_secs);
     let first_hold = if key.is_some() { SPOOL_HOLD } else { stream_hold(&hub.config) };
     let held = Some(ctx.gate.hold(hub, budget, first_hold, body_wait).await?);
     let signature = req.headers().get("x-signature").map(|v| v.as_bytes().to_vec());

@@ -77,8 +77,13 @@ pub enum TapError {
 
 /// The running pipeline.
 pub struct Hub {
-    /// Effective configuration.
+    /// The configuration the hub started with. Settings that need a restart (listen address,
+    /// ring capacity, threads, data directory, subscriber queue) are read here; settings a
+    /// reload may change are read through [`Hub::current`].
     pub config: Config,
+    /// The configuration in force: stored whole by a reload (`Server::reload`), loaded by
+    /// request and connection handlers (never per event) for the limits they apply.
+    live: arc_swap::ArcSwap<Config>,
     /// The admin bearer token.
     pub admin_token: String,
     /// Event types, keys and metrics of the catalogue.
@@ -110,6 +115,9 @@ pub struct Hub {
     reserved: AtomicU64,
     accepting: AtomicBool,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
+    /// Counts configuration reloads that changed the principals; live metrics streams watch
+    /// it and check their principal again when it moves.
+    principals_tx: tokio::sync::watch::Sender<u64>,
     /// Turns `true` once everything accepted was matched, when live metrics streams end.
     streams_closed_tx: tokio::sync::watch::Sender<bool>,
     matchers: Mutex<Option<MatcherPool>>,
@@ -179,11 +187,13 @@ impl Hub {
         let parse_pool = ParsePool::start(std::thread::available_parallelism().map_or(2, |n| n.get()))?;
         let (shutdown_tx, _) = tokio::sync::watch::channel(false);
         let (streams_closed_tx, _) = tokio::sync::watch::channel(false);
+        let (principals_tx, _) = tokio::sync::watch::channel(0u64);
         Ok(Arc::new(Hub {
             parse_pool,
             matcher_stats: pool.stats.clone(),
             helper: pool.helper(),
             matchers: Mutex::new(Some(pool)),
+            live: arc_swap::ArcSwap::from_pointee(config.clone()),
             config,
             admin_token,
             catalogue,
@@ -202,6 +212,7 @@ impl Hub {
             accepting: AtomicBool::new(true),
             shutdown_tx,
             streams_closed_tx,
+            principals_tx,
             taps: Mutex::new(Vec::new()),
             dialects: Dialects::default(),
         }))
@@ -224,6 +235,93 @@ impl Hub {
             .map_err(|e| TapError::Thread(name, e))?;
         self.taps.lock().push(handle);
         Ok(())
+    }
+
+    /// The configuration in force (the start one until a reload stores another). Handlers
+    /// load it once per request or connection.
+    pub fn current(&self) -> Arc<Config> {
+        self.live.load_full()
+    }
+
+    /// Puts `config` in force for every request and connection that starts from now on.
+    pub fn set_current(&self, config: Config) {
+        self.live.store(Arc::new(config));
+    }
+
+    /// The names of the running taps, in the order they were added.
+    pub fn tap_names(&self) -> Vec<String> {
+        self.taps.lock().iter().map(|t| t.name().to_string()).collect()
+    }
+
+    /// Removes the tap called `name`: its query leaves the index, and once every matcher has
+    /// passed the last event matched with the old index its thread delivers what its queue
+    /// holds, calls [`Tap::stop`] and ends. Returns once it ended; false when no tap has that
+    /// name. Ingest and matching never wait for this.
+    pub async fn remove_tap(&self, name: &str) -> Result<bool, TapError> {
+        let Some(id) = self.taps.lock().iter().find(|t| t.name() == name).map(TapHandle::id) else {
+            return Ok(false);
+        };
+        let (_, head) =
+            self.registry.swap_tap(id, None).await.map_err(|e| TapError::Registry(name.to_string(), e))?;
+        self.wait_matched(head).await;
+        let handle = {
+            let mut taps = self.taps.lock();
+            let i = taps.iter().position(|t| t.id() == id);
+            i.map(|i| taps.remove(i))
+        };
+        if let Some(mut h) = handle {
+            h.stop();
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        Ok(true)
+    }
+
+    /// Replaces the tap called `name` by `tap` in one index generation of one shard: each
+    /// event goes to exactly one of the two, the old tap delivers everything it was queued and
+    /// stops before the new one's first delivery, so a file or spool they share is written in
+    /// order. Without a tap of that name, `tap` is simply added.
+    pub async fn replace_tap(self: &Arc<Self>, name: &str, tap: Box<dyn Tap>) -> Result<(), TapError> {
+        let Some(id) = self.taps.lock().iter().find(|t| t.name() == name).map(TapHandle::id) else {
+            return self.add_tap(tap).await;
+        };
+        let new_name = tap.name().to_string();
+        let query = parse_pairs(tap.query(), &self.keys, &self.current().query_limits())
+            .map_err(|e| TapError::Query(new_name.clone(), e))?;
+        let (subscription, head) = self
+            .registry
+            .swap_tap(id, Some((query.expr, tap.queue_capacity())))
+            .await
+            .map_err(|e| TapError::Registry(new_name.clone(), e))?;
+        let Some(subscription) = subscription else {
+            return Err(TapError::Registry(new_name, RegistryError::Closed));
+        };
+        let mut old = {
+            let mut taps = self.taps.lock();
+            let i = taps.iter().position(|t| t.id() == id);
+            i.map(|i| taps.remove(i))
+        };
+        let after = old.as_mut().and_then(TapHandle::take_finished);
+        let closing = self.closing.clone();
+        let spawned = crate::tap::spawn_after(tap, subscription, move || closing.is_set(), after)
+            .map_err(|e| TapError::Thread(new_name, e));
+        // On an error the old tap is out of the index already: it still ends below, as if
+        // removed.
+        let result = spawned.map(|handle| self.taps.lock().push(handle));
+        // The old tap ends once no matcher can queue to it any more.
+        self.wait_matched(head).await;
+        if let Some(mut old) = old {
+            old.stop();
+            let _ = tokio::task::spawn_blocking(move || old.join()).await;
+        }
+        result
+    }
+
+    /// Waits until every matcher thread has matched every event below `head` (or shutdown
+    /// began). A reload's wait, never ingest's.
+    async fn wait_matched(&self, head: u64) {
+        while self.ring.tail() < head && self.is_accepting() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// The running taps' counters.
@@ -260,6 +358,16 @@ impl Hub {
     /// for [`Hub::shutdown_signal`].
     pub fn streams_closed_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         signal(&self.streams_closed_tx)
+    }
+
+    /// Tells the live metrics streams that the principals changed (a reload).
+    pub fn principals_changed(&self) {
+        self.principals_tx.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes whenever a reload changed the principals.
+    pub fn principals_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.principals_tx.subscribe()
     }
 
     /// The live metrics `filter` selects: the registry's readings and livetap's own, sorted by

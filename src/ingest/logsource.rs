@@ -518,47 +518,91 @@ pub struct Prepared {
     /// What each reads, for the banner (`file /var/log/mail.log (from the end)`,
     /// `syslog udp://127.0.0.1:5514`).
     pub descriptions: Vec<String>,
+    /// The table of each source, in the order of `sources` (the correlator's expiry, last,
+    /// has none), so a reload can tell which sources changed.
+    pub configs: Vec<SourceConfig>,
+    /// The correlator the sources share and its expiry's state (`None` without sources), so
+    /// sources a reload adds join the same correlator.
+    pub shared: Option<Shared>,
+}
+
+/// What every mail-log source shares: the correlator and the catching-up count.
+pub struct Shared {
+    root: MailLog,
+    catching_up: Arc<CatchingUp>,
+}
+
+impl Shared {
+    fn new(config: &Config) -> Shared {
+        // Computed once: a zone's offset changes at daylight-saving transitions, after which a
+        // long-running livetap reads traditional timestamps an hour off until it restarts (the
+        // RFC 3339 forms, Debian's default, carry their offset and are not affected).
+        let offset = config.log_utc_offset.offset();
+        Shared { root: MailLog::new(Framing::Text, offset), catching_up: Arc::new(CatchingUp::default()) }
+    }
+
+    fn expiry(&self) -> Box<dyn Source> {
+        Box::new(Expiry { format: self.root.sharing(Framing::Text), catching_up: self.catching_up.clone() })
+    }
+
+    /// Opens (probes, binds) one source, sharing the correlator. Nothing is read until it
+    /// runs.
+    pub async fn open(&self, s: &SourceConfig) -> Result<(Box<dyn Source>, String), SourceError> {
+        Ok(match s {
+            SourceConfig::File(f) => {
+                let t = TailSource::open(
+                    &f.path,
+                    f.from_start,
+                    self.root.sharing(Framing::Text),
+                    self.catching_up.clone(),
+                )?;
+                let d = t.describe();
+                (Box::new(t), d)
+            }
+            SourceConfig::Journal(j) => {
+                let t = JournalSource::start(j, self.root.sharing(Framing::Journal)).await?;
+                let d = t.describe();
+                (Box::new(t), d)
+            }
+            SourceConfig::Syslog(l) => {
+                let t = SyslogListener::bind(&l.listen, self.root.sharing(Framing::Text)).await?;
+                let d = t.describe();
+                (Box::new(t), d)
+            }
+        })
+    }
+
+    /// The shared state for `config`'s sources, made on first use, and the correlator's
+    /// expiry task to start when it was just made.
+    pub fn ensure(shared: &mut Option<Shared>, config: &Config) -> Option<Box<dyn Source>> {
+        if shared.is_some() {
+            return None;
+        }
+        let s = Shared::new(config);
+        let expiry = s.expiry();
+        *shared = Some(s);
+        Some(expiry)
+    }
 }
 
 /// Opens every file, probes the journal and binds every listener of `config`, so that each
 /// problem is a start-up error with its fix rather than a warning later. Must be called within
 /// a Tokio runtime. Nothing is read until the sources run.
 pub async fn prepare(config: &Config) -> Result<Prepared, SourceError> {
-    let mut out = Prepared { sources: Vec::new(), descriptions: Vec::new() };
+    let mut out =
+        Prepared { sources: Vec::new(), descriptions: Vec::new(), configs: Vec::new(), shared: None };
     if config.source.is_empty() {
         return Ok(out);
     }
-    // Computed once: a zone's offset changes at daylight-saving transitions, after which a
-    // long-running livetap reads traditional timestamps an hour off until it restarts (the
-    // RFC 3339 forms, Debian's default, carry their offset and are not affected).
-    let offset = config.log_utc_offset.offset();
-    let root = MailLog::new(Framing::Text, offset);
-    let catching_up = Arc::new(CatchingUp::default());
+    let shared = Shared::new(config);
     for s in &config.source {
-        match s {
-            SourceConfig::File(f) => {
-                let t = TailSource::open(
-                    &f.path,
-                    f.from_start,
-                    root.sharing(Framing::Text),
-                    catching_up.clone(),
-                )?;
-                out.descriptions.push(t.describe());
-                out.sources.push(Box::new(t));
-            }
-            SourceConfig::Journal(j) => {
-                let t = JournalSource::start(j, root.sharing(Framing::Journal)).await?;
-                out.descriptions.push(t.describe());
-                out.sources.push(Box::new(t));
-            }
-            SourceConfig::Syslog(l) => {
-                let t = SyslogListener::bind(&l.listen, root.sharing(Framing::Text)).await?;
-                out.descriptions.push(t.describe());
-                out.sources.push(Box::new(t));
-            }
-        }
+        let (source, description) = shared.open(s).await?;
+        out.descriptions.push(description);
+        out.sources.push(source);
+        out.configs.push(s.clone());
     }
-    out.sources.push(Box::new(Expiry { format: root, catching_up }));
+    out.sources.push(shared.expiry());
+    out.shared = Some(shared);
     Ok(out)
 }
 

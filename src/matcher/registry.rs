@@ -26,6 +26,14 @@ use std::sync::Arc;
 enum Command {
     Add(Arc<Subscriber>, tokio::sync::oneshot::Sender<u64>),
     Remove(u64),
+    /// Takes one subscriber out and (optionally) puts another in its shard in the same
+    /// rebuild, so the shard's matcher hands every event to exactly one of them; answered
+    /// with the ring head after the store, like `Add`.
+    Swap {
+        remove: u64,
+        add: Option<Arc<Subscriber>>,
+        reply: tokio::sync::oneshot::Sender<u64>,
+    },
 }
 
 /// Why a subscription was refused.
@@ -160,6 +168,48 @@ impl Registry {
     pub async fn subscribe_tap(&self, filter: Expr, capacity: usize) -> Result<Subscription, RegistryError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.add(Arc::new(Subscriber::new_tap(id, filter, capacity))).await
+    }
+
+    /// Takes the tap `old` out of the index and, with `replacement = Some((filter, capacity))`,
+    /// puts a new tap in its place in the same shard and the same index generation: every
+    /// event the shard matches goes to the old tap (if matched with the index before the
+    /// swap) or to the new one (with the index after it), never to both and never to neither.
+    /// Returns the new tap's subscription (if any) and the ring head `H` read after the swap:
+    /// once every matcher has passed `H` (`Ring::tail`), the old tap's queue holds all it will
+    /// ever get. The new tap's queue keeps events below `H` (matched by a thread still
+    /// behind), since the old tap does not get those.
+    pub async fn swap_tap(
+        &self,
+        old: u64,
+        replacement: Option<(Expr, usize)>,
+    ) -> Result<(Option<Subscription>, u64), RegistryError> {
+        let tx = self.tx.lock().clone().ok_or(RegistryError::Closed)?;
+        let n = self.shards.len() as u64;
+        let add = replacement.map(|(filter, capacity)| {
+            // An id in the old tap's shard: the same matcher thread serves both, in order.
+            let id = loop {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                if id % n == old % n {
+                    break id;
+                }
+            };
+            Arc::new(Subscriber::new_tap(id, filter, capacity))
+        });
+        let subscription = add.as_ref().map(|sub| {
+            self.taps.fetch_add(1, Ordering::Relaxed);
+            self.all.lock().insert(sub.id, sub.clone());
+            Subscription { sub: sub.clone(), start: 0, tx: Some(tx.clone()), taps: Some(self.taps.clone()) }
+        });
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        tx.send(Command::Swap { remove: old, add, reply }).map_err(|_| RegistryError::Closed)?;
+        let head = rx.await.map_err(|_| RegistryError::Closed)?;
+        Ok((
+            subscription.map(|mut s| {
+                s.start = head;
+                s
+            }),
+            head,
+        ))
     }
 
     async fn add(&self, sub: Arc<Subscriber>) -> Result<Subscription, RegistryError> {
@@ -321,6 +371,18 @@ fn build_loop(
                         dirty[s] = true;
                     }
                     all.lock().remove(&id);
+                }
+                Command::Swap { remove, add, reply } => {
+                    let s = (remove % n) as usize;
+                    dirty[s] = true;
+                    members[s].remove(&remove);
+                    all.lock().remove(&remove);
+                    if let Some(sub) = add {
+                        let t = (sub.id % n) as usize;
+                        dirty[t] = true;
+                        members[t].insert(sub.id, sub);
+                    }
+                    replies.push(reply);
                 }
             }
         }

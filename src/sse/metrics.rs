@@ -162,7 +162,11 @@ pub struct MetricsBody {
     next_frame: Instant,
     last_write: Instant,
     timer: Pin<Box<Sleep>>,
-    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Completes when the stream should end: with `None` at shutdown, with a last frame when
+    /// a configuration reload took the stream's permission away.
+    closed: Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>,
+    /// The last frame went out; the next poll ends the stream.
+    ending: bool,
     prelude: Option<Bytes>,
     done: bool,
     _guard: StreamGuard,
@@ -170,12 +174,13 @@ pub struct MetricsBody {
 
 impl MetricsBody {
     /// A stream of frames from `source`: the first at once, then one per `interval`; a ping
-    /// after `ping_every` without a write; it ends when `closed` completes.
+    /// after `ping_every` without a write; it ends when `closed` completes (after the frame
+    /// it completes with, if any).
     pub fn new(
         source: FrameSource,
         interval: Duration,
         ping_every: Duration,
-        closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+        closed: Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>,
         guard: StreamGuard,
     ) -> MetricsBody {
         let mut ping = BytesMut::with_capacity(48);
@@ -192,6 +197,7 @@ impl MetricsBody {
             last_write: now,
             timer: Box::pin(tokio::time::sleep_until(now)),
             closed,
+            ending: false,
             prelude: Some(prelude("livetap metrics stream", &[])),
             done: false,
             _guard: guard,
@@ -221,12 +227,21 @@ impl Body for MetricsBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<SseChunk>, Infallible>>> {
         let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if this.closed.as_mut().poll(cx).is_ready() {
+        if this.done || this.ending {
             this.done = true;
             return Poll::Ready(None);
+        }
+        if let Poll::Ready(last) = this.closed.as_mut().poll(cx) {
+            return match last {
+                Some(frame) => {
+                    this.ending = true;
+                    Poll::Ready(Some(Ok(Frame::data(SseChunk::single(frame)))))
+                }
+                None => {
+                    this.done = true;
+                    Poll::Ready(None)
+                }
+            };
         }
         if let Some(p) = this.prelude.take() {
             return Poll::Ready(Some(Ok(Frame::data(SseChunk::single(p)))));

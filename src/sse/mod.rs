@@ -198,6 +198,13 @@ pub fn prelude(what: &str, ignored: &[String]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The last frame of a stream closed on purpose (a configuration reload took its permission
+/// away): `event: error` with the JSON error body `{"error": …, "detail": …}`.
+pub fn error_frame(error: &str, detail: &str) -> Bytes {
+    let body = serde_json::json!({"error": error, "detail": detail});
+    Bytes::from(format!("event: error\ndata: {body}\n\n"))
+}
+
 /// Shutdown signal shared by all streams: once set, a stream ends after its queue is empty.
 #[derive(Debug, Default)]
 pub struct Closing(AtomicBool);
@@ -231,6 +238,8 @@ pub struct SseBody {
     /// Missed events (and a gap notice) of a resuming stream, sent before the live queue.
     resume: Option<Resume>,
     done: bool,
+    /// The closing frame of [`crate::subscriber::Subscriber::close_with`] went out.
+    farewell_sent: bool,
 }
 
 impl SseBody {
@@ -253,6 +262,7 @@ impl SseBody {
             prelude: Some(prelude("livetap stream", &[])),
             resume: None,
             done: false,
+            farewell_sent: false,
         }
     }
 
@@ -337,6 +347,14 @@ impl Body for SseBody {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if sub.is_closed() || this.closing.is_set() {
+            // A stream closed with a reason (a configuration reload took its permission away)
+            // says why in a last frame.
+            if !this.farewell_sent {
+                if let Some(last) = sub.farewell() {
+                    this.farewell_sent = true;
+                    return Poll::Ready(Some(Ok(Frame::data(SseChunk::single(last.clone())))));
+                }
+            }
             this.done = true;
             return Poll::Ready(None);
         }

@@ -180,6 +180,27 @@ pub struct Subscriber {
     tap: bool,
     /// The dialect its events are written in; never changes after subscription.
     form: WireForm,
+    /// Who opened the stream and what it needs, set once by the HTTP handler right after the
+    /// subscription (a configuration reload reads it to find the streams a principal lost).
+    /// Never read by the matcher.
+    owner: std::sync::OnceLock<StreamOwner>,
+    /// The last frame to send before the stream ends, set once by whoever closes it with a
+    /// reason ([`Subscriber::close_with`]) before `closed` is stored; read by the SSE body
+    /// after it saw `closed` (the Release store and Acquire load of `closed` order the two).
+    farewell: std::sync::OnceLock<Bytes>,
+}
+
+/// The principal a live stream belongs to and what it was opened with, so a configuration
+/// reload can tell which streams the new principals still allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOwner {
+    /// The principal's name.
+    pub principal: String,
+    /// The permission the stream's endpoint requires.
+    pub permission: crate::auth::Permission,
+    /// The principal's forced filter when the stream opened, printed canonically (`None`:
+    /// the principal had none).
+    pub filter: Option<String>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -214,6 +235,36 @@ impl Subscriber {
             conn,
             tap: false,
             form: WireForm::Classic,
+            owner: std::sync::OnceLock::new(),
+            farewell: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records who opened the stream (once; a later call is ignored).
+    pub fn set_owner(&self, owner: StreamOwner) {
+        let _ = self.owner.set(owner);
+    }
+
+    /// Who opened the stream, if the handler said.
+    pub fn owner(&self) -> Option<&StreamOwner> {
+        self.owner.get()
+    }
+
+    /// Closes the stream with a last frame: the matcher queues nothing more, the SSE body
+    /// sends what is already queued, then `frame`, then ends. The connection is not killed,
+    /// so the frame reaches the client.
+    pub fn close_with(&self, frame: Bytes) {
+        let _ = self.farewell.set(frame);
+        self.close();
+        self.wake();
+    }
+
+    /// The last frame set by [`Subscriber::close_with`], once the stream is closed.
+    pub fn farewell(&self) -> Option<&Bytes> {
+        if self.is_closed() {
+            self.farewell.get()
+        } else {
+            None
         }
     }
 

@@ -21,7 +21,7 @@ pub mod webhook;
 use crate::event::Event;
 use crate::matcher::registry::Subscription;
 use crate::subscriber::{Item, Subscriber};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::Duration;
@@ -140,6 +140,13 @@ pub struct TapHandle {
     delivered: Arc<AtomicU64>,
     counters: Option<Arc<dyn TapCounters>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set by the hub to end this tap alone (a reload removed or replaced it); the tap's
+    /// thread reads it (Acquire) only when its queue is empty, and then ends like at shutdown.
+    stop: Arc<AtomicBool>,
+    /// Disconnected when the tap's thread has ended (its sender is dropped with the thread):
+    /// a replacement's thread waits on it before its first delivery, so the two never write
+    /// the same file or spool at once and the replacement's events follow the old tap's.
+    finished: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl TapHandle {
@@ -154,6 +161,28 @@ impl TapHandle {
             delivered: self.delivered.load(Ordering::Relaxed),
             counters: self.counters.as_ref().map(|c| c.readings().into_iter().collect()).unwrap_or_default(),
         }
+    }
+
+    /// The tap's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tap's subscriber id in the registry.
+    pub fn id(&self) -> u64 {
+        self.sub.id
+    }
+
+    /// Asks the tap's thread to end once its queue is empty (after its last events were
+    /// matched: see `Hub::remove_tap`).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.sub.wake();
+    }
+
+    /// Takes what tells that the thread ended, for a replacement to wait on.
+    pub fn take_finished(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
+        self.finished.take()
     }
 
     /// Waits for the tap's thread to end (after the stop signal turned true and the queue was
@@ -182,17 +211,38 @@ impl Wake for Unpark {
 /// `Registry::subscribe_tap`). The thread ends once `stopping()` is true and the queue is
 /// empty; the hub turns it true after everything accepted was matched.
 pub fn spawn(
-    mut tap: Box<dyn Tap>,
+    tap: Box<dyn Tap>,
     subscription: Subscription,
     stopping: impl Fn() -> bool + Send + 'static,
 ) -> std::io::Result<TapHandle> {
+    spawn_after(tap, subscription, stopping, None)
+}
+
+/// [`spawn`], with the thread's first delivery held back until `after` disconnects (the
+/// thread of the tap this one replaces has ended: [`TapHandle::take_finished`]).
+pub fn spawn_after(
+    mut tap: Box<dyn Tap>,
+    subscription: Subscription,
+    stopping: impl Fn() -> bool + Send + 'static,
+    after: Option<std::sync::mpsc::Receiver<()>>,
+) -> std::io::Result<TapHandle> {
     let name = tap.name().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let own_stop = stop.clone();
+    let stopping = move || stopping() || own_stop.load(Ordering::Acquire);
+    let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
     let query = tap.query().to_string();
     let counters = tap.counters();
     let sub = subscription.sub.clone();
     let delivered = Arc::new(AtomicU64::new(0));
     let count = delivered.clone();
     let thread = std::thread::Builder::new().name(format!("livetap-tap-{name}")).spawn(move || {
+        // Dropped when this thread ends, which is what a replacement waits for.
+        let _finished = finished_tx;
+        if let Some(previous) = after {
+            // Returns when the previous tap's thread has ended (its sender is gone).
+            let _ = previous.recv();
+        }
         let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
         let mut items: Vec<Item> = Vec::with_capacity(DRAIN_MAX);
         let mut batch: Vec<TapEvent> = Vec::with_capacity(DRAIN_MAX);
@@ -238,5 +288,14 @@ pub fn spawn(
         tap.stop();
         drop(subscription);
     })?;
-    Ok(TapHandle { name, query, sub, delivered, counters, thread: Some(thread) })
+    Ok(TapHandle {
+        name,
+        query,
+        sub,
+        delivered,
+        counters,
+        thread: Some(thread),
+        stop,
+        finished: Some(finished),
+    })
 }

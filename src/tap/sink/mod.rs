@@ -538,6 +538,50 @@ pub async fn start(hub: &Arc<Hub>) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+/// Makes the running sinks those of `new` (the running ones being `old`): a removed sink's
+/// tap writes what it was queued, flushes and closes its file; an added one opens its file
+/// and starts; a changed one is replaced in one index generation (each event is written by
+/// exactly one of the two, the old one finishing before the new one's first line), so a file
+/// both name is written in order. Every new or changed sink is built (its file opened)
+/// before anything changes. Returns what changed.
+pub async fn reload(
+    hub: &Arc<Hub>,
+    old: &[SinkConfig],
+    new: &[SinkConfig],
+) -> Result<Vec<String>, std::io::Error> {
+    let mut built = Vec::new();
+    for config in new {
+        match old.iter().find(|o| o.name == config.name) {
+            Some(o) if o == config => {}
+            previous => {
+                let sink = Sink::new(config, &hub.dialects).map_err(std::io::Error::other)?;
+                crate::query::parse_pairs(&config.query, &hub.keys, &hub.current().query_limits())
+                    .map_err(|e| std::io::Error::other(format!("sink `{}`: query: {e}", config.name)))?;
+                built.push((previous.is_some(), config.name.clone(), sink));
+            }
+        }
+    }
+    let mut changes = Vec::new();
+    for o in old {
+        if !new.iter().any(|n| n.name == o.name) {
+            hub.remove_tap(&format!("sink:{}", o.name)).await.map_err(std::io::Error::other)?;
+            tracing::info!(sink = %o.name, "sink removed");
+            changes.push(format!("removed sink {}", o.name));
+        }
+    }
+    for (changed, name, sink) in built {
+        if changed {
+            hub.replace_tap(&format!("sink:{name}"), Box::new(sink)).await.map_err(std::io::Error::other)?;
+            changes.push(format!("changed sink {name}"));
+        } else {
+            hub.add_tap(Box::new(sink)).await.map_err(std::io::Error::other)?;
+            changes.push(format!("added sink {name}"));
+        }
+        tracing::info!(sink = %name, "sink started");
+    }
+    Ok(changes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

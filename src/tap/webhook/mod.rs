@@ -351,8 +351,9 @@ pub struct Running {
     /// Its counters.
     pub counters: Arc<Counters>,
     /// Its spool: written by the tap's thread and [`Notify`], read and acknowledged by the
-    /// sender.
-    pub spool: Mutex<Spool>,
+    /// sender. Shared with the `Running` that replaces this one when a reload changes the
+    /// webhook, so the backlog carries over.
+    pub spool: Arc<Mutex<Spool>>,
     /// Wakes the sender when a batch closes.
     pub wake: tokio::sync::Notify,
     /// Where it sends.
@@ -557,74 +558,175 @@ impl Tap for WebhookTap {
 /// The running webhooks.
 #[derive(Default)]
 pub struct Webhooks {
-    list: Vec<Arc<Running>>,
+    /// The running webhooks; replaced whole by a reload ([`Webhooks::reload`]), read by
+    /// [`Notify`], the test send and the metrics task.
+    list: Mutex<Vec<Arc<Running>>>,
     stop: tokio_util::sync::CancellationToken,
+    /// Each webhook's sender task and the token that stops it alone.
+    senders: Mutex<BTreeMap<String, (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>)>>,
+    /// The metrics task.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A webhook ready to run: everything that can fail was done (its target, headers, query
+/// and spool), nothing started.
+struct Prepared {
+    running: Arc<Running>,
 }
 
 impl Webhooks {
     /// Starts every configured webhook: opens its spool, adds its tap, starts its sender, and
     /// a task that copies the counters into the live metrics. Call before the sources start.
     pub async fn start(hub: &Arc<Hub>) -> Result<Arc<Webhooks>, WebhookError> {
-        let configs = hub.config.webhook.clone();
-        if configs.is_empty() {
-            return Ok(Arc::new(Webhooks::default()));
-        }
-        let Some(data_dir) = hub.config.data_dir.clone() else {
-            // `Config::validate` refuses this; a config built in code may still try.
-            return Err(WebhookError::Target("*".into(), "webhooks need data-dir".into()));
-        };
-        let mut list = Vec::new();
-        for cfg in configs {
-            let name = cfg.name.clone();
-            let target = sender::Target::new(&cfg).map_err(|e| WebhookError::Target(name.clone(), e))?;
-            let headers = sender::static_headers(&cfg).map_err(|e| WebhookError::Target(name.clone(), e))?;
-            let counters = Arc::new(Counters::default());
-            let dir = data_dir.join("webhooks").join(&name);
-            let overhead = cfg.format.overhead(2) - cfg.format.overhead(1);
-            let (spool, rec) = Spool::open(&dir, cfg.spool_settings(), counters.clone(), overhead)
-                .map_err(|e| WebhookError::Spool(name.clone(), e))?;
-            if rec != spool::Recovered::default() {
-                tracing::info!(
-                    webhook = %name, pending = rec.pending_events, torn_bytes = rec.torn_bytes,
-                    closed_tail = rec.closed_tail, "webhook spool recovered"
-                );
-            }
-            let metric_names = METRICS.iter().map(|(m, _)| format!("webhook.{name}.{m}")).collect();
-            let running = Arc::new(Running {
-                config: cfg,
-                counters,
-                spool: Mutex::new(spool),
-                wake: tokio::sync::Notify::new(),
-                target,
-                headers,
-                metric_names,
-            });
-            let tap = WebhookTap {
-                running: running.clone(),
-                hub: hub.clone(),
-                tap_name: format!("webhook:{name}"),
-                scratch: Vec::with_capacity(4096),
-                last_error_log: None,
-            };
-            hub.add_tap(Box::new(tap)).await?;
-            tracing::info!(webhook = %name, url = %running.config.url, "webhook started");
-            list.push(running);
-        }
-        let hooks = Arc::new(Webhooks { list, ..Webhooks::default() });
-        let mut tasks = Vec::new();
-        for r in &hooks.list {
-            tasks.push(tokio::spawn(sender::run(r.clone(), hooks.stop.clone())));
-        }
-        tasks.push(tokio::spawn(publish_metrics(hub.clone(), hooks.clone())));
-        *hooks.tasks.lock() = tasks;
+        let hooks = Arc::new(Webhooks::default());
+        hooks.reload(hub, &hub.config.webhook).await?;
         Ok(hooks)
+    }
+
+    /// Opens `cfg`'s spool (or takes `previous`'s, with its backlog) and builds its target.
+    fn prepare(
+        hub: &Hub,
+        cfg: &WebhookConfig,
+        previous: Option<&Arc<Running>>,
+    ) -> Result<Prepared, WebhookError> {
+        let name = cfg.name.clone();
+        let target = sender::Target::new(cfg).map_err(|e| WebhookError::Target(name.clone(), e))?;
+        let headers = sender::static_headers(cfg).map_err(|e| WebhookError::Target(name.clone(), e))?;
+        crate::query::parse_pairs(&cfg.query, &hub.keys, &hub.current().query_limits())
+            .map_err(|e| WebhookError::Tap(TapError::Query(format!("webhook:{name}"), e)))?;
+        let overhead = cfg.format.overhead(2) - cfg.format.overhead(1);
+        let (spool, counters) = match previous {
+            Some(p) => {
+                p.spool.lock().set_settings(cfg.spool_settings(), overhead);
+                (p.spool.clone(), p.counters.clone())
+            }
+            None => {
+                let Some(data_dir) = hub.config.data_dir.clone() else {
+                    // `Config::validate` refuses this; a config built in code may still try.
+                    return Err(WebhookError::Target(name, "webhooks need data-dir".into()));
+                };
+                let counters = Arc::new(Counters::default());
+                let dir = data_dir.join("webhooks").join(&name);
+                let (spool, rec) = Spool::open(&dir, cfg.spool_settings(), counters.clone(), overhead)
+                    .map_err(|e| WebhookError::Spool(name.clone(), e))?;
+                if rec != spool::Recovered::default() {
+                    tracing::info!(
+                        webhook = %name, pending = rec.pending_events, torn_bytes = rec.torn_bytes,
+                        closed_tail = rec.closed_tail, "webhook spool recovered"
+                    );
+                }
+                (Arc::new(Mutex::new(spool)), counters)
+            }
+        };
+        let metric_names = METRICS.iter().map(|(m, _)| format!("webhook.{name}.{m}")).collect();
+        let running = Arc::new(Running {
+            config: cfg.clone(),
+            counters,
+            spool,
+            wake: tokio::sync::Notify::new(),
+            target,
+            headers,
+            metric_names,
+        });
+        Ok(Prepared { running })
+    }
+
+    fn tap_of(hub: &Arc<Hub>, running: &Arc<Running>) -> Box<dyn Tap> {
+        Box::new(WebhookTap {
+            running: running.clone(),
+            hub: hub.clone(),
+            tap_name: format!("webhook:{}", running.config.name),
+            scratch: Vec::with_capacity(4096),
+            last_error_log: None,
+        })
+    }
+
+    /// Starts `running`'s sender task.
+    fn start_sender(&self, running: &Arc<Running>) {
+        let token = self.stop.child_token();
+        let task = tokio::spawn(sender::run(running.clone(), token.clone()));
+        self.senders.lock().insert(running.config.name.clone(), (token, task));
+    }
+
+    /// Stops the sender of the webhook `name` (a batch in flight is sent again by the next
+    /// sender of that spool, after a reload adds it back or after a restart).
+    async fn stop_sender(&self, name: &str) {
+        let entry = self.senders.lock().remove(name);
+        if let Some((token, task)) = entry {
+            token.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Makes the running webhooks those of `configs`: an added one opens its spool and
+    /// starts; a removed one's tap delivers what it was queued and closes its batch, its
+    /// sender stops, and its spool stays on disk (a later reload or start that names it again
+    /// sends the rest); a changed one keeps its spool and backlog, its tap is replaced in one
+    /// index generation and its sender restarts with the new settings. Everything that can
+    /// fail is prepared before anything changes. Returns what changed (`added x`,
+    /// `removed y`, `changed z`).
+    pub async fn reload(
+        self: &Arc<Self>,
+        hub: &Arc<Hub>,
+        configs: &[WebhookConfig],
+    ) -> Result<Vec<String>, WebhookError> {
+        let old: Vec<Arc<Running>> = self.list.lock().clone();
+        let find = |name: &str| old.iter().find(|r| r.config.name == name);
+        // Prepare every new or changed webhook; a failure leaves everything as it was.
+        let mut prepared = Vec::new();
+        for cfg in configs {
+            match find(&cfg.name) {
+                Some(r) if r.config == *cfg => {}
+                Some(r) => prepared.push((true, Webhooks::prepare(hub, cfg, Some(r))?)),
+                None => prepared.push((false, Webhooks::prepare(hub, cfg, None)?)),
+            }
+        }
+        let mut changes = Vec::new();
+        for r in &old {
+            if !configs.iter().any(|c| c.name == r.config.name) {
+                let name = r.config.name.clone();
+                hub.remove_tap(&format!("webhook:{name}")).await?;
+                self.stop_sender(&name).await;
+                self.list.lock().retain(|x| x.config.name != name);
+                tracing::info!(webhook = %name, "webhook removed; its spool stays on disk");
+                changes.push(format!("removed webhook {name}"));
+            }
+        }
+        for (changed, p) in prepared {
+            let running = p.running;
+            let name = running.config.name.clone();
+            if changed {
+                hub.replace_tap(&format!("webhook:{name}"), Webhooks::tap_of(hub, &running)).await?;
+                self.stop_sender(&name).await;
+                changes.push(format!("changed webhook {name}"));
+            } else {
+                hub.add_tap(Webhooks::tap_of(hub, &running)).await?;
+                changes.push(format!("added webhook {name}"));
+            }
+            {
+                let mut list = self.list.lock();
+                list.retain(|x| x.config.name != name);
+                list.push(running.clone());
+            }
+            self.start_sender(&running);
+            tracing::info!(webhook = %name, url = %running.config.url, "webhook started");
+        }
+        // The metrics task, once there is a webhook to report.
+        let mut tasks = self.tasks.lock();
+        if tasks.is_empty() && !self.list.lock().is_empty() {
+            tasks.push(tokio::spawn(publish_metrics(hub.clone(), self.clone())));
+        }
+        Ok(changes)
     }
 
     /// Stops the senders (after the hub's shutdown, which closed and flushed every spool
     /// through the taps' `stop`); a batch in flight is sent again after the next start.
     pub async fn stop(&self) {
         self.stop.cancel();
+        let senders = std::mem::take(&mut *self.senders.lock());
+        for (_, (_, t)) in senders {
+            let _ = t.await;
+        }
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for t in tasks {
             let _ = t.await;
@@ -632,13 +734,14 @@ impl Webhooks {
     }
 
     /// The running webhook called `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<Running>> {
-        self.list.iter().find(|r| r.config.name == name)
+    pub fn get(&self, name: &str) -> Option<Arc<Running>> {
+        self.list.lock().iter().find(|r| r.config.name == name).cloned()
     }
 
     /// Copies every webhook's counters into the metrics registry.
     pub fn update_metrics(&self, hub: &Hub) {
-        for r in &self.list {
+        let list = self.list.lock().clone();
+        for r in &list {
             for ((name, v), (_, counter)) in r.metric_names.iter().zip(r.readings()).zip(METRICS) {
                 let s = if counter { Scraped::Counter(v) } else { Scraped::Gauge(v) };
                 if let Err(e) = hub.metrics.apply_scraped(name, s) {
@@ -739,7 +842,7 @@ impl Notify for Webhooks {
     }
 
     fn names(&self) -> Vec<String> {
-        self.list.iter().map(|r| r.config.name.clone()).collect()
+        self.list.lock().iter().map(|r| r.config.name.clone()).collect()
     }
 }
 

@@ -329,6 +329,14 @@ fn scan(path: &Path, acked_before: u64) -> std::io::Result<Scan> {
 }
 
 impl Spool {
+    /// Takes new batching and size settings (a configuration reload changed the webhook):
+    /// the open batch and every closed one stay as they are; the next cut and the cap use
+    /// these.
+    pub fn set_settings(&mut self, settings: SpoolSettings, per_event_overhead: usize) {
+        self.settings = settings;
+        self.per_event_overhead = per_event_overhead;
+    }
+
     /// Opens (or creates) the spool in `dir`, repairing what a crash left (see the module
     /// docs). `per_event_overhead` is the body bytes the format adds per event.
     pub fn open(
