@@ -837,6 +837,11 @@ async fn run(
     let server = Server::start_in(config, token.clone(), data_dir)
         .await
         .with_context(|| format!("cannot start livetap (HTTP on {listen})"))?;
+    // The handlers are in place before anything says livetap is up (the banner, the start-up
+    // line, READY=1): a service manager or a script may send SIGTERM or SIGHUP the moment it
+    // reads one, and without them the signal's default action would end livetap without
+    // draining. A signal that arrives now waits for `wait_for_signals`.
+    let signals = Signals::install()?;
     let scheme = if server.is_tls() { "https" } else { "http" };
     let base = format!("{scheme}://{}", server.addr);
     // The journal is readable by the adm and systemd-journal groups: a token kept in the data
@@ -886,10 +891,6 @@ async fn run(
     log_started(&server, &base);
     // Ready: the listener is bound and every source and tap runs (`Server::start` returned).
     let watchdog = tokio::spawn(livetap::service::watchdog(notifier.clone(), server.hub.clone()));
-    // The handlers are in place before READY=1: a service manager may send SIGTERM or SIGHUP
-    // the moment it reads it, and without them the signal's default action would end livetap
-    // without draining.
-    let signals = Signals::install()?;
     notify(notifier.ready(&format!("listening on {base}")));
 
     wait_for_signals(signals, &server, &notifier, reload_from).await?;

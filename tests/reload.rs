@@ -477,6 +477,56 @@ async fn a_bad_config_at_sighup_changes_nothing_and_logs_the_error() {
     assert!(line.starts_with("reloaded"), "{line}");
 }
 
+/// A configuration that parses but names a sink whose file cannot be opened changes nothing,
+/// not even the principal it also removes: everything that can fail to start is opened
+/// before the first swap. Fixed, the same reload is taken whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_sink_cannot_open_changes_nothing_then_the_fixed_one_changes_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lt, path) = start(dir.path(), PRINCIPALS, &[]);
+    let addr = lt.addr;
+    let live = "/api/telemetry/traces/live";
+    let mut bob = SseClient::connect(addr, live, Some("bob-key-0123456789")).await;
+    assert_eq!(bob.status, 200);
+    // A regular file where the sink's directory should be: the sink cannot open.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let without_bob = PRINCIPALS
+        .replace("name = \"bob\"", "name = \"robert\"")
+        .replace("bob-key-0123456789", "robert-key-0123456789");
+    let sink = |p: &Path| {
+        format!("\n[[sink]]\nname = \"all\"\nkind = \"file\"\npath = \"{}\"\nquery = \"\"\n", p.display())
+    };
+    let bad = format!("{without_bob}{}", sink(&blocker.join("all.ndjson")));
+    let line = reload(&lt, &path, &bad, 1).await;
+    assert!(line.starts_with("reload failed"), "{line}");
+    assert!(line.contains("all.ndjson") || line.contains("sink"), "the error names the sink: {line}");
+    // Bob is still a principal and his stream still receives.
+    ingest_ok(addr, &[event("after-failed-reload")]).await;
+    wait_for_marker(&mut bob, "after-failed-reload").await;
+    let again = SseClient::connect(addr, live, Some("bob-key-0123456789")).await;
+    assert_eq!(again.status, 200, "bob is still a principal");
+    // The same change with a path that opens is taken whole: bob's streams end, the sink
+    // writes.
+    let file = dir.path().join("all.ndjson");
+    let good = format!("{without_bob}{}", sink(&file));
+    let line = reload(&lt, &path, &good, 2).await;
+    assert!(line.starts_with("reloaded"), "{line}");
+    assert!(line.contains("added sink all"), "{line}");
+    let refused = SseClient::connect(addr, live, Some("bob-key-0123456789")).await;
+    assert_eq!(refused.status, 401, "bob is gone");
+    ingest_ok(addr, &[event("into-the-sink")]).await;
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&file).unwrap_or_default().contains("into-the-sink") {
+        assert!(Instant::now() < deadline, "the sink added by the second reload did not write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A third reload of the same file changes nothing: the second was recorded whole.
+    let line = reload(&lt, &path, &good, 3).await;
+    assert!(line.starts_with("reloaded"), "{line}");
+    assert!(!line.contains("added sink"), "the sink is not added twice: {line}");
+}
+
 /// A free TCP port on the loopback (bound and released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -144,12 +144,26 @@ impl LiveTokens {
     /// Re-reads the key file (after an operator replaced or deleted it; a deleted file gets a
     /// new key). Returns true when the key changed, which invalidates every issued token.
     pub fn reload(&self) -> std::io::Result<bool> {
-        let KeySource::File(path) = &self.source else { return Ok(false) };
-        let k = load_or_create(path)?;
+        let key = self.read_key()?;
+        Ok(self.install_key(key))
+    }
+
+    /// Reads the key file again without using it (`None` when the key is not kept in a file):
+    /// a configuration reload reads everything that can fail before it changes anything, then
+    /// calls [`LiveTokens::install_key`]. A deleted file is created with a new key here.
+    pub fn read_key(&self) -> std::io::Result<Option<[u8; 32]>> {
+        let KeySource::File(path) = &self.source else { return Ok(None) };
+        load_or_create(path).map(Some)
+    }
+
+    /// Puts a key from [`LiveTokens::read_key`] in use. Returns true when it differs from the
+    /// one in use, which invalidates every issued token.
+    pub fn install_key(&self, key: Option<[u8; 32]>) -> bool {
+        let Some(k) = key else { return false };
         let mut cur = self.key.write();
         let changed = *cur != k;
         *cur = k;
-        Ok(changed)
+        changed
     }
 
     /// Replaces the key with a new random one (kept in the key file if there is one):

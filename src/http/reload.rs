@@ -15,7 +15,10 @@
 //!   misses nothing). Filters are not swapped in place: the index would have to be rebuilt
 //!   anyway, and a stream's replay after a reconnect is the path that is already exact;
 //! - sinks, webhooks, alerts and mail-log sources: diffed by their tables; what is unchanged
-//!   keeps running untouched (`tap::sink::reload`, `Webhooks::reload`, `alert::reload`);
+//!   keeps running untouched. Everything that can fail to start (a sink's file, a webhook's
+//!   spool, a source's listener) is opened before the first swap (`tap::sink::prepare_reload`,
+//!   `Webhooks::prepare_reload`, `Server::open_sources`), so such a failure changes nothing;
+//!   then the swaps (`commit_reload`s, `alert::reload`, the sources started);
 //! - TLS certificate and live-token key: read again, as before;
 //! - settings that need a restart ([`RESTART_ONLY`]): a change is logged as a warning naming
 //!   each, and the running value stays.
@@ -48,8 +51,13 @@ pub enum ReloadError {
     /// The alerts do not check against the catalogue or the webhooks; nothing changed.
     #[error("alerts: {0}")]
     Alerts(crate::alert::AlertError),
-    /// A sink, webhook or source could not start. What came before it in the reload is in
-    /// force; the rest of the old configuration keeps running.
+    /// A new or changed sink, webhook or mail-log source could not open (a file, a spool, a
+    /// listener's address); nothing changed.
+    #[error("{0}")]
+    Start(String),
+    /// Putting an opened sink, webhook or alert set in force failed (the index refused a
+    /// tap). What came before it in the reload is in force, and recorded as such; the rest of
+    /// the old configuration keeps running.
     #[error("{0}")]
     Apply(String),
 }
@@ -332,11 +340,24 @@ impl Server {
         let mut principals =
             Security::principals_of(new, &admin_token, &hub.keys).map_err(ReloadError::Principals)?;
         crate::alert::validate(hub, new).map_err(ReloadError::Alerts)?;
-        if let Some(tls) = &self.tls {
-            tls.reload().map_err(|e| ReloadError::Files(std::io::Error::other(e)))?;
+        // The files (TLS certificate, live-token key) are read, and sinks, webhooks and new
+        // mail-log sources opened (files, spools, listeners), now: one that cannot be read or
+        // start leaves everything as it was, and only the swaps below remain.
+        let certificate = match &self.tls {
+            Some(tls) => Some(tls.load_again().map_err(|e| ReloadError::Files(std::io::Error::other(e)))?),
+            None => None,
+        };
+        let token_key = self.security.tokens.read_key().map_err(ReloadError::Files)?;
+        let sinks = crate::tap::sink::prepare_reload(hub, &old.sink, &new.sink)
+            .map_err(|e| ReloadError::Start(e.to_string()))?;
+        let webhooks =
+            self.webhooks.prepare_reload(hub, &new.webhook).map_err(|e| ReloadError::Start(e.to_string()))?;
+        let sources = self.open_sources(&mut state, new).await?;
+        if let (Some(tls), Some(certificate)) = (&self.tls, certificate) {
+            tls.install(certificate);
             r.tls = true;
         }
-        r.token_key_changed = self.security.tokens.reload().map_err(ReloadError::Files)?;
+        r.token_key_changed = self.security.tokens.install_key(token_key);
         // Limits: the whole configuration, for every request and connection from now on.
         r.limits = changed_limits(&old, new);
         hub.set_current(new.clone());
@@ -366,11 +387,23 @@ impl Server {
             }
         }
         state.admin_token = admin_token;
+        // From here on the configuration in force is the new one but for the parts not
+        // swapped yet, each recorded as it is, so that a later reload compares with what runs.
+        let mut in_force = new.clone();
+        in_force.sink = old.sink.clone();
+        in_force.webhook = old.webhook.clone();
+        in_force.alert = old.alert.clone();
+        in_force.smtp = old.smtp.clone();
+        in_force.source = old.source.clone();
+        state.config = in_force;
         // Sinks, webhooks, alerts, sources: what is unchanged keeps running.
         let apply = |e: String| ReloadError::Apply(e);
-        let sinks = crate::tap::sink::reload(hub, &old.sink, &new.sink).await;
-        r.changes.extend(sinks.map_err(|e| apply(e.to_string()))?);
-        r.changes.extend(self.webhooks.reload(hub, &new.webhook).await.map_err(|e| apply(e.to_string()))?);
+        r.changes
+            .extend(crate::tap::sink::commit_reload(hub, sinks).await.map_err(|e| apply(e.to_string()))?);
+        state.config.sink = new.sink.clone();
+        let changed = self.webhooks.commit_reload(hub, webhooks).await.map_err(|e| apply(e.to_string()))?;
+        r.changes.extend(changed);
+        state.config.webhook = new.webhook.clone();
         if old.alert != new.alert || old.smtp != new.smtp {
             let notify: Arc<dyn crate::tap::Notify> = self.webhooks.clone();
             let task =
@@ -378,20 +411,46 @@ impl Server {
             state.tasks.extend(task);
             r.changes.push(format!("alerts: {} in force", new.alert.len()));
         }
-        self.reload_sources(&mut state, new, &mut r).await?;
+        state.config.alert = new.alert.clone();
+        state.config.smtp = new.smtp.clone();
+        self.reload_sources(&mut state, sources, new, &mut r).await;
         state.config = new.clone();
         Ok(r)
     }
 
-    /// Stops the mail-log sources whose table is gone or changed and starts the new ones;
-    /// an unchanged source keeps running (its file position, its listener, its journal
-    /// child).
+    /// Opens (binds, follows, spawns) every mail-log source of `new` that is not running,
+    /// without starting it: a source that cannot open stops the reload before anything
+    /// changed. A listener whose address a running source holds fails here (a restart
+    /// moves it); a source's table is its identity, so a changed source is a new one.
+    async fn open_sources(&self, state: &mut State, new: &Config) -> Result<Vec<NewSource>, ReloadError> {
+        let mut opened = Vec::new();
+        for config in &new.source {
+            if state.sources.iter().any(|(c, _)| c == config) {
+                continue;
+            }
+            // The correlator the mail-log sources share, made on first use (its expiry task
+            // costs nothing while no source feeds it, should the reload stop below).
+            if let Some(expiry) = Shared::ensure(&mut state.shared, new) {
+                state.tasks.push(tokio::spawn(expiry.run(self.hub.clone())));
+            }
+            let Some(shared) = &state.shared else { continue };
+            let (source, description) =
+                shared.open(config).await.map_err(|e| ReloadError::Start(e.to_string()))?;
+            opened.push(NewSource { config: config.clone(), source, description });
+        }
+        Ok(opened)
+    }
+
+    /// Stops the mail-log sources whose table is gone or changed and starts the ones
+    /// [`Server::open_sources`] opened; an unchanged source keeps running (its file position,
+    /// its listener, its journal child).
     async fn reload_sources(
         &self,
         state: &mut State,
+        opened: Vec<NewSource>,
         new: &Config,
         r: &mut Reloaded,
-    ) -> Result<(), ReloadError> {
+    ) {
         let running = std::mem::take(&mut state.sources);
         let mut kept = Vec::new();
         for (config, task) in running {
@@ -406,23 +465,20 @@ impl Server {
             }
         }
         state.sources = kept;
-        for config in &new.source {
-            if state.sources.iter().any(|(c, _)| c == config) {
-                continue;
-            }
-            if let Some(expiry) = Shared::ensure(&mut state.shared, new) {
-                state.tasks.push(tokio::spawn(expiry.run(self.hub.clone())));
-            }
-            let Some(shared) = &state.shared else { continue };
-            let (source, description) =
-                shared.open(config).await.map_err(|e| ReloadError::Apply(e.to_string()))?;
+        for NewSource { config, source, description } in opened {
             tracing::info!(source = %description, "starting event source");
             let task = tokio::spawn(source.run(self.hub.clone()));
-            state.sources.push((config.clone(), task));
+            state.sources.push((config, task));
             r.changes.push(format!("started source {description}"));
         }
-        Ok(())
     }
+}
+
+/// A mail-log source a reload opened, to start once the reload commits.
+struct NewSource {
+    config: SourceConfig,
+    source: Box<dyn crate::ingest::Source>,
+    description: String,
 }
 
 fn describe(c: &SourceConfig) -> String {

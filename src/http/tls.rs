@@ -88,9 +88,16 @@ impl TlsReloader {
         self.current.load_full()
     }
 
-    /// Reads the files again; on error the previous certificate stays in use.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        self.current.store(Arc::new(load(&self.files)?));
-        Ok(())
+    /// Reads the files again without putting them in use: a configuration reload loads
+    /// everything that can fail before it changes anything, then calls
+    /// [`TlsReloader::install`].
+    pub fn load_again(&self) -> Result<Arc<TlsAcceptor>, TlsError> {
+        Ok(Arc::new(load(&self.files)?))
+    }
+
+    /// Puts a certificate read by [`TlsReloader::load_again`] in use for new connections;
+    /// connections already open keep the one they were accepted with.
+    pub fn install(&self, acceptor: Arc<TlsAcceptor>) {
+        self.current.store(acceptor);
     }
 }

@@ -538,17 +538,30 @@ pub async fn start(hub: &Arc<Hub>) -> Result<(), std::io::Error> {
     Ok(())
 }
 
-/// Makes the running sinks those of `new` (the running ones being `old`): a removed sink's
-/// tap writes what it was queued, flushes and closes its file; an added one opens its file
-/// and starts; a changed one is replaced in one index generation (each event is written by
-/// exactly one of the two, the old one finishing before the new one's first line), so a file
-/// both name is written in order. Every new or changed sink is built (its file opened)
-/// before anything changes. Returns what changed.
-pub async fn reload(
+/// The sinks a reload will start, replace and remove, each new or changed one already built
+/// (its file opened): made by [`prepare_reload`] before the reload changes anything, so a
+/// sink that cannot open leaves the whole running configuration as it was.
+pub struct SinkPlan {
+    /// Sinks to remove, by name.
+    removed: Vec<String>,
+    /// `(replaces a running one, name, the built sink)`.
+    built: Vec<(bool, String, Sink)>,
+}
+
+impl SinkPlan {
+    /// True when the reload changes no sink.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.built.is_empty()
+    }
+}
+
+/// Builds every sink of `new` that is not running unchanged in `old` (opening its file and
+/// checking its query) and lists the ones to remove. Changes nothing.
+pub fn prepare_reload(
     hub: &Arc<Hub>,
     old: &[SinkConfig],
     new: &[SinkConfig],
-) -> Result<Vec<String>, std::io::Error> {
+) -> Result<SinkPlan, std::io::Error> {
     let mut built = Vec::new();
     for config in new {
         match old.iter().find(|o| o.name == config.name) {
@@ -561,15 +574,23 @@ pub async fn reload(
             }
         }
     }
+    let removed =
+        old.iter().filter(|o| !new.iter().any(|n| n.name == o.name)).map(|o| o.name.clone()).collect();
+    Ok(SinkPlan { removed, built })
+}
+
+/// Puts a [`SinkPlan`] in force: a removed sink's tap writes what it was queued, flushes and
+/// closes its file; an added one starts; a changed one is replaced in one index generation
+/// (each event is written by exactly one of the two, the old one finishing before the new
+/// one's first line), so a file both name is written in order. Returns what changed.
+pub async fn commit_reload(hub: &Arc<Hub>, plan: SinkPlan) -> Result<Vec<String>, std::io::Error> {
     let mut changes = Vec::new();
-    for o in old {
-        if !new.iter().any(|n| n.name == o.name) {
-            hub.remove_tap(&format!("sink:{}", o.name)).await.map_err(std::io::Error::other)?;
-            tracing::info!(sink = %o.name, "sink removed");
-            changes.push(format!("removed sink {}", o.name));
-        }
+    for name in plan.removed {
+        hub.remove_tap(&format!("sink:{name}")).await.map_err(std::io::Error::other)?;
+        tracing::info!(sink = %name, "sink removed");
+        changes.push(format!("removed sink {name}"));
     }
-    for (changed, name, sink) in built {
+    for (changed, name, sink) in plan.built {
         if changed {
             hub.replace_tap(&format!("sink:{name}"), Box::new(sink)).await.map_err(std::io::Error::other)?;
             changes.push(format!("changed sink {name}"));

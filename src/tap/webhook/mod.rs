@@ -555,6 +555,15 @@ impl Tap for WebhookTap {
     }
 }
 
+/// What a reload will do to the webhooks, every new or changed one already opened
+/// ([`Webhooks::prepare_reload`]).
+pub struct WebhookPlan {
+    /// Webhooks to remove, by name.
+    removed: Vec<String>,
+    /// `(replaces a running one, the opened webhook)`.
+    prepared: Vec<(bool, Prepared)>,
+}
+
 /// The running webhooks.
 #[derive(Default)]
 pub struct Webhooks {
@@ -579,7 +588,8 @@ impl Webhooks {
     /// a task that copies the counters into the live metrics. Call before the sources start.
     pub async fn start(hub: &Arc<Hub>) -> Result<Arc<Webhooks>, WebhookError> {
         let hooks = Arc::new(Webhooks::default());
-        hooks.reload(hub, &hub.config.webhook).await?;
+        let plan = hooks.prepare_reload(hub, &hub.config.webhook)?;
+        hooks.commit_reload(hub, plan).await?;
         Ok(hooks)
     }
 
@@ -658,21 +668,17 @@ impl Webhooks {
         }
     }
 
-    /// Makes the running webhooks those of `configs`: an added one opens its spool and
-    /// starts; a removed one's tap delivers what it was queued and closes its batch, its
-    /// sender stops, and its spool stays on disk (a later reload or start that names it again
-    /// sends the rest); a changed one keeps its spool and backlog, its tap is replaced in one
-    /// index generation and its sender restarts with the new settings. Everything that can
-    /// fail is prepared before anything changes. Returns what changed (`added x`,
-    /// `removed y`, `changed z`).
-    pub async fn reload(
-        self: &Arc<Self>,
+    /// Prepares a reload to the webhooks `configs`: every new or changed webhook is opened
+    /// (its spool, its target; a changed one keeps the running one's spool and counters) and
+    /// the ones to remove are listed. Changes nothing: a webhook that cannot open leaves the
+    /// whole running configuration as it was.
+    pub fn prepare_reload(
+        &self,
         hub: &Arc<Hub>,
         configs: &[WebhookConfig],
-    ) -> Result<Vec<String>, WebhookError> {
+    ) -> Result<WebhookPlan, WebhookError> {
         let old: Vec<Arc<Running>> = self.list.lock().clone();
         let find = |name: &str| old.iter().find(|r| r.config.name == name);
-        // Prepare every new or changed webhook; a failure leaves everything as it was.
         let mut prepared = Vec::new();
         for cfg in configs {
             match find(&cfg.name) {
@@ -681,18 +687,32 @@ impl Webhooks {
                 None => prepared.push((false, Webhooks::prepare(hub, cfg, None)?)),
             }
         }
+        let removed = old
+            .iter()
+            .filter(|r| !configs.iter().any(|c| c.name == r.config.name))
+            .map(|r| r.config.name.clone())
+            .collect();
+        Ok(WebhookPlan { removed, prepared })
+    }
+
+    /// Puts a [`WebhookPlan`] in force: a removed webhook's tap closes its open batch and its
+    /// sender stops (its spool stays on disk); an added one starts; a changed one keeps its
+    /// spool and backlog, its tap is replaced in one index generation and its sender restarts.
+    /// Returns what changed.
+    pub async fn commit_reload(
+        self: &Arc<Self>,
+        hub: &Arc<Hub>,
+        plan: WebhookPlan,
+    ) -> Result<Vec<String>, WebhookError> {
         let mut changes = Vec::new();
-        for r in &old {
-            if !configs.iter().any(|c| c.name == r.config.name) {
-                let name = r.config.name.clone();
-                hub.remove_tap(&format!("webhook:{name}")).await?;
-                self.stop_sender(&name).await;
-                self.list.lock().retain(|x| x.config.name != name);
-                tracing::info!(webhook = %name, "webhook removed; its spool stays on disk");
-                changes.push(format!("removed webhook {name}"));
-            }
+        for name in plan.removed {
+            hub.remove_tap(&format!("webhook:{name}")).await?;
+            self.stop_sender(&name).await;
+            self.list.lock().retain(|x| x.config.name != name);
+            tracing::info!(webhook = %name, "webhook removed; its spool stays on disk");
+            changes.push(format!("removed webhook {name}"));
         }
-        for (changed, p) in prepared {
+        for (changed, p) in plan.prepared {
             let running = p.running;
             let name = running.config.name.clone();
             if changed {
