@@ -56,7 +56,7 @@ async fn one_encoding_per_event_per_dialect_in_use() {
     // classic one over real HTTP.
     let mut subs = Vec::new();
     for _ in 0..3 {
-        subs.push(hub.registry.subscribe_in(Expr::True, false, None, form.clone()).await.unwrap());
+        subs.push(hub.registry.subscribe_in(Expr::True, false, None, form.clone(), None).await.unwrap());
     }
     let mut classic = SseClient::connect(server.addr, "/api/telemetry/traces/live", Some(TOKEN)).await;
     // `total` is a catalogue key, so the classic stream sends it.

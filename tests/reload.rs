@@ -574,6 +574,12 @@ async fn sinks_sources_and_webhooks_follow_the_reloaded_config() {
     tcp.flush().await.unwrap();
     drop(tcp);
     wait_for_marker(&mut watch, "203.0.113.77").await;
+    // A client that stays connected across the removal: its line is read before the reload.
+    let mut open = TcpStream::connect(("127.0.0.1", port)).await.expect("the added listener accepts");
+    open.write_all(b"<22>Dec  7 10:00:01 mx postfix/smtpd[4243]: connect from unknown[203.0.113.78]\n")
+        .await
+        .unwrap();
+    wait_for_marker(&mut watch, "203.0.113.78").await;
     let spool = data.join("webhooks").join("hook");
     assert!(spool.is_dir(), "the webhook's spool exists");
 
@@ -595,9 +601,16 @@ async fn sinks_sources_and_webhooks_follow_the_reloaded_config() {
     wait_file_contains(&kept_sink, "after-removal").await;
     let text = std::fs::read_to_string(&sink).unwrap();
     assert!(text.contains("to-the-new-sink") && !text.contains("after-removal"), "{text}");
-    // The listener is closed.
+    // The listener is closed, and so is the connection that stayed open: livetap ends it
+    // (end of stream or reset) instead of reading on for a source that no longer exists.
     let refused = TcpStream::connect(("127.0.0.1", port)).await;
     assert!(refused.is_err(), "the removed syslog listener still accepts");
+    let mut rest = [0u8; 16];
+    match tokio::time::timeout(DEADLINE, open.read(&mut rest)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("the removed source's connection sent {n} bytes"),
+        Err(_) => panic!("the removed source's connection stayed open"),
+    }
     // A removed webhook's spool stays on disk.
     assert!(spool.is_dir(), "the removed webhook's spool stays");
     // The kept sink got both events once each: it was not restarted.

@@ -209,17 +209,21 @@ pub(super) async fn live_traces_with(
     // unfiltered, including events its filter excludes.
     let follow = q.follow && principal.filter.is_none();
     let expr = restrict(q.expr, principal.filter.as_ref());
-    let subscription = hub
-        .registry
-        .subscribe_in(expr, follow, Some(conn.handle.clone()), form)
-        .await
-        .map_err(HttpError::Subscribers)?;
     // Who holds the stream and what it needs, for a configuration reload to check.
-    subscription.sub.set_owner(StreamOwner {
+    let owner = StreamOwner {
         principal: principal.name.clone(),
         permission: Permission::TracingLive,
         filter: principal.filter.as_ref().map(|f| f.to_string()),
-    });
+    };
+    let subscription = hub
+        .registry
+        .subscribe_in(expr, follow, Some(conn.handle.clone()), form, Some(owner))
+        .await
+        .map_err(HttpError::Subscribers)?;
+    // The request was authenticated against the principals in force then; a reload may have
+    // replaced them since without seeing this stream, so it checks itself against the set in
+    // force now (`reload::judge` says why that closes the gap).
+    super::reload::judge(&subscription.sub, &ctx.security.principals.load());
     let resume = match resume_from {
         Some(from) => {
             let older = hub.older_events();

@@ -47,27 +47,41 @@ pub(super) fn live_metrics(
     let name = slot.principal().name.clone();
     let closed = Box::pin(async move {
         // Ends when shutdown has matched everything accepted, or when the hub is gone; or,
-        // with a last frame, when a reload removed the principal or its permission.
+        // with a last frame, when a reload removed the principal or its permission. The first
+        // check comes before any signal: the request was authenticated against the principals
+        // in force then, and a reload that swapped them before `principals` subscribed would
+        // not signal it (its swap comes before its signal, so the check sees the new set).
+        let mut check = true;
         loop {
             if *closed.borrow_and_update() {
                 return None;
             }
+            if check {
+                let set = security.principals.load();
+                let detail = match set.by_name(&name) {
+                    None => Some(format!("principal `{name}` removed by a configuration reload")),
+                    Some(p) if !p.can(Permission::MetricsLive) => Some(format!(
+                        "principal `{name}` no longer has the `metrics-live` permission after a configuration reload"
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(detail) = detail {
+                    tracing::info!("{detail}: metrics stream closed");
+                    return Some(crate::sse::error_frame("forbidden", &detail));
+                }
+            }
             tokio::select! {
-                r = closed.changed() => if r.is_err() { return None },
+                r = closed.changed() => {
+                    if r.is_err() {
+                        return None;
+                    }
+                    check = false;
+                }
                 r = principals.changed() => {
                     if r.is_err() {
                         return None;
                     }
-                    let set = security.principals.load();
-                    let detail = match set.by_name(&name) {
-                        None => format!("principal `{name}` removed by a configuration reload"),
-                        Some(p) if !p.can(Permission::MetricsLive) => format!(
-                            "principal `{name}` no longer has the `metrics-live` permission after a configuration reload"
-                        ),
-                        Some(_) => continue,
-                    };
-                    tracing::info!("{detail}: metrics stream closed");
-                    return Some(crate::sse::error_frame("forbidden", &detail));
+                    check = true;
                 }
             }
         }

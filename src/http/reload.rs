@@ -275,12 +275,36 @@ use crate::sse::error_frame;
 
 /// What a reload does to one live stream under the new principals.
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     Keep,
     /// Closed: the principal is gone or lacks the permission.
     Forbidden(String),
     /// Closed, to reconnect under the principal's new filter.
     Reconnect(String),
+}
+
+/// Closes `sub` with its last frame if `principals` no longer allow it as it is, and says
+/// what it did. A reload calls it for every registered stream after the swap; a new traces
+/// stream calls it once it is registered with its owner, with the principals in force then,
+/// since its request may have been authenticated against the set a reload has just replaced
+/// after listing the streams. Either the reload's list holds the stream (with its owner,
+/// recorded before it is registered) or the stream's own check sees the new set (the swap
+/// comes before the list, the registration before the check, and the registry's lock orders
+/// the list and the registration), so no stream escapes a swap.
+pub(crate) fn judge(sub: &Subscriber, principals: &crate::auth::Principals) -> Verdict {
+    let v = verdict(sub, principals);
+    match &v {
+        Verdict::Keep => {}
+        Verdict::Forbidden(detail) => {
+            tracing::info!(subscriber = sub.id, "{detail}: stream closed");
+            sub.close_with(error_frame("forbidden", detail));
+        }
+        Verdict::Reconnect(detail) => {
+            tracing::info!(subscriber = sub.id, "{detail}: stream asked to reconnect");
+            sub.close_with(error_frame("reconnect", detail));
+        }
+    }
+    v
 }
 
 fn verdict(sub: &Subscriber, principals: &crate::auth::Principals) -> Verdict {
@@ -371,18 +395,10 @@ impl Server {
             // Live metrics streams check their principal themselves when told.
             hub.principals_changed();
             for sub in hub.registry.snapshot() {
-                match verdict(&sub, &principals) {
+                match judge(&sub, &principals) {
                     Verdict::Keep => {}
-                    Verdict::Forbidden(detail) => {
-                        tracing::info!(subscriber = sub.id, "{detail}: stream closed");
-                        sub.close_with(error_frame("forbidden", &detail));
-                        r.streams_closed += 1;
-                    }
-                    Verdict::Reconnect(detail) => {
-                        tracing::info!(subscriber = sub.id, "{detail}: stream asked to reconnect");
-                        sub.close_with(error_frame("reconnect", &detail));
-                        r.streams_reconnecting += 1;
-                    }
+                    Verdict::Forbidden(_) => r.streams_closed += 1,
+                    Verdict::Reconnect(_) => r.streams_reconnecting += 1,
                 }
             }
         }
@@ -568,5 +584,17 @@ mod tests {
         // A stream without an owner (none recorded) is left alone.
         let anonymous = Subscriber::new(2, crate::query::Expr::True, false, 4, None);
         assert_eq!(verdict(&anonymous, &set), Verdict::Keep);
+        // `judge` closes what it does not keep, with the frame that says why, and only that.
+        let kept = stream("a", None);
+        assert_eq!(judge(&kept, &set), Verdict::Keep);
+        assert!(!kept.is_closed() && kept.farewell().is_none());
+        let gone = stream("gone", None);
+        assert!(matches!(judge(&gone, &set), Verdict::Forbidden(_)));
+        let frame = String::from_utf8(gone.farewell().expect("a last frame").to_vec()).unwrap();
+        assert!(frame.starts_with("event: error\n") && frame.contains("forbidden"), "{frame}");
+        let refiltered = stream("a", Some("level=error"));
+        assert!(matches!(judge(&refiltered, &set), Verdict::Reconnect(_)));
+        let frame = String::from_utf8(refiltered.farewell().expect("a last frame").to_vec()).unwrap();
+        assert!(frame.contains("reconnect"), "{frame}");
     }
 }

@@ -275,13 +275,19 @@ impl AsyncRead for DatagramReader {
     }
 }
 
-/// Accepts TCP connections until shutdown, each read through its own stream.
+/// Accepts TCP connections until shutdown, each read through its own stream. The connections'
+/// tasks belong to this one (a `JoinSet`), so when a configuration reload removes the source
+/// and aborts its task, its open connections close with the listener instead of lasting
+/// until their clients hang up.
 async fn tcp(hub: Arc<Hub>, listener: TcpListener, format: MailLog, label: String) {
     let places = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     let mut shutdown = hub.shutdown_signal();
     let mut refuse_warn = WarnLimiter::new(Duration::from_secs(10));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
+            // Ended connections are collected so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -290,7 +296,12 @@ async fn tcp(hub: Arc<Hub>, listener: TcpListener, format: MailLog, label: Strin
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // Each connection ends by itself at shutdown, once what it read is published;
+                // dropping the set would abort them in the middle of that.
+                connections.detach_all();
+                return;
+            }
         };
         let Ok(place) = places.clone().try_acquire_owned() else {
             if let Some(held_back) = refuse_warn.allow(Instant::now()) {
@@ -300,7 +311,7 @@ async fn tcp(hub: Arc<Hub>, listener: TcpListener, format: MailLog, label: Strin
         };
         let (hub, format) = (hub.clone(), format.clone());
         let source = format!("{label} from {peer}");
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = run_stream(hub, Rfc6587::new(stream), format, LogReporter::new(source)).await;
             drop(place);
         });

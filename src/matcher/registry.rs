@@ -14,7 +14,7 @@ use crate::event::Event;
 use crate::matcher::index::{CompiledIndex, IndexStats};
 use crate::query::ast::Expr;
 use crate::ring::Ring;
-use crate::subscriber::{ConnHandle, Subscriber};
+use crate::subscriber::{ConnHandle, StreamOwner, Subscriber};
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
@@ -146,19 +146,25 @@ impl Registry {
         follow: bool,
         conn: Option<Arc<ConnHandle>>,
     ) -> Result<Subscription, RegistryError> {
-        self.subscribe_in(filter, follow, conn, WireForm::Classic).await
+        self.subscribe_in(filter, follow, conn, WireForm::Classic, None).await
     }
 
-    /// [`Registry::subscribe`] for a stream written in `form` (a wire dialect).
+    /// [`Registry::subscribe`] for a stream written in `form` (a wire dialect), opened by
+    /// `owner`. The owner is recorded before the stream is registered, so a configuration
+    /// reload that lists the registered streams sees who holds each one.
     pub async fn subscribe_in(
         &self,
         filter: Expr,
         follow: bool,
         conn: Option<Arc<ConnHandle>>,
         form: WireForm,
+        owner: Option<StreamOwner>,
     ) -> Result<Subscription, RegistryError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sub = Subscriber::new(id, filter, follow, self.queue_capacity, conn).in_form(form);
+        if let Some(owner) = owner {
+            sub.set_owner(owner);
+        }
         self.add(Arc::new(sub)).await
     }
 

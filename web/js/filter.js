@@ -17,6 +17,7 @@ export class FilterBar {
     this.onApply = onApply;
     this.api = null;
     this.checks = 0;
+    this.applies = 0;
     this.applied = null;
     const url = new URLSearchParams(location.search);
     input.value = url.get("q") || "";
@@ -47,16 +48,20 @@ export class FilterBar {
     this.input.setAttribute("aria-invalid", state === "error" ? "true" : "false");
   }
 
-  /** Asks the server whether the text parses; shows its answer. True when it does. */
-  async check() {
+  /**
+   * Asks the server whether `params` (the current text's by default) parse; shows its answer
+   * unless a later check started meanwhile. True when they parse, whether shown or not: an
+   * Enter applies the text it was pressed on even if the check typing started afterwards
+   * (250 ms later) overtakes it on a slow server.
+   */
+  async check(params = this.params()) {
     const n = ++this.checks;
     const text = this.input.value;
-    const p = this.params();
+    const p = new URLSearchParams(params);
     p.delete("follow");
     try {
       const answer = await this.api.get(`api/livetap/query-check?${p}`);
-      if (n !== this.checks) return false;
-      this.showOk(answer.query);
+      if (n === this.checks) this.showOk(answer.query);
       return true;
     } catch (e) {
       if (n !== this.checks) return false;
@@ -99,13 +104,20 @@ export class FilterBar {
     this.status.replaceChildren(el("div", state === "error" ? "error-text" : null, text));
   }
 
-  /** Checks, then (when valid) remembers the filter in the URL and restarts the stream. */
+  /**
+   * Checks the text as it is now, then (when valid) remembers it in the URL and restarts the
+   * stream with it. Of two applies in flight (a checkbox change, then Enter), the later one
+   * wins: an earlier one whose check answers last does nothing.
+   */
   async apply(after = null) {
-    if (!(await this.check())) return false;
     const p = this.params();
+    const text = this.input.value;
+    const n = ++this.applies;
+    if (!(await this.check(p))) return false;
+    if (n !== this.applies) return false;
     const url = p.toString() ? `?${p}` : location.pathname;
     history.replaceState(null, "", url);
-    this.applied = this.input.value;
+    this.applied = text;
     this.onApply(p, after);
     return true;
   }
