@@ -13,12 +13,9 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A fresh directory for one test.
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("livetap-sinks-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh directory for one test, removed when the guard drops.
+fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("livetap-sinks-{tag}-")).tempdir().unwrap()
 }
 
 /// One `[[sink]]` table, parsed as the config file would be.
@@ -98,7 +95,8 @@ async fn tap_until(addr: std::net::SocketAddr, name: &str, mut pred: impl FnMut(
 
 #[tokio::test]
 async fn rotated_files_hold_exactly_what_a_subscriber_with_the_same_query_received() {
-    let dir = scratch("rotate");
+    let scratch_dir = scratch("rotate");
+    let dir = scratch_dir.path();
     let all = dir.join("all.log");
     let few = dir.join("few.log");
     let sinks = vec![
@@ -171,7 +169,8 @@ async fn rotated_files_hold_exactly_what_a_subscriber_with_the_same_query_receiv
 
 #[tokio::test]
 async fn a_text_sink_writes_one_readable_line_per_event_and_a_classic_one_the_classic_json() {
-    let dir = scratch("text");
+    let scratch_dir = scratch("text");
+    let dir = scratch_dir.path();
     let path = dir.join("text.log");
     let config = sink(&format!(
         "name = \"text\"\nkind = \"file\"\nformat = \"text\"\nquery = \"event=test.text\"\npath = \"{}\"",
@@ -217,7 +216,8 @@ async fn a_text_sink_writes_one_readable_line_per_event_and_a_classic_one_the_cl
 
 #[tokio::test]
 async fn a_sink_reopens_its_file_when_it_is_deleted_and_one_without_matches_stays_empty() {
-    let dir = scratch("deleted");
+    let scratch_dir = scratch("deleted");
+    let dir = scratch_dir.path();
     let path = dir.join("d.log");
     let none = dir.join("none.log");
     let configs = vec![
@@ -313,7 +313,8 @@ async fn refused(config: &Path) -> (std::process::ExitStatus, String) {
 
 #[tokio::test]
 async fn the_binary_refuses_an_unwritable_path_a_bad_kind_and_an_unknown_key() {
-    let dir = scratch("refused");
+    let scratch_dir = scratch("refused");
+    let dir = scratch_dir.path();
     let cases = [
         (
             format!(
@@ -344,7 +345,8 @@ async fn the_binary_refuses_an_unwritable_path_a_bad_kind_and_an_unknown_key() {
 
 #[tokio::test]
 async fn a_stdout_sink_of_the_real_binary_writes_lines_journald_can_read() {
-    let dir = scratch("stdout");
+    let scratch_dir = scratch("stdout");
+    let dir = scratch_dir.path();
     let config = config_file(
         &dir,
         "[[sink]]\nname = \"out\"\nkind = \"stdout\"\nquery = \"event=test.out\"\n\n\
@@ -458,7 +460,8 @@ fn the_readme_sink_examples_are_what_livetap_reads_and_writes() {
 
 #[tokio::test]
 async fn a_full_disk_is_counted_and_logged_once_and_never_blocks_ingest() {
-    let dir = scratch("full");
+    let scratch_dir = scratch("full");
+    let dir = scratch_dir.path();
     // `/dev/full` refuses every write with ENOSPC, as a full disk does.
     let config = config_file(&dir, "[[sink]]\nname = \"full\"\nkind = \"file\"\npath = \"/dev/full\"\n");
     let lt = Livetap::start(&["--config", config.to_str().unwrap()]);

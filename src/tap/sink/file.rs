@@ -297,11 +297,9 @@ mod tests {
         }
     }
 
-    fn dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("livetap-sink-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A fresh directory for one test, removed when the guard drops.
+    fn dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("livetap-sink-{tag}-")).tempdir().unwrap()
     }
 
     fn sink(path: &Path, rotate_bytes: u64, daily: bool, keep: u32, now: &Arc<AtomicI64>) -> RotatingFile {
@@ -317,7 +315,8 @@ mod tests {
 
     #[test]
     fn rotates_by_day_at_utc_midnight() {
-        let d = dir("day");
+        let guard = dir("day");
+        let d = guard.path();
         let path = d.join("x.log");
         // 2026-12-07T23:59:58Z.
         let now = Arc::new(AtomicI64::new(1_796_687_998));
@@ -346,7 +345,8 @@ mod tests {
 
     #[test]
     fn rotates_by_size_before_crossing_and_keeps_n() {
-        let d = dir("size");
+        let guard = dir("size");
+        let d = guard.path();
         let path = d.join("x.log");
         let now = Arc::new(AtomicI64::new(0));
         let mut f = sink(&path, 10, false, 2, &now);
@@ -373,7 +373,8 @@ mod tests {
 
     #[test]
     fn reopens_a_deleted_file_and_continues_an_existing_one() {
-        let d = dir("reopen");
+        let guard = dir("reopen");
+        let d = guard.path();
         let path = d.join("x.log");
         std::fs::write(&path, "old\n").unwrap();
         let now = Arc::new(AtomicI64::new(100));
@@ -398,7 +399,8 @@ mod tests {
 
     #[test]
     fn errors_are_counted_and_the_sink_recovers() {
-        let d = dir("err");
+        let guard = dir("err");
+        let d = guard.path();
         let sub = d.join("sub");
         std::fs::create_dir(&sub).unwrap();
         let path = sub.join("x.log");

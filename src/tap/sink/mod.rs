@@ -681,9 +681,8 @@ mod tests {
     #[test]
     fn an_unwritable_path_is_refused_with_the_fix() {
         let dialects = crate::event::dialect::Dialects::default();
-        let base = std::env::temp_dir().join(format!("livetap-sink-open-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let base = guard.path();
         let mut c = parse("[[sink]]\nname = \"a\"\nkind = \"file\"\npath = \"/x\"\n").unwrap().remove(0);
         c.path = Some(base.join("missing/dir/x.log"));
         let e = Sink::new(&c, &dialects).err().unwrap().to_string();
@@ -692,7 +691,7 @@ mod tests {
         c.path = Some(base.join("file/x.log"));
         let e = Sink::new(&c, &dialects).err().unwrap().to_string();
         assert!(e.contains("is a file, not a directory"), "{e}");
-        c.path = Some(base.clone());
+        c.path = Some(base.to_path_buf());
         let e = Sink::new(&c, &dialects).err().unwrap().to_string();
         assert!(e.contains("is a directory"), "{e}");
         c.dialect = Some("nope".into());
