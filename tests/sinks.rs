@@ -335,7 +335,7 @@ async fn the_binary_refuses_an_unwritable_path_a_bad_kind_and_an_unknown_key() {
         ),
     ];
     for (toml_text, wants) in cases {
-        let (status, err) = refused(&config_file(&dir, &toml_text)).await;
+        let (status, err) = refused(&config_file(dir, &toml_text)).await;
         assert!(!status.success(), "{toml_text}");
         for w in wants {
             assert!(err.contains(w), "{toml_text}: missing {w:?} in {err}");
@@ -348,7 +348,7 @@ async fn a_stdout_sink_of_the_real_binary_writes_lines_journald_can_read() {
     let scratch_dir = scratch("stdout");
     let dir = scratch_dir.path();
     let config = config_file(
-        &dir,
+        dir,
         "[[sink]]\nname = \"out\"\nkind = \"stdout\"\nquery = \"event=test.out\"\n\n\
          [[sink]]\nname = \"txt\"\nkind = \"stdout\"\nformat = \"text\"\nquery = \"event=test.txt\"\n",
     );
@@ -463,7 +463,7 @@ async fn a_full_disk_is_counted_and_logged_once_and_never_blocks_ingest() {
     let scratch_dir = scratch("full");
     let dir = scratch_dir.path();
     // `/dev/full` refuses every write with ENOSPC, as a full disk does.
-    let config = config_file(&dir, "[[sink]]\nname = \"full\"\nkind = \"file\"\npath = \"/dev/full\"\n");
+    let config = config_file(dir, "[[sink]]\nname = \"full\"\nkind = \"file\"\npath = \"/dev/full\"\n");
     let lt = Livetap::start(&["--config", config.to_str().unwrap()]);
     let addr = lt.addr;
     let mut stream = SseClient::connect(addr, "/api/livetap/live", Some(TOKEN)).await;
