@@ -447,16 +447,30 @@ async fn removing_a_principal_closes_exactly_its_streams_with_a_last_frame() {
     assert_eq!(s["metric_streams"], 1, "{s}");
 }
 
+/// Starts the binary on [`PRINCIPALS`] and opens a live traces stream with `key`.
+async fn start_watching(dir: &Path, key: &str) -> (Livetap, PathBuf, SseClient) {
+    let (lt, path) = start(dir, PRINCIPALS, &[]);
+    let stream = SseClient::connect(lt.addr, "/api/telemetry/traces/live", Some(key)).await;
+    assert_eq!(stream.status, 200);
+    (lt, path, stream)
+}
+
+/// After a refused reload, the configuration running before it is still in force: `stream`
+/// still receives (a `marker` event sent now), and bob is still a principal.
+async fn still_in_force(addr: SocketAddr, stream: &mut SseClient, marker: &str) {
+    ingest_ok(addr, &[event(marker)]).await;
+    wait_for_marker(stream, marker).await;
+    let again = SseClient::connect(addr, "/api/telemetry/traces/live", Some("bob-key-0123456789")).await;
+    assert_eq!(again.status, 200, "bob is still a principal");
+}
+
 /// A configuration that does not parse leaves everything running: the streams stay, the
 /// principals stay, and the error is logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_at_sighup_changes_nothing_and_logs_the_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (lt, path) = start(dir.path(), PRINCIPALS, &[]);
+    let (lt, path, mut alice) = start_watching(dir.path(), "alice-key-0123456789").await;
     let addr = lt.addr;
-    let live = "/api/telemetry/traces/live";
-    let mut alice = SseClient::connect(addr, live, Some("alice-key-0123456789")).await;
-    assert_eq!(alice.status, 200);
     // Not TOML, then TOML with an unknown key: both refused, with the line.
     let line = reload(&lt, &path, "this is = = not toml\n", 1).await;
     assert!(line.starts_with("reload failed"), "{line}");
@@ -466,10 +480,7 @@ async fn a_bad_config_at_sighup_changes_nothing_and_logs_the_error() {
     assert!(lt.stderr().contains("max-body-bytez"), "the error names the key: {}", lt.stderr());
     // The error is also in the log, and nothing changed.
     assert!(lt.stderr().contains("reload refused"), "{}", lt.stderr());
-    ingest_ok(addr, &[event("still-here")]).await;
-    wait_for_marker(&mut alice, "still-here").await;
-    let again = SseClient::connect(addr, live, Some("bob-key-0123456789")).await;
-    assert_eq!(again.status, 200, "bob is still a principal");
+    still_in_force(addr, &mut alice, "still-here").await;
     let r = request(addr, "GET", "/healthz", &[], b"").await;
     assert_eq!(r.status, 200);
     // A good file afterwards is taken.
@@ -483,11 +494,9 @@ async fn a_bad_config_at_sighup_changes_nothing_and_logs_the_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_whose_sink_cannot_open_changes_nothing_then_the_fixed_one_changes_all() {
     let dir = tempfile::tempdir().unwrap();
-    let (lt, path) = start(dir.path(), PRINCIPALS, &[]);
+    let (lt, path, mut bob) = start_watching(dir.path(), "bob-key-0123456789").await;
     let addr = lt.addr;
     let live = "/api/telemetry/traces/live";
-    let mut bob = SseClient::connect(addr, live, Some("bob-key-0123456789")).await;
-    assert_eq!(bob.status, 200);
     // A regular file where the sink's directory should be: the sink cannot open.
     let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, b"x").unwrap();
@@ -502,10 +511,7 @@ async fn a_reload_whose_sink_cannot_open_changes_nothing_then_the_fixed_one_chan
     assert!(line.starts_with("reload failed"), "{line}");
     assert!(line.contains("all.ndjson") || line.contains("sink"), "the error names the sink: {line}");
     // Bob is still a principal and his stream still receives.
-    ingest_ok(addr, &[event("after-failed-reload")]).await;
-    wait_for_marker(&mut bob, "after-failed-reload").await;
-    let again = SseClient::connect(addr, live, Some("bob-key-0123456789")).await;
-    assert_eq!(again.status, 200, "bob is still a principal");
+    still_in_force(addr, &mut bob, "after-failed-reload").await;
     // The same change with a path that opens is taken whole: bob's streams end, the sink
     // writes.
     let file = dir.path().join("all.ndjson");

@@ -58,14 +58,7 @@ pub(super) fn live_metrics(
             }
             if check {
                 let set = security.principals.load();
-                let detail = match set.by_name(&name) {
-                    None => Some(format!("principal `{name}` removed by a configuration reload")),
-                    Some(p) if !p.can(Permission::MetricsLive) => Some(format!(
-                        "principal `{name}` no longer has the `metrics-live` permission after a configuration reload"
-                    )),
-                    Some(_) => None,
-                };
-                if let Some(detail) = detail {
+                if let Some(detail) = super::reload::forbidden(&set, &name, Permission::MetricsLive) {
                     tracing::info!("{detail}: metrics stream closed");
                     return Some(crate::sse::error_frame("forbidden", &detail));
                 }

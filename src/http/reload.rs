@@ -307,20 +307,36 @@ pub(crate) fn judge(sub: &Subscriber, principals: &crate::auth::Principals) -> V
     v
 }
 
+/// Why `principals` no longer let principal `name` hold a stream that needs `permission`
+/// (the principal is gone, or lacks the permission), or `None` when they still do. The one
+/// rule for traces streams ([`judge`]) and live metrics streams alike.
+pub(crate) fn forbidden(
+    principals: &crate::auth::Principals,
+    name: &str,
+    permission: crate::auth::Permission,
+) -> Option<String> {
+    match principals.by_name(name) {
+        None => Some(format!("principal `{name}` removed by a configuration reload")),
+        Some(p) if !p.can(permission) => Some(format!(
+            "principal `{name}` no longer has the `{}` permission after a configuration reload",
+            permission.name()
+        )),
+        Some(_) => None,
+    }
+}
+
 fn verdict(sub: &Subscriber, principals: &crate::auth::Principals) -> Verdict {
     let Some(owner) = sub.owner() else { return Verdict::Keep };
     let name = &owner.principal;
+    if let Some(detail) = forbidden(principals, name, owner.permission) {
+        return Verdict::Forbidden(detail);
+    }
     match principals.by_name(name) {
-        None => Verdict::Forbidden(format!("principal `{name}` removed by a configuration reload")),
-        Some(p) if !p.can(owner.permission) => Verdict::Forbidden(format!(
-            "principal `{name}` no longer has the `{}` permission after a configuration reload",
-            owner.permission.name()
-        )),
         Some(p) if p.filter.as_ref().map(|f| f.to_string()) != owner.filter => Verdict::Reconnect(format!(
             "the filter of principal `{name}` changed in a configuration reload: reconnect (Last-Event-ID \
              resumes after the last event sent)"
         )),
-        Some(_) => Verdict::Keep,
+        _ => Verdict::Keep,
     }
 }
 

@@ -548,13 +548,6 @@ pub struct SinkPlan {
     built: Vec<(bool, String, Sink)>,
 }
 
-impl SinkPlan {
-    /// True when the reload changes no sink.
-    pub fn is_empty(&self) -> bool {
-        self.removed.is_empty() && self.built.is_empty()
-    }
-}
-
 /// Builds every sink of `new` that is not running unchanged in `old` (opening its file and
 /// checking its query) and lists the ones to remove. Changes nothing.
 pub fn prepare_reload(
